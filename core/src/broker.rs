@@ -1,0 +1,297 @@
+//! The delivery channel: a durable RabbitMQ queue (production) or an
+//! in-process queue (`--standalone`). A message is a task id; the task
+//! itself lives in the database, so a lost message is found again there.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::task::TaskId;
+
+/// Why the broker did not take or give a message.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// RabbitMQ could not be reached or the channel broke.
+    #[error("broker unavailable: {0}")]
+    Unavailable(#[from] lapin::Error),
+    /// The broker refused the message (negative confirm or returned).
+    #[error("broker refused the message for task {0}")]
+    Refused(TaskId),
+    /// The in-process queue is closed (the process is stopping).
+    #[error("the in-process queue is closed")]
+    Closed,
+}
+
+/// Where tasks are queued; cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Queue {
+    /// RabbitMQ.
+    Amqp(Arc<AmqpQueue>),
+    /// A queue inside this process, for `--standalone`.
+    Local(LocalQueue),
+}
+
+impl Queue {
+    /// A RabbitMQ queue; nothing connects until first use.
+    pub fn amqp(url: &str, name: &str) -> Self {
+        Self::Amqp(Arc::new(AmqpQueue {
+            url: url.into(),
+            name: name.into(),
+            publisher: Mutex::new(None),
+        }))
+    }
+
+    /// A new in-process queue.
+    pub fn local() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self::Local(LocalQueue {
+            sender,
+            receiver: Arc::new(Mutex::new(receiver)),
+        })
+    }
+
+    /// Publishes the tasks and returns once the broker has confirmed every
+    /// one of them (persisted, for RabbitMQ). Confirms are awaited together,
+    /// not one publish at a time.
+    pub async fn publish(&self, ids: &[TaskId]) -> Result<(), BrokerError> {
+        match self {
+            Self::Amqp(queue) => queue.publish(ids).await,
+            Self::Local(queue) => {
+                for id in ids {
+                    queue.sender.send(id.to_string().into_bytes()).map_err(|_| BrokerError::Closed)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts consuming, with at most `prefetch` unacknowledged deliveries.
+    pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<Consumer, BrokerError> {
+        match self {
+            Self::Amqp(queue) => queue.consume(prefetch, tag).await,
+            Self::Local(queue) => Ok(Consumer::Local(queue.clone())),
+        }
+    }
+}
+
+/// A durable RabbitMQ queue with a dead-letter queue beside it.
+#[derive(Debug)]
+pub struct AmqpQueue {
+    url: String,
+    name: String,
+    publisher: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl AmqpQueue {
+    /// The dead-letter queue's name: where unreadable messages go.
+    pub fn dead_letter_name(name: &str) -> String {
+        format!("{name}.dead")
+    }
+
+    async fn open(&self, purpose: &str) -> Result<(Connection, Channel), BrokerError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("ferry-{purpose}-{}", std::process::id()).into());
+        let connection = Connection::connect(&self.url, props).await?;
+        let channel = connection.create_channel().await?;
+        let dead = Self::dead_letter_name(&self.name);
+        channel
+            .queue_declare(dead.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(dead.as_str().into()));
+        channel
+            .queue_declare(self.name.as_str().into(), QueueDeclareOptions::durable(), args)
+            .await?;
+        Ok((connection, channel))
+    }
+
+    /// The shared publishing channel, reconnecting if it broke.
+    async fn publisher(&self) -> Result<Channel, BrokerError> {
+        let mut slot = self.publisher.lock().await;
+        if let Some((connection, channel)) = slot.as_ref() {
+            if connection.status().connected() && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        *slot = None;
+        let (connection, channel) = self.open("publisher").await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        *slot = Some((connection, channel.clone()));
+        Ok(channel)
+    }
+
+    async fn publish(&self, ids: &[TaskId]) -> Result<(), BrokerError> {
+        let channel = self.publisher().await?;
+        let result = self.publish_on(&channel, ids).await;
+        if let Err(BrokerError::Unavailable(_)) = &result {
+            // Drop a broken connection so the next publish opens a new one.
+            let mut slot = self.publisher.lock().await;
+            if slot.as_ref().is_some_and(|(_, c)| c.id() == channel.id()) {
+                if let Some((connection, _)) = slot.take() {
+                    let _ = connection.close(200, "reconnecting".into()).await;
+                }
+            }
+        }
+        result
+    }
+
+    async fn publish_on(&self, channel: &Channel, ids: &[TaskId]) -> Result<(), BrokerError> {
+        let mut confirms = Vec::with_capacity(ids.len());
+        for id in ids {
+            let body = id.to_string();
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("text/plain".into())
+                .with_message_id(body.as_str().into());
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    self.name.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body.as_bytes(),
+                    properties,
+                )
+                .await?;
+            confirms.push((*id, confirm));
+        }
+        for (id, confirm) in confirms {
+            let confirmation = confirm.await?;
+            if !confirmation.is_ack() || confirmation.take_message().is_some() {
+                return Err(BrokerError::Refused(id));
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, prefetch: u16, tag: &str) -> Result<Consumer, BrokerError> {
+        let (connection, channel) = self.open("worker").await?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                self.name.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Consumer::Amqp {
+            _connection: connection,
+            consumer,
+        })
+    }
+}
+
+/// An in-process queue: the standalone mode's broker.
+#[derive(Debug, Clone)]
+pub struct LocalQueue {
+    sender: mpsc::UnboundedSender<Vec<u8>>,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
+}
+
+/// A stream of deliveries.
+#[derive(Debug)]
+pub enum Consumer {
+    /// From RabbitMQ; the connection lives as long as the consumer.
+    Amqp {
+        /// Keeps the consumer's connection open.
+        _connection: Connection,
+        /// lapin's consumer.
+        consumer: lapin::Consumer,
+    },
+    /// From the in-process queue.
+    Local(LocalQueue),
+}
+
+impl Consumer {
+    /// The next delivery; `None` when the consumer was cancelled or closed.
+    pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        match self {
+            Self::Amqp { consumer, .. } => {
+                let delivery = consumer.next().await?;
+                Some(delivery.map_err(BrokerError::from).map(|d| Delivery {
+                    payload: d.data,
+                    redelivered: d.redelivered,
+                    acker: Acker::Amqp(d.acker),
+                }))
+            }
+            Self::Local(queue) => {
+                let payload = queue.receiver.lock().await.recv().await?;
+                Some(Ok(Delivery {
+                    payload,
+                    redelivered: false,
+                    acker: Acker::Local(queue.sender.clone()),
+                }))
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Acker {
+    Amqp(lapin::Acker),
+    Local(mpsc::UnboundedSender<Vec<u8>>),
+}
+
+/// One message, to be settled exactly once with ack, requeue or dead-letter.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message body: a task id.
+    pub payload: Vec<u8>,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+    acker: Acker,
+}
+
+impl Delivery {
+    /// The task id the message carries, if it is one.
+    pub fn task_id(&self) -> Option<TaskId> {
+        std::str::from_utf8(&self.payload).ok()?.trim().parse().ok()
+    }
+
+    /// Done with: the broker forgets the message.
+    pub async fn ack(self) -> Result<(), BrokerError> {
+        match self.acker {
+            Acker::Amqp(acker) => acker.ack(BasicAckOptions::default()).await.map(drop)?,
+            Acker::Local(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Not done: the broker delivers it again.
+    pub async fn requeue(self) -> Result<(), BrokerError> {
+        match self.acker {
+            Acker::Amqp(acker) => acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map(drop)?,
+            Acker::Local(sender) => sender.send(self.payload).map_err(|_| BrokerError::Closed)?,
+        }
+        Ok(())
+    }
+
+    /// Unreadable: moved to the dead-letter queue instead of looping.
+    pub async fn dead_letter(self) -> Result<(), BrokerError> {
+        match self.acker {
+            Acker::Amqp(acker) => acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(drop)?,
+            Acker::Local(_) => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,650 @@
+//! The database: the record of every task. SQLite (embedded default) or
+//! PostgreSQL (production), behind one set of queries.
+//!
+//! Every method here is blocking; async code calls them through
+//! [`Db::run`], which moves the work onto tokio's blocking pool so a pooled
+//! connection is never held across an `.await`. Every state change is a
+//! compare-and-set on the row, so a late or duplicate caller changes nothing.
+
+pub mod schema_pg;
+pub mod schema_sqlite;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2d2Pool};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use serde_json::Value;
+
+use crate::task::{AttemptView, TaskId, TaskStatus, TaskView};
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached (or is busy); retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A query failed for another reason.
+    #[error("database error: {0}")]
+    Query(diesel::result::Error),
+    /// Migrations could not be applied.
+    #[error("migrations failed: {0}")]
+    Migration(String),
+}
+
+impl DbError {
+    /// Whether retrying later may help.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<diesel::r2d2::PoolError> for DbError {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind as Kind, Error};
+        match &e {
+            Error::DatabaseError(Kind::ClosedConnection | Kind::UnableToSendCommand, _) => {
+                Self::Unavailable(e.to_string())
+            }
+            // SQLite's busy/locked after busy_timeout, PostgreSQL shutting down.
+            Error::DatabaseError(_, info)
+                if info.message().contains("database is locked")
+                    || info.message().contains("terminating connection") =>
+            {
+                Self::Unavailable(e.to_string())
+            }
+            _ => Self::Query(e),
+        }
+    }
+}
+
+/// A result from this module.
+pub type DbResult<T> = Result<T, DbError>;
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Postgres(R2d2Pool<ConnectionManager<PgConnection>>),
+    Sqlite(R2d2Pool<ConnectionManager<SqliteConnection>>),
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection and `$schema` to the
+/// matching schema module, once per backend, so each query is written once.
+macro_rules! with_conn {
+    ($db:expr, |$conn:ident, $schema:ident| $body:expr) => {
+        match &$db.pool {
+            Pool::Postgres(pool) => {
+                let $conn: &mut PgConnection = &mut *pool.get()?;
+                #[allow(unused_imports)]
+                use self::schema_pg as $schema;
+                $body
+            }
+            Pool::Sqlite(pool) => {
+                let $conn: &mut SqliteConnection = &mut *pool.get()?;
+                #[allow(unused_imports)]
+                use self::schema_sqlite as $schema;
+                $body
+            }
+        }
+    };
+}
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // WAL lets the API read while workers write; busy_timeout makes
+        // writers from several processes queue instead of failing.
+        conn.batch_execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// A new task, as `/receive` stores it.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Its id.
+    pub id: TaskId,
+    /// The event's type.
+    pub event_type: String,
+    /// The event's source.
+    pub source: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The whole event.
+    pub event: Value,
+    /// Attempts its route allows.
+    pub max_attempts: i32,
+}
+
+/// What storing a task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The task's id: the new one, or the existing task's for a repeated event.
+    pub id: TaskId,
+    /// Its status now.
+    pub status: TaskStatus,
+    /// False when the same (source, id) event was already a task.
+    pub created: bool,
+}
+
+/// A task a worker has claimed: what it needs to run the attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The attempt number this claim is (1 for the first).
+    pub attempt: i32,
+    /// Attempts the route allowed when the task was received.
+    pub max_attempts: i32,
+    /// The event's type.
+    pub event_type: String,
+    /// The whole event.
+    pub event: Value,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The handler succeeded with this result.
+    Succeeded(Value),
+    /// The attempt failed; run another after `run_after`.
+    Retry {
+        /// The attempt's error.
+        error: String,
+        /// When the next attempt may start.
+        run_after: DateTime<Utc>,
+    },
+    /// The task failed for good.
+    Failed(String),
+}
+
+#[derive(Queryable)]
+struct TaskRow {
+    id: TaskId,
+    status: String,
+    event_type: String,
+    source: String,
+    event_id: String,
+    attempts: i32,
+    max_attempts: i32,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
+fn parse_status(s: &str) -> DbResult<TaskStatus> {
+    s.parse().map_err(|e: String| {
+        DbError::Query(diesel::result::Error::DeserializationError(e.into()))
+    })
+}
+
+const CLAIMABLE: [&str; 2] = ["pending", "retrying"];
+
+/// A handle on the database pool; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// Connects a pool to `url` (`sqlite://PATH` or `postgres://…`).
+    pub fn connect(url: &str, pool_size: u32) -> DbResult<Self> {
+        fn builder<M: diesel::r2d2::ManageConnection>(size: u32) -> diesel::r2d2::Builder<M> {
+            R2d2Pool::builder()
+                .max_size(size)
+                .min_idle(Some(1))
+                .connection_timeout(Duration::from_secs(5))
+        }
+        let pool = if let Some(path) = url.strip_prefix("sqlite://") {
+            Pool::Sqlite(
+                builder(pool_size)
+                    .connection_customizer(Box::new(SqlitePragmas))
+                    .build(ConnectionManager::new(path))
+                    .map_err(|e| DbError::Unavailable(format!("{path}: {e}")))?,
+            )
+        } else {
+            Pool::Postgres(
+                builder(pool_size)
+                    .build(ConnectionManager::new(url))
+                    .map_err(|e| DbError::Unavailable(e.to_string()))?,
+            )
+        };
+        Ok(Self { pool })
+    }
+
+    /// Which backend this is: `"postgres"` or `"sqlite"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Postgres(_) => "postgres",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies pending migrations. Safe to call from several processes at once.
+    pub fn migrate(&self) -> DbResult<()> {
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let conn = &mut *pool.get()?;
+                // Replicas start together; one migrates while the others wait.
+                conn.batch_execute("SELECT pg_advisory_lock(460069)")?;
+                let result = conn.run_pending_migrations(PG_MIGRATIONS).map(drop).map_err(err);
+                conn.batch_execute("SELECT pg_advisory_unlock(460069)")?;
+                result
+            }
+            Pool::Sqlite(pool) => {
+                let conn = &mut *pool.get()?;
+                conn.run_pending_migrations(SQLITE_MIGRATIONS).map(drop).map_err(err)
+            }
+        }
+    }
+
+    /// Runs blocking database work off the async threads.
+    pub async fn run<T, F>(&self, f: F) -> DbResult<T>
+    where
+        F: FnOnce(&Db) -> DbResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(DbError::Unavailable(format!("database task cancelled: {e}"))),
+        }
+    }
+
+    /// Checks that a connection can be had and used.
+    pub fn ping(&self) -> DbResult<()> {
+        with_conn!(self, |conn, s| {
+            conn.batch_execute("SELECT 1")?;
+            Ok(())
+        })
+    }
+
+    /// Stores tasks in one transaction. An event already stored (same source
+    /// and id) is not stored again: its existing task is returned. New tasks
+    /// are marked as being published by the caller until `publish_lock_until`,
+    /// after which the relay takes them over.
+    pub fn insert_tasks(
+        &self,
+        tasks: &[NewTask],
+        publish_lock_until: DateTime<Utc>,
+    ) -> DbResult<Vec<Stored>> {
+        let now = Utc::now();
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            conn.transaction(|conn| {
+                let mut stored = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    let inserted = diesel::insert_into(t::tasks)
+                        .values((
+                            t::id.eq(task.id),
+                            t::event_type.eq(&task.event_type),
+                            t::source.eq(&task.source),
+                            t::event_id.eq(&task.event_id),
+                            t::event.eq(&task.event),
+                            t::status.eq(TaskStatus::Pending.as_str()),
+                            t::max_attempts.eq(task.max_attempts),
+                            t::publish_lock_until.eq(publish_lock_until),
+                            t::created_at.eq(now),
+                            t::updated_at.eq(now),
+                        ))
+                        .on_conflict_do_nothing()
+                        .execute(conn)?;
+                    if inserted == 1 {
+                        stored.push(Stored {
+                            id: task.id,
+                            status: TaskStatus::Pending,
+                            created: true,
+                        });
+                    } else {
+                        let (id, status) = t::tasks
+                            .select((t::id, t::status))
+                            .filter(t::source.eq(&task.source))
+                            .filter(t::event_id.eq(&task.event_id))
+                            .first::<(TaskId, String)>(conn)?;
+                        stored.push(Stored {
+                            id,
+                            status: parse_status(&status)?,
+                            created: false,
+                        });
+                    }
+                }
+                Ok(stored)
+            })
+        })
+    }
+
+    /// Records that the broker confirmed these tasks' messages.
+    pub fn mark_enqueued(&self, ids: &[TaskId]) -> DbResult<()> {
+        let now = Utc::now();
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            diesel::update(t::tasks.filter(t::id.eq_any(ids)).filter(t::enqueued_at.is_null()))
+                .set((
+                    t::enqueued_at.eq(now),
+                    t::publish_lock_until.eq(None::<DateTime<Utc>>),
+                ))
+                .execute(conn)?;
+            Ok(())
+        })
+    }
+
+    /// Gives a publish back to the relay at once (the broker did not confirm).
+    pub fn release_publish(&self, ids: &[TaskId]) -> DbResult<()> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            diesel::update(t::tasks.filter(t::id.eq_any(ids)).filter(t::enqueued_at.is_null()))
+                .set(t::publish_lock_until.eq(None::<DateTime<Utc>>))
+                .execute(conn)?;
+            Ok(())
+        })
+    }
+
+    /// The relay's claim: up to `limit` tasks that are due and that no
+    /// broker holds and no publisher owns, locked for `lock_for`. A row
+    /// another relay just took fails the re-checked conditions and is skipped.
+    pub fn claim_unpublished(&self, limit: i64, lock_for: Duration) -> DbResult<Vec<TaskId>> {
+        let now = Utc::now();
+        let until = now + lock_for;
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            let due = t::enqueued_at
+                .is_null()
+                .and(t::status.eq_any(CLAIMABLE))
+                .and(t::run_after.is_null().or(t::run_after.le(now)))
+                .and(
+                    t::publish_lock_until
+                        .is_null()
+                        .or(t::publish_lock_until.lt(now)),
+                );
+            let candidates = t::tasks
+                .select(t::id)
+                .filter(due.clone())
+                .order(t::created_at)
+                .limit(limit)
+                .load::<TaskId>(conn)?;
+            if candidates.is_empty() {
+                return Ok(candidates);
+            }
+            Ok(diesel::update(t::tasks.filter(t::id.eq_any(&candidates)).filter(due))
+                .set(t::publish_lock_until.eq(until))
+                .returning(t::id)
+                .get_results::<TaskId>(conn)?)
+        })
+    }
+
+    /// Takes back running tasks whose lease ran out (their worker is gone):
+    /// they are retried, or failed if they used all their attempts. Returns
+    /// how many were taken back.
+    pub fn expire_leases(&self) -> DbResult<usize> {
+        let now = Utc::now();
+        const LOST: &str = "the worker running this attempt stopped renewing its lease";
+        with_conn!(self, |conn, s| {
+            use s::task_attempts::dsl as a;
+            use s::tasks::dsl as t;
+            conn.transaction(|conn| {
+                let expired = t::status
+                    .eq(TaskStatus::Running.as_str())
+                    .and(t::lease_expires_at.lt(now));
+                let retried = diesel::update(
+                    t::tasks.filter(expired).filter(t::attempts.lt(t::max_attempts)),
+                )
+                .set((
+                    t::status.eq(TaskStatus::Retrying.as_str()),
+                    t::error.eq(LOST),
+                    t::worker.eq(None::<String>),
+                    t::lease_expires_at.eq(None::<DateTime<Utc>>),
+                    t::run_after.eq(now),
+                    t::enqueued_at.eq(None::<DateTime<Utc>>),
+                    t::publish_lock_until.eq(None::<DateTime<Utc>>),
+                    t::updated_at.eq(now),
+                ))
+                .returning((t::id, t::attempts))
+                .get_results::<(TaskId, i32)>(conn)?;
+                let failed = diesel::update(t::tasks.filter(expired))
+                    .set((
+                        t::status.eq(TaskStatus::Failed.as_str()),
+                        t::error.eq(LOST),
+                        t::worker.eq(None::<String>),
+                        t::lease_expires_at.eq(None::<DateTime<Utc>>),
+                        t::finished_at.eq(now),
+                        t::updated_at.eq(now),
+                    ))
+                    .returning((t::id, t::attempts))
+                    .get_results::<(TaskId, i32)>(conn)?;
+                for (id, attempt) in retried.iter().chain(&failed) {
+                    diesel::update(
+                        a::task_attempts
+                            .filter(a::task_id.eq(id))
+                            .filter(a::attempt.eq(attempt))
+                            .filter(a::finished_at.is_null()),
+                    )
+                    .set((a::finished_at.eq(now), a::error.eq(LOST)))
+                    .execute(conn)?;
+                }
+                Ok(retried.len() + failed.len())
+            })
+        })
+    }
+
+    /// Claims a task for `worker`: pending or due-retrying → running, one more
+    /// attempt, leased until `lease_until`. `None` if it is not claimable
+    /// (running elsewhere, finished, cancelled, not due, or unknown).
+    pub fn claim(
+        &self,
+        id: TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Option<Claimed>> {
+        let now = Utc::now();
+        with_conn!(self, |conn, s| {
+            use s::task_attempts::dsl as a;
+            use s::tasks::dsl as t;
+            conn.transaction(|conn| {
+                let claimed = diesel::update(
+                    t::tasks
+                        .filter(t::id.eq(id))
+                        .filter(t::status.eq_any(CLAIMABLE))
+                        .filter(t::run_after.is_null().or(t::run_after.le(now))),
+                )
+                .set((
+                    t::status.eq(TaskStatus::Running.as_str()),
+                    t::attempts.eq(t::attempts + 1),
+                    t::worker.eq(worker),
+                    t::lease_expires_at.eq(lease_until),
+                    t::updated_at.eq(now),
+                ))
+                .returning((t::attempts, t::max_attempts, t::event_type, t::event))
+                .get_result::<(i32, i32, String, Value)>(conn)
+                .optional()?;
+                let Some((attempt, max_attempts, event_type, event)) = claimed else {
+                    return Ok(None);
+                };
+                if attempt == 1 {
+                    diesel::update(t::tasks.filter(t::id.eq(id)))
+                        .set(t::started_at.eq(now))
+                        .execute(conn)?;
+                }
+                diesel::insert_into(a::task_attempts)
+                    .values((
+                        a::task_id.eq(id),
+                        a::attempt.eq(attempt),
+                        a::worker.eq(worker),
+                        a::started_at.eq(now),
+                    ))
+                    .execute(conn)?;
+                Ok(Some(Claimed {
+                    attempt,
+                    max_attempts,
+                    event_type,
+                    event,
+                }))
+            })
+        })
+    }
+
+    /// Extends the lease of a running attempt. False if the attempt no
+    /// longer holds the task (its lease expired and it was taken back).
+    pub fn renew_lease(
+        &self,
+        id: TaskId,
+        attempt: i32,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<bool> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            let renewed = diesel::update(
+                t::tasks
+                    .filter(t::id.eq(id))
+                    .filter(t::status.eq(TaskStatus::Running.as_str()))
+                    .filter(t::attempts.eq(attempt)),
+            )
+            .set(t::lease_expires_at.eq(lease_until))
+            .execute(conn)?;
+            Ok(renewed == 1)
+        })
+    }
+
+    /// Records how an attempt ended. False if the attempt no longer holds
+    /// the task, in which case nothing is written.
+    pub fn finish(&self, id: TaskId, attempt: i32, outcome: &Outcome) -> DbResult<bool> {
+        let now = Utc::now();
+        let none_time = None::<DateTime<Utc>>;
+        let (status, result, error, finished_at, run_after) = match outcome {
+            Outcome::Succeeded(value) => (TaskStatus::Succeeded, Some(value), None, Some(now), None),
+            Outcome::Retry { error, run_after } => {
+                (TaskStatus::Retrying, None, Some(error.as_str()), None, Some(*run_after))
+            }
+            Outcome::Failed(error) => (TaskStatus::Failed, None, Some(error.as_str()), Some(now), None),
+        };
+        with_conn!(self, |conn, s| {
+            use s::task_attempts::dsl as a;
+            use s::tasks::dsl as t;
+            conn.transaction(|conn| {
+                let updated = diesel::update(
+                    t::tasks
+                        .filter(t::id.eq(id))
+                        .filter(t::status.eq(TaskStatus::Running.as_str()))
+                        .filter(t::attempts.eq(attempt)),
+                )
+                .set((
+                    t::status.eq(status.as_str()),
+                    t::result.eq(result),
+                    t::error.eq(error),
+                    t::finished_at.eq(finished_at),
+                    t::run_after.eq(run_after),
+                    t::worker.eq(None::<String>),
+                    t::lease_expires_at.eq(none_time),
+                    // A retry goes back through the relay when it is due.
+                    t::enqueued_at.eq(none_time),
+                    t::publish_lock_until.eq(none_time),
+                    t::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+                if updated == 0 {
+                    return Ok(false);
+                }
+                diesel::update(
+                    a::task_attempts
+                        .filter(a::task_id.eq(id))
+                        .filter(a::attempt.eq(attempt)),
+                )
+                .set((a::finished_at.eq(now), a::error.eq(error)))
+                .execute(conn)?;
+                Ok(true)
+            })
+        })
+    }
+
+    /// A task's status, or `None` if there is no such task.
+    pub fn status(&self, id: TaskId) -> DbResult<Option<TaskStatus>> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            t::tasks
+                .select(t::status)
+                .filter(t::id.eq(id))
+                .first::<String>(conn)
+                .optional()?
+                .map(|s| parse_status(&s))
+                .transpose()
+        })
+    }
+
+    /// Everything `GET /status` shows, or `None` if there is no such task.
+    pub fn task_view(&self, id: TaskId) -> DbResult<Option<TaskView>> {
+        with_conn!(self, |conn, s| {
+            use s::task_attempts::dsl as a;
+            use s::tasks::dsl as t;
+            let row = t::tasks
+                .select((
+                    t::id,
+                    t::status,
+                    t::event_type,
+                    t::source,
+                    t::event_id,
+                    t::attempts,
+                    t::max_attempts,
+                    t::created_at,
+                    t::started_at,
+                    t::finished_at,
+                    t::result,
+                    t::error,
+                ))
+                .filter(t::id.eq(id))
+                .first::<TaskRow>(conn)
+                .optional()?;
+            let Some(row) = row else { return Ok(None) };
+            let attempt_history = if row.attempts == 0 {
+                Vec::new()
+            } else {
+                a::task_attempts
+                    .select((a::attempt, a::worker, a::started_at, a::finished_at, a::error))
+                    .filter(a::task_id.eq(id))
+                    .order(a::attempt)
+                    .load::<(i32, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>)>(
+                        conn,
+                    )?
+                    .into_iter()
+                    .map(|(attempt, worker, started_at, finished_at, error)| AttemptView {
+                        attempt,
+                        worker,
+                        started_at,
+                        finished_at,
+                        error,
+                    })
+                    .collect()
+            };
+            Ok(Some(TaskView {
+                id: row.id,
+                status: parse_status(&row.status)?,
+                event_type: row.event_type,
+                source: row.source,
+                event_id: row.event_id,
+                attempts: row.attempts,
+                max_attempts: row.max_attempts,
+                created_at: row.created_at,
+                started_at: row.started_at,
+                finished_at: row.finished_at,
+                result: row.result,
+                error: row.error,
+                attempt_history,
+            }))
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! The relay: the database is the outbox. It publishes tasks whose message
+//! the broker never confirmed (publish failed, process died after commit,
+//! broker down) and retries that are due, and it takes back running tasks
+//! whose worker stopped renewing its lease. Every API and worker process runs
+//! one; their claims on rows exclude each other.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Queue;
+use crate::db::Db;
+
+/// Tasks published per relay round.
+const BATCH: i64 = 500;
+/// How long a relay owns a publish before another relay may take it over.
+const PUBLISH_LOCK: Duration = Duration::from_secs(30);
+
+/// One round: returns how many tasks were published.
+pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
+    let expired = db.run(|db| db.expire_leases()).await?;
+    if expired > 0 {
+        tracing::warn!(tasks = expired, "took back tasks whose worker stopped renewing its lease");
+    }
+    let mut published = 0;
+    loop {
+        let ids = db.run(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK)).await?;
+        if ids.is_empty() {
+            return Ok(published);
+        }
+        match queue.publish(&ids).await {
+            Ok(()) => {
+                published += ids.len();
+                let n = ids.len();
+                db.run(move |db| db.mark_enqueued(&ids)).await?;
+                if (n as i64) < BATCH {
+                    return Ok(published);
+                }
+            }
+            Err(e) => {
+                db.run(move |db| db.release_publish(&ids)).await?;
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Runs relay rounds every `interval` until `shutdown` is cancelled.
+pub async fn run(db: Db, queue: Queue, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        match relay_once(&db, &queue).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tasks = n, "relay published tasks"),
+            Err(e) => tracing::warn!(error = %e, "relay round failed; will retry"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

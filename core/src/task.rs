@@ -1,0 +1,204 @@
+//! The task model: ids, states and what a status report shows.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::Pg;
+use diesel::serialize::{self, IsNull, Output, ToSql};
+use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel::sqlite::Sqlite;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A task's id: a UUID v4, stored natively on PostgreSQL and as text on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize)]
+#[diesel(sql_type = SqlUuid)]
+#[diesel(sql_type = Text)]
+#[serde(transparent)]
+pub struct TaskId(pub Uuid);
+
+impl TaskId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+impl ToSql<SqlUuid, Pg> for TaskId {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        <Uuid as ToSql<SqlUuid, Pg>>::to_sql(&self.0, out)
+    }
+}
+
+impl FromSql<SqlUuid, Pg> for TaskId {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> deserialize::Result<Self> {
+        <Uuid as FromSql<SqlUuid, Pg>>::from_sql(bytes).map(Self)
+    }
+}
+
+impl ToSql<Text, Sqlite> for TaskId {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+        out.set_value(self.to_string());
+        Ok(IsNull::No)
+    }
+}
+
+impl FromSql<Text, Sqlite> for TaskId {
+    fn from_sql(bytes: diesel::sqlite::SqliteValue<'_, '_, '_>) -> deserialize::Result<Self> {
+        let text = <String as FromSql<Text, Sqlite>>::from_sql(bytes)?;
+        Ok(text.parse()?)
+    }
+}
+
+/// Where a task is. Stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Stored, waiting for a worker.
+    Pending,
+    /// A worker holds it.
+    Running,
+    /// An attempt failed; another is scheduled.
+    Retrying,
+    /// Done; `result` holds the handler's output.
+    Succeeded,
+    /// Done; `error` holds the last attempt's error.
+    Failed,
+    /// Stopped before it finished.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Running,
+        Self::Retrying,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the task will never run again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown task status {s:?}"))
+    }
+}
+
+/// One attempt at running a task, as the status report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptView {
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    /// The worker that ran it.
+    pub worker: String,
+    /// When it was claimed.
+    pub started_at: DateTime<Utc>,
+    /// When its outcome was recorded; null while it runs or if its worker died.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its error, if it failed.
+    pub error: Option<String>,
+}
+
+/// What `GET /status/<id>` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskView {
+    /// The task's id.
+    pub id: TaskId,
+    /// Where it is.
+    pub status: TaskStatus,
+    /// The event's type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The event's source.
+    pub source: String,
+    /// The event's id.
+    pub event_id: String,
+    /// Attempts started so far.
+    pub attempts: i32,
+    /// Attempts allowed by its route.
+    pub max_attempts: i32,
+    /// When it was received.
+    pub created_at: DateTime<Utc>,
+    /// When its first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The handler's result, once succeeded.
+    pub result: Option<Value>,
+    /// The last error, once failed (or between retries).
+    pub error: Option<String>,
+    /// Every attempt, oldest first.
+    pub attempt_history: Vec<AttemptView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip() {
+        for status in TaskStatus::ALL {
+            assert_eq!(status.as_str().parse::<TaskStatus>(), Ok(status));
+        }
+        assert!("done".parse::<TaskStatus>().is_err());
+    }
+
+    #[test]
+    fn ids_parse_strictly() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
+        assert!("not-a-uuid".parse::<TaskId>().is_err());
+    }
+}

@@ -1,0 +1,2 @@
+DROP TABLE task_attempts;
+DROP TABLE tasks;

@@ -1,0 +1,114 @@
+//! `exec`: runs the route's `command` with the event JSON on stdin and
+//! `FERRY_TASK_ID`, `FERRY_ATTEMPT` in its environment. Its stdout is the
+//! result (JSON if it parses, else text). A non-zero exit fails the attempt
+//! with the tail of stderr: exit code 75 (`EX_TEMPFAIL`) or death by a signal
+//! is retried, any other code fails the task for good.
+
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::{HandlerError, TaskContext};
+
+/// The exit code that asks for a retry.
+pub const EXIT_RETRY: i32 = 75;
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+pub(crate) fn tail(text: &str, max: usize) -> &str {
+    let text = text.trim_end();
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+pub(super) async fn run(command: &[String], ctx: TaskContext<'_>) -> Result<Value, HandlerError> {
+    let input = serde_json::to_vec(ctx.event)
+        .map_err(|e| HandlerError::permanent(format!("cannot serialize the event: {e}")))?;
+    let mut child = Command::new(&command[0])
+        .args(&command[1..])
+        .env("FERRY_TASK_ID", ctx.id.to_string())
+        .env("FERRY_ATTEMPT", ctx.attempt.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A timed-out or abandoned attempt must not leave its process behind.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| HandlerError::permanent(format!("cannot start {:?}: {e}", command[0])))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let writer = async move {
+        // A command that does not read its stdin closes the pipe early; that is its business.
+        let _ = stdin.write_all(&input).await;
+    };
+    let (_, output) = tokio::join!(writer, child.wait_with_output());
+    let output = output.map_err(|e| HandlerError::retryable(format!("waiting for {:?}: {e}", command[0])))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        let (what, retryable) = match output.status.code() {
+            Some(code) => (format!("exit code {code}"), code == EXIT_RETRY),
+            None => ("killed by a signal".to_string(), true),
+        };
+        let message = format!("{} failed with {what}: {}", command[0], tail(&stderr, 2000));
+        return Err(HandlerError {
+            message,
+            retryable,
+        });
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Ok(serde_json::from_str(&stdout).unwrap_or_else(|_| Value::String(stdout.trim_end().to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::TaskId;
+    use serde_json::json;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    async fn exec(script: &str) -> Result<Value, HandlerError> {
+        let event = json!({"data": {"n": 1}});
+        let ctx = TaskContext {
+            id: TaskId::new(),
+            attempt: 2,
+            event: &event,
+        };
+        run(&sh(script), ctx).await
+    }
+
+    #[tokio::test]
+    async fn stdout_json_is_the_result() {
+        let result = exec(r#"cat >/dev/null; echo "{\"attempt\": $FERRY_ATTEMPT}""#).await;
+        assert_eq!(result, Ok(json!({"attempt": 2})));
+    }
+
+    #[tokio::test]
+    async fn stdin_is_the_event_and_text_stays_text() {
+        assert_eq!(exec("cat").await, Ok(json!({"data": {"n": 1}})));
+        assert_eq!(exec("echo hello").await, Ok(json!("hello")));
+    }
+
+    #[tokio::test]
+    async fn exit_codes_decide_retries() {
+        let err = exec("echo boom >&2; exit 3").await.unwrap_err();
+        assert!(!err.retryable);
+        assert!(err.message.contains("exit code 3") && err.message.contains("boom"), "{}", err.message);
+        assert!(exec("exit 75").await.unwrap_err().retryable);
+        assert!(exec("kill -9 $$").await.unwrap_err().retryable);
+    }
+
+    #[test]
+    fn tails_are_cut_at_char_boundaries() {
+        assert_eq!(tail("abcdé", 2), "é");
+        assert_eq!(tail("abc\n", 10), "abc");
+    }
+}

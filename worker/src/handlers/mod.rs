@@ -1,0 +1,105 @@
+//! Handlers: what a route runs for a task. One file each.
+
+mod echo;
+mod exec;
+mod fail;
+mod http;
+mod sleep;
+
+use std::time::Duration;
+
+use ferry_core::config::HandlerSpec;
+use ferry_core::TaskId;
+use serde_json::Value;
+
+/// What a handler is given.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskContext<'a> {
+    /// The task's id.
+    pub id: TaskId,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+    /// The whole event.
+    pub event: &'a Value,
+}
+
+/// Why an attempt failed, and whether another attempt may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// What went wrong, as the status report shows it.
+    pub message: String,
+    /// Whether the task should be retried (if it has attempts left).
+    pub retryable: bool,
+}
+
+impl HandlerError {
+    /// A failure another attempt may get past.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure no attempt will get past.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// The handlers of one worker process, with what they share (an HTTP client).
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    http: reqwest::Client,
+}
+
+impl Default for Handlers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Handlers {
+    /// Builds the handler set.
+    pub fn new() -> Self {
+        Self {
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Runs one attempt, bounded by `timeout` (a timeout is retryable).
+    pub async fn run(
+        &self,
+        spec: &HandlerSpec,
+        timeout: Duration,
+        ctx: TaskContext<'_>,
+    ) -> Result<Value, HandlerError> {
+        let attempt = async {
+            match spec {
+                HandlerSpec::Echo => echo::run(ctx),
+                HandlerSpec::Sleep { duration } => sleep::run(*duration).await,
+                HandlerSpec::Fail => fail::run(ctx),
+                HandlerSpec::Exec { command } => exec::run(command, ctx).await,
+                HandlerSpec::Http { url } => http::run(&self.http, url, timeout, ctx).await,
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(HandlerError::retryable(format!(
+                "timed out after {}",
+                humantime_like(timeout)
+            ))),
+        }
+    }
+}
+
+fn humantime_like(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -1,0 +1,366 @@
+//! Ferry's worker: consumes task ids from the queue, claims each task in the
+//! database, runs the handler its event type is routed to, records the
+//! outcome, and only then acknowledges the message.
+//!
+//! - A claim is a compare-and-set (`pending`/`retrying` → `running`), so of
+//!   any number of workers and duplicate deliveries exactly one runs an
+//!   attempt; the others acknowledge the message without running anything.
+//! - A running attempt holds a lease that the worker renews; if the worker
+//!   dies, the relay takes the task back when the lease runs out. A worker
+//!   that lost its lease cannot record an outcome over the newer attempt.
+//! - A failed attempt is retried with exponential backoff and jitter, up to
+//!   the route's `max_attempts`.
+
+pub mod handlers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ferry_core::broker::{Delivery, Queue};
+use ferry_core::config::Route;
+use ferry_core::db::{Claimed, DbError, Outcome};
+use ferry_core::{Config, Db, TaskId};
+use futures_util::FutureExt;
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::handlers::{HandlerError, Handlers, TaskContext};
+
+/// A worker process's shared state.
+#[derive(Debug)]
+struct Worker {
+    config: Config,
+    db: Db,
+    name: String,
+    handlers: Handlers,
+}
+
+/// A name for this worker that is unique across hosts and restarts.
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let suffix: u32 = rand::rng().random();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
+/// Consumes and runs tasks until `shutdown` is cancelled, then stops taking
+/// messages and lets running tasks finish (within `drain_timeout`).
+pub async fn run(
+    config: Config,
+    db: Db,
+    queue: Queue,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let worker = Arc::new(Worker {
+        name: worker_name(),
+        handlers: Handlers::new(),
+        config,
+        db,
+    });
+    let concurrency = worker.config.concurrency;
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut running = JoinSet::new();
+    tracing::info!(worker = %worker.name, concurrency, "worker started");
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    'connect: while !shutdown.is_cancelled() {
+        let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
+        let mut consumer = match queue.consume(prefetch, &worker.name).await {
+            Ok(consumer) => {
+                backoff.reset();
+                consumer
+            }
+            Err(e) => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot consume; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break 'connect,
+                    () = tokio::time::sleep(wait) => continue 'connect,
+                }
+            }
+        };
+        loop {
+            // Take a message only when a slot is free, so a busy worker
+            // leaves the rest of the queue to the other replicas.
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break 'connect,
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            };
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break 'connect,
+                delivery = consumer.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let worker = worker.clone();
+                    running.spawn(async move {
+                        worker.handle(delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer failed; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!("consumer was cancelled; reconnecting");
+                    break;
+                }
+            }
+            while let Some(done) = running.try_join_next() {
+                log_join(done);
+            }
+        }
+        // Messages held by the dropped consumer go back to the queue.
+    }
+    tracing::info!(running = running.len(), "worker stopping; draining running tasks");
+    let drain = async {
+        while let Some(done) = running.join_next().await {
+            log_join(done);
+        }
+    };
+    if tokio::time::timeout(worker.config.drain_timeout, drain).await.is_err() {
+        tracing::warn!(
+            abandoned = running.len(),
+            "drain timeout passed; abandoned tasks return to the queue when their lease expires"
+        );
+        running.abort_all();
+    }
+    Ok(())
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "a task's processing ended abnormally");
+    }
+}
+
+impl Worker {
+    /// Settles one delivery: claim, run, record, then ack.
+    async fn handle(&self, delivery: Delivery) {
+        let Some(id) = delivery.task_id() else {
+            tracing::error!(payload = %String::from_utf8_lossy(&delivery.payload), "unreadable message; dead-lettering it");
+            settle(delivery.dead_letter().await);
+            return;
+        };
+        let lease_until = Utc::now() + self.config.lease;
+        let name = self.name.clone();
+        let claimed = self.db.run(move |db| db.claim(id, &name, lease_until)).await;
+        let claimed = match claimed {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => {
+                // Running elsewhere, finished, cancelled or not yet due: the
+                // database, not this message, decides. Nothing runs.
+                tracing::debug!(task = %id, "not claimable; acknowledging the duplicate delivery");
+                settle(delivery.ack().await);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "cannot claim; returning the message");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                settle(delivery.requeue().await);
+                return;
+            }
+        };
+        let attempt = claimed.attempt;
+        match self.run_attempt(id, claimed).await {
+            Some(outcome) => {
+                if self.record(id, attempt, &outcome).await {
+                    settle(delivery.ack().await);
+                } else {
+                    // Never ack what was not recorded: the lease brings it back.
+                    settle(delivery.requeue().await);
+                }
+            }
+            None => settle(delivery.ack().await),
+        }
+    }
+
+    /// Runs the attempt while renewing its lease. `None` if the lease was
+    /// lost (the task was taken back); the outcome is then not ours to record.
+    async fn run_attempt(&self, id: TaskId, claimed: Claimed) -> Option<Outcome> {
+        let Some(route) = self.config.routes.get(&claimed.event_type).cloned() else {
+            return Some(Outcome::Failed(format!(
+                "no route for event type {:?} in this worker's configuration",
+                claimed.event_type
+            )));
+        };
+        let ctx = TaskContext {
+            id,
+            attempt: claimed.attempt,
+            event: &claimed.event,
+        };
+        tracing::debug!(task = %id, attempt = claimed.attempt, handler = route.handler.name(), "running");
+        let handler = std::panic::AssertUnwindSafe(self.handlers.run(&route.handler, route.timeout, ctx))
+            .catch_unwind()
+            .map(|r| r.unwrap_or_else(|_| Err(HandlerError::permanent("the handler panicked"))));
+        let result = tokio::select! {
+            result = handler => result,
+            () = self.keep_lease(id, claimed.attempt) => return None,
+        };
+        Some(match result {
+            Ok(value) => Outcome::Succeeded(value),
+            Err(e) if e.retryable && claimed.attempt < claimed.max_attempts => Outcome::Retry {
+                run_after: Utc::now() + retry_delay(&route, claimed.attempt),
+                error: e.message,
+            },
+            Err(e) => Outcome::Failed(e.message),
+        })
+    }
+
+    /// Renews the lease every third of its length; returns only if it was lost.
+    async fn keep_lease(&self, id: TaskId, attempt: i32) {
+        let lease = self.config.lease;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let until = Utc::now() + lease;
+            match self.db.run(move |db| db.renew_lease(id, attempt, until)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(task = %id, attempt, "lease lost; abandoning the attempt");
+                    return;
+                }
+                Err(e) => tracing::warn!(task = %id, error = %e, "cannot renew lease; will retry"),
+            }
+        }
+    }
+
+    /// Records the outcome, retrying while the database is unavailable for
+    /// up to one lease. True once it is recorded (or was not ours to record).
+    async fn record(&self, id: TaskId, attempt: i32, outcome: &Outcome) -> bool {
+        let deadline = tokio::time::Instant::now() + self.config.lease;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let o = outcome.clone();
+            match self.db.run(move |db| db.finish(id, attempt, &o)).await {
+                Ok(true) => return true,
+                Ok(false) => {
+                    tracing::warn!(task = %id, attempt, "outcome not recorded: the attempt lost its lease");
+                    return true;
+                }
+                Err(DbError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(task = %id, error = %e, "cannot record outcome yet; retrying");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(e) => {
+                    tracing::error!(task = %id, error = %e, "cannot record outcome; giving the message back");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+fn settle(result: Result<(), ferry_core::broker::BrokerError>) {
+    if let Err(e) = result {
+        // The channel is gone: the broker redelivers, and the claim's
+        // compare-and-set keeps the task from running twice.
+        tracing::warn!(error = %e, "could not settle a message");
+    }
+}
+
+/// The wait before attempt `attempt + 1`: the route's backoff doubled per
+/// attempt, capped at an hour, with ±25% jitter so retries spread out.
+pub fn retry_delay(route: &Route, attempt: i32) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(20);
+    let base = route
+        .retry_backoff
+        .saturating_mul(1 << exp)
+        .min(Duration::from_secs(3600));
+    base.mul_f64(rand::rng().random_range(0.75..=1.25))
+}
+
+/// Exponential backoff for reconnecting.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            next: first,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// Connects to the database and applies migrations, retrying while it is
+/// unreachable (replicas often start before their database).
+pub async fn connect_db(config: &Config, give_up_after: Duration) -> anyhow::Result<Db> {
+    let deadline = tokio::time::Instant::now() + give_up_after;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let url = config.database_url.clone();
+        let size = config.database_pool_size;
+        let attempt = tokio::task::spawn_blocking(move || {
+            let db = Db::connect(&url, size)?;
+            db.migrate()?;
+            Ok::<_, DbError>(db)
+        })
+        .await?;
+        match attempt {
+            Ok(db) => return Ok(db),
+            Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+        trigger.cancel();
+    });
+    token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::config::HandlerSpec;
+
+    #[test]
+    fn retry_delays_grow_with_jitter() {
+        let route = Route {
+            event_type: "t".into(),
+            handler: HandlerSpec::Fail,
+            timeout: Duration::from_secs(1),
+            max_attempts: 5,
+            retry_backoff: Duration::from_secs(2),
+        };
+        for (attempt, base) in [(1, 2.0), (2, 4.0), (3, 8.0)] {
+            let d = retry_delay(&route, attempt).as_secs_f64();
+            assert!((base * 0.75..=base * 1.25).contains(&d), "attempt {attempt}: {d}");
+        }
+        assert!(retry_delay(&route, 40) <= Duration::from_secs(4500));
+    }
+}

@@ -1,0 +1,52 @@
+//! `ferry-worker`: one worker replica. Run as many as the load needs.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ferry_core::broker::Queue;
+use ferry_core::config::CommonArgs;
+
+/// Consumes Ferry's task queue and runs each task's handler.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ferry_core::init_logging();
+    let args = Args::parse();
+    let config = match args.common.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ferry-worker: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
+    let shutdown = ferry_worker::shutdown_on_signals();
+    let db = ferry_worker::connect_db(&config, Duration::from_secs(60)).await?;
+    let queue = Queue::amqp(&config.broker_url, &config.queue);
+    let relay = tokio::spawn(ferry_core::relay::run(
+        db.clone(),
+        queue.clone(),
+        config.relay_interval,
+        shutdown.clone(),
+    ));
+    ferry_worker::run(config, db, queue, shutdown.clone()).await?;
+    shutdown.cancel();
+    relay.await?;
+    Ok(())
+}
