@@ -1,1 +1,111 @@
-pub fn x(){}
+//! Ferry's HTTP API: `POST /receive` stores an event as a task and queues
+//! it; `GET /status/<id>` reports where the task is. Built by [`rocket`] so
+//! tests and `main` assemble the same application.
+
+pub mod error;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::broker::Queue;
+use ferry_core::{Config, Db, TaskId};
+use rocket::config::LogLevel;
+use rocket::{catchers, Build, Rocket};
+use tokio_util::sync::CancellationToken;
+
+/// What every request handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The configuration the process started with.
+    pub config: Arc<Config>,
+    /// The task database.
+    pub db: Db,
+    /// Where tasks are queued.
+    pub queue: Queue,
+}
+
+impl AppState {
+    /// Publishes freshly stored tasks and records the broker's confirm. A
+    /// failure is only logged: the rows are committed and the relay will
+    /// publish them once their publish lock expires.
+    pub async fn publish(&self, ids: Vec<TaskId>) {
+        match self.queue.publish(&ids).await {
+            Ok(()) => {
+                if let Err(e) = self.db.run(move |db| db.mark_enqueued(&ids)).await {
+                    // The relay will publish again; the claim's compare-and-set
+                    // makes the duplicate message harmless.
+                    tracing::warn!(error = %e, "published, but could not record it");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, tasks = ids.len(), "publish failed; the relay will retry");
+                if let Err(e) = self.db.run(move |db| db.release_publish(&ids)).await {
+                    tracing::warn!(error = %e, "could not hand the publish to the relay early");
+                }
+            }
+        }
+    }
+}
+
+/// Builds the Rocket application.
+pub fn rocket(state: AppState) -> Rocket<Build> {
+    let figment = rocket::Config::figment()
+        .merge(("address", state.config.address.clone()))
+        .merge(("port", state.config.port))
+        .merge(("ident", "Ferry"))
+        .merge(("log_level", LogLevel::Critical))
+        .merge(("cli_colors", false));
+    rocket::custom(figment)
+        .manage(state)
+        .mount("/", routes::receive::routes())
+        .mount("/", routes::status::routes())
+        .register("/", catchers![error::default_catcher])
+}
+
+/// Runs the API until Rocket shuts down (SIGTERM, Ctrl-C). With
+/// `standalone`, tasks go through an in-process queue to in-process workers,
+/// so nothing but this process (and its SQLite file) is needed.
+pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
+    let db = ferry_worker::connect_db(&config, Duration::from_secs(60)).await?;
+    let queue = if standalone {
+        Queue::local()
+    } else {
+        Queue::amqp(&config.broker_url, &config.queue)
+    };
+    let shutdown = CancellationToken::new();
+    let relay = tokio::spawn(ferry_core::relay::run(
+        db.clone(),
+        queue.clone(),
+        config.relay_interval,
+        shutdown.clone(),
+    ));
+    let workers = standalone.then(|| {
+        tokio::spawn(ferry_worker::run(
+            config.clone(),
+            db.clone(),
+            queue.clone(),
+            shutdown.clone(),
+        ))
+    });
+    tracing::info!(
+        address = %config.address,
+        port = config.port,
+        database = db.backend(),
+        standalone,
+        "ferry-api starting"
+    );
+    let state = AppState {
+        config: Arc::new(config),
+        db,
+        queue,
+    };
+    let result = rocket(state).launch().await;
+    shutdown.cancel();
+    if let Some(workers) = workers {
+        workers.await??;
+    }
+    relay.await?;
+    result?;
+    Ok(())
+}

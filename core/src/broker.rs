@@ -65,7 +65,10 @@ impl Queue {
             Self::Amqp(queue) => queue.publish(ids).await,
             Self::Local(queue) => {
                 for id in ids {
-                    queue.sender.send(id.to_string().into_bytes()).map_err(|_| BrokerError::Closed)?;
+                    queue
+                        .sender
+                        .send(id.to_string().into_bytes())
+                        .map_err(|_| BrokerError::Closed)?;
                 }
                 Ok(())
             }
@@ -102,13 +105,27 @@ impl AmqpQueue {
         let channel = connection.create_channel().await?;
         let dead = Self::dead_letter_name(&self.name);
         channel
-            .queue_declare(dead.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .queue_declare(
+                dead.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
             .await?;
         let mut args = FieldTable::default();
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(dead.as_str().into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(dead.as_str().into()),
+        );
         channel
-            .queue_declare(self.name.as_str().into(), QueueDeclareOptions::durable(), args)
+            .queue_declare(
+                self.name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                args,
+            )
             .await?;
         Ok((connection, channel))
     }
@@ -123,7 +140,9 @@ impl AmqpQueue {
         }
         *slot = None;
         let (connection, channel) = self.open("publisher").await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         *slot = Some((connection, channel.clone()));
         Ok(channel)
     }
@@ -176,7 +195,9 @@ impl AmqpQueue {
 
     async fn consume(&self, prefetch: u16, tag: &str) -> Result<Consumer, BrokerError> {
         let (connection, channel) = self.open("worker").await?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
         let consumer = channel
             .basic_consume(
                 self.name.as_str().into(),
@@ -186,8 +207,8 @@ impl AmqpQueue {
             )
             .await?;
         Ok(Consumer::Amqp {
-            _connection: connection,
-            consumer,
+            _connection: Box::new(connection),
+            consumer: Box::new(consumer),
         })
     }
 }
@@ -205,9 +226,9 @@ pub enum Consumer {
     /// From RabbitMQ; the connection lives as long as the consumer.
     Amqp {
         /// Keeps the consumer's connection open.
-        _connection: Connection,
+        _connection: Box<Connection>,
         /// lapin's consumer.
-        consumer: lapin::Consumer,
+        consumer: Box<lapin::Consumer>,
     },
     /// From the in-process queue.
     Local(LocalQueue),

@@ -232,7 +232,9 @@ impl RawRoute {
             "sleep" => HandlerSpec::Sleep {
                 duration: parse_duration(
                     &key("duration"),
-                    self.duration.as_deref().ok_or_else(|| missing("duration"))?,
+                    self.duration
+                        .as_deref()
+                        .ok_or_else(|| missing("duration"))?,
                 )?,
             },
             "exec" => {
@@ -301,11 +303,15 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let message = e.message().to_string();
-            // serde names the unknown or mistyped key in its message.
-            ConfigError::new(
-                key_from_toml_error(&message).unwrap_or_else(|| "server.conf".into()),
-                message,
-            )
+            // serde names an unknown or missing key in its message; for a
+            // value of the wrong type, the error's span points at the value.
+            let key = key_from_toml_error(&message)
+                .or_else(|| {
+                    let line = text[..e.span()?.start].rsplit('\n').next()?;
+                    Some(line.split_once('=')?.0.trim().to_string())
+                })
+                .unwrap_or_else(|| "server.conf".into());
+            ConfigError::new(key, message)
         })?;
         let mut config = Self::default();
         macro_rules! set {
@@ -342,10 +348,7 @@ impl Config {
     }
 
     /// Applies `FERRY_*` overrides read through `var`.
-    pub fn apply_env(
-        &mut self,
-        var: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError>
         where
             T::Err: std::fmt::Display,
@@ -414,7 +417,10 @@ impl Config {
             return Err(ConfigError::new("queue", "must not be empty"));
         }
         if self.concurrency == 0 || self.concurrency > u16::MAX as usize {
-            return Err(ConfigError::new("concurrency", "must be between 1 and 65535"));
+            return Err(ConfigError::new(
+                "concurrency",
+                "must be between 1 and 65535",
+            ));
         }
         if self.database_pool_size == 0 {
             return Err(ConfigError::new("database_pool_size", "must be at least 1"));
@@ -431,6 +437,9 @@ impl Config {
 
 fn key_from_toml_error(message: &str) -> Option<String> {
     // "unknown field `prot`, expected one of …" / "missing field `handler`"
+    if !(message.starts_with("unknown field") || message.starts_with("missing field")) {
+        return None;
+    }
     let start = message.find('`')? + 1;
     let end = start + message[start..].find('`')?;
     Some(message[start..end].to_string())
@@ -480,7 +489,8 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("prot = 1", "prot"),
-            ("port = \"x\"", "server.conf"),
+            ("port = \"x\"", "port"),
+            ("port = [", "port"),
             ("lease = \"soon\"", "lease"),
             ("[[routes]]\ntype = \"a\"\nhandler = \"exec\"", "routes[0].command"),
             ("[[routes]]\ntype = \"a\"\nhandler = \"nope\"", "routes[0].handler"),
@@ -513,7 +523,10 @@ mod tests {
         config
             .apply_env(|k| env.get(k).map(|v| v.to_string()))
             .unwrap();
-        assert_eq!((config.port, config.queue.as_str(), config.concurrency), (2000, "q", 7));
+        assert_eq!(
+            (config.port, config.queue.as_str(), config.concurrency),
+            (2000, "q", 7)
+        );
         let err = config
             .apply_env(|k| (k == "FERRY_PORT").then(|| "eighty".to_string()))
             .unwrap_err();

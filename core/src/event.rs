@@ -73,7 +73,9 @@ impl Event {
         items
             .into_iter()
             .enumerate()
-            .map(|(i, item)| Self::from_json(item).map_err(|e| EventError(format!("event {i}: {e}"))))
+            .map(|(i, item)| {
+                Self::from_json(item).map_err(|e| EventError(format!("event {i}: {e}")))
+            })
             .collect()
     }
 
@@ -123,7 +125,14 @@ mod tests {
             "specversion": "1.0", "type": "t", "source": "/s", "id": "1", "data": {"a": 1}
         }))
         .unwrap();
-        assert_eq!((event.event_type.as_str(), event.source.as_str(), event.id.as_str()), ("t", "/s", "1"));
+        assert_eq!(
+            (
+                event.event_type.as_str(),
+                event.source.as_str(),
+                event.id.as_str()
+            ),
+            ("t", "/s", "1")
+        );
         assert_eq!(event.data(), &json!({"a": 1}));
     }
 

@@ -20,11 +20,16 @@ const PUBLISH_LOCK: Duration = Duration::from_secs(30);
 pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
     let expired = db.run(|db| db.expire_leases()).await?;
     if expired > 0 {
-        tracing::warn!(tasks = expired, "took back tasks whose worker stopped renewing its lease");
+        tracing::warn!(
+            tasks = expired,
+            "took back tasks whose worker stopped renewing its lease"
+        );
     }
     let mut published = 0;
     loop {
-        let ids = db.run(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK)).await?;
+        let ids = db
+            .run(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK))
+            .await?;
         if ids.is_empty() {
             return Ok(published);
         }

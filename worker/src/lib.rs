@@ -116,13 +116,19 @@ pub async fn run(
         }
         // Messages held by the dropped consumer go back to the queue.
     }
-    tracing::info!(running = running.len(), "worker stopping; draining running tasks");
+    tracing::info!(
+        running = running.len(),
+        "worker stopping; draining running tasks"
+    );
     let drain = async {
         while let Some(done) = running.join_next().await {
             log_join(done);
         }
     };
-    if tokio::time::timeout(worker.config.drain_timeout, drain).await.is_err() {
+    if tokio::time::timeout(worker.config.drain_timeout, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!(
             abandoned = running.len(),
             "drain timeout passed; abandoned tasks return to the queue when their lease expires"
@@ -148,7 +154,10 @@ impl Worker {
         };
         let lease_until = Utc::now() + self.config.lease;
         let name = self.name.clone();
-        let claimed = self.db.run(move |db| db.claim(id, &name, lease_until)).await;
+        let claimed = self
+            .db
+            .run(move |db| db.claim(id, &name, lease_until))
+            .await;
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
             Ok(None) => {
@@ -194,9 +203,12 @@ impl Worker {
             event: &claimed.event,
         };
         tracing::debug!(task = %id, attempt = claimed.attempt, handler = route.handler.name(), "running");
-        let handler = std::panic::AssertUnwindSafe(self.handlers.run(&route.handler, route.timeout, ctx))
-            .catch_unwind()
-            .map(|r| r.unwrap_or_else(|_| Err(HandlerError::permanent("the handler panicked"))));
+        let handler =
+            std::panic::AssertUnwindSafe(self.handlers.run(&route.handler, route.timeout, ctx))
+                .catch_unwind()
+                .map(|r| {
+                    r.unwrap_or_else(|_| Err(HandlerError::permanent("the handler panicked")))
+                });
         let result = tokio::select! {
             result = handler => result,
             () = self.keep_lease(id, claimed.attempt) => return None,
@@ -217,7 +229,11 @@ impl Worker {
         loop {
             tokio::time::sleep(lease / 3).await;
             let until = Utc::now() + lease;
-            match self.db.run(move |db| db.renew_lease(id, attempt, until)).await {
+            match self
+                .db
+                .run(move |db| db.renew_lease(id, attempt, until))
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(task = %id, attempt, "lease lost; abandoning the attempt");
@@ -265,7 +281,9 @@ fn settle(result: Result<(), ferry_core::broker::BrokerError>) {
 /// The wait before attempt `attempt + 1`: the route's backoff doubled per
 /// attempt, capped at an hour, with ±25% jitter so retries spread out.
 pub fn retry_delay(route: &Route, attempt: i32) -> Duration {
-    let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(20);
+    let exp = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
     let base = route
         .retry_backoff
         .saturating_mul(1 << exp)
@@ -359,7 +377,10 @@ mod tests {
         };
         for (attempt, base) in [(1, 2.0), (2, 4.0), (3, 8.0)] {
             let d = retry_delay(&route, attempt).as_secs_f64();
-            assert!((base * 0.75..=base * 1.25).contains(&d), "attempt {attempt}: {d}");
+            assert!(
+                (base * 0.75..=base * 1.25).contains(&d),
+                "attempt {attempt}: {d}"
+            );
         }
         assert!(retry_delay(&route, 40) <= Duration::from_secs(4500));
     }

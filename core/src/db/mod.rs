@@ -188,9 +188,8 @@ struct TaskRow {
 }
 
 fn parse_status(s: &str) -> DbResult<TaskStatus> {
-    s.parse().map_err(|e: String| {
-        DbError::Query(diesel::result::Error::DeserializationError(e.into()))
-    })
+    s.parse()
+        .map_err(|e: String| DbError::Query(diesel::result::Error::DeserializationError(e.into())))
 }
 
 const CLAIMABLE: [&str; 2] = ["pending", "retrying"];
@@ -243,13 +242,18 @@ impl Db {
                 let conn = &mut *pool.get()?;
                 // Replicas start together; one migrates while the others wait.
                 conn.batch_execute("SELECT pg_advisory_lock(460069)")?;
-                let result = conn.run_pending_migrations(PG_MIGRATIONS).map(drop).map_err(err);
+                let result = conn
+                    .run_pending_migrations(PG_MIGRATIONS)
+                    .map(drop)
+                    .map_err(err);
                 conn.batch_execute("SELECT pg_advisory_unlock(460069)")?;
                 result
             }
             Pool::Sqlite(pool) => {
                 let conn = &mut *pool.get()?;
-                conn.run_pending_migrations(SQLITE_MIGRATIONS).map(drop).map_err(err)
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(drop)
+                    .map_err(err)
             }
         }
     }
@@ -264,7 +268,9 @@ impl Db {
         match tokio::task::spawn_blocking(move || f(&db)).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(DbError::Unavailable(format!("database task cancelled: {e}"))),
+            Err(e) => Err(DbError::Unavailable(format!(
+                "database task cancelled: {e}"
+            ))),
         }
     }
 
@@ -335,12 +341,16 @@ impl Db {
         let now = Utc::now();
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
-            diesel::update(t::tasks.filter(t::id.eq_any(ids)).filter(t::enqueued_at.is_null()))
-                .set((
-                    t::enqueued_at.eq(now),
-                    t::publish_lock_until.eq(None::<DateTime<Utc>>),
-                ))
-                .execute(conn)?;
+            diesel::update(
+                t::tasks
+                    .filter(t::id.eq_any(ids))
+                    .filter(t::enqueued_at.is_null()),
+            )
+            .set((
+                t::enqueued_at.eq(now),
+                t::publish_lock_until.eq(None::<DateTime<Utc>>),
+            ))
+            .execute(conn)?;
             Ok(())
         })
     }
@@ -349,9 +359,13 @@ impl Db {
     pub fn release_publish(&self, ids: &[TaskId]) -> DbResult<()> {
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
-            diesel::update(t::tasks.filter(t::id.eq_any(ids)).filter(t::enqueued_at.is_null()))
-                .set(t::publish_lock_until.eq(None::<DateTime<Utc>>))
-                .execute(conn)?;
+            diesel::update(
+                t::tasks
+                    .filter(t::id.eq_any(ids))
+                    .filter(t::enqueued_at.is_null()),
+            )
+            .set(t::publish_lock_until.eq(None::<DateTime<Utc>>))
+            .execute(conn)?;
             Ok(())
         })
     }
@@ -382,10 +396,12 @@ impl Db {
             if candidates.is_empty() {
                 return Ok(candidates);
             }
-            Ok(diesel::update(t::tasks.filter(t::id.eq_any(&candidates)).filter(due))
-                .set(t::publish_lock_until.eq(until))
-                .returning(t::id)
-                .get_results::<TaskId>(conn)?)
+            Ok(
+                diesel::update(t::tasks.filter(t::id.eq_any(&candidates)).filter(due))
+                    .set(t::publish_lock_until.eq(until))
+                    .returning(t::id)
+                    .get_results::<TaskId>(conn)?,
+            )
         })
     }
 
@@ -403,7 +419,9 @@ impl Db {
                     .eq(TaskStatus::Running.as_str())
                     .and(t::lease_expires_at.lt(now));
                 let retried = diesel::update(
-                    t::tasks.filter(expired).filter(t::attempts.lt(t::max_attempts)),
+                    t::tasks
+                        .filter(expired)
+                        .filter(t::attempts.lt(t::max_attempts)),
                 )
                 .set((
                     t::status.eq(TaskStatus::Retrying.as_str()),
@@ -527,11 +545,23 @@ impl Db {
         let now = Utc::now();
         let none_time = None::<DateTime<Utc>>;
         let (status, result, error, finished_at, run_after) = match outcome {
-            Outcome::Succeeded(value) => (TaskStatus::Succeeded, Some(value), None, Some(now), None),
-            Outcome::Retry { error, run_after } => {
-                (TaskStatus::Retrying, None, Some(error.as_str()), None, Some(*run_after))
+            Outcome::Succeeded(value) => {
+                (TaskStatus::Succeeded, Some(value), None, Some(now), None)
             }
-            Outcome::Failed(error) => (TaskStatus::Failed, None, Some(error.as_str()), Some(now), None),
+            Outcome::Retry { error, run_after } => (
+                TaskStatus::Retrying,
+                None,
+                Some(error.as_str()),
+                None,
+                Some(*run_after),
+            ),
+            Outcome::Failed(error) => (
+                TaskStatus::Failed,
+                None,
+                Some(error.as_str()),
+                Some(now),
+                None,
+            ),
         };
         with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
@@ -614,20 +644,32 @@ impl Db {
                 Vec::new()
             } else {
                 a::task_attempts
-                    .select((a::attempt, a::worker, a::started_at, a::finished_at, a::error))
+                    .select((
+                        a::attempt,
+                        a::worker,
+                        a::started_at,
+                        a::finished_at,
+                        a::error,
+                    ))
                     .filter(a::task_id.eq(id))
                     .order(a::attempt)
-                    .load::<(i32, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>)>(
-                        conn,
-                    )?
+                    .load::<(
+                        i32,
+                        String,
+                        DateTime<Utc>,
+                        Option<DateTime<Utc>>,
+                        Option<String>,
+                    )>(conn)?
                     .into_iter()
-                    .map(|(attempt, worker, started_at, finished_at, error)| AttemptView {
-                        attempt,
-                        worker,
-                        started_at,
-                        finished_at,
-                        error,
-                    })
+                    .map(
+                        |(attempt, worker, started_at, finished_at, error)| AttemptView {
+                            attempt,
+                            worker,
+                            started_at,
+                            finished_at,
+                            error,
+                        },
+                    )
                     .collect()
             };
             Ok(Some(TaskView {

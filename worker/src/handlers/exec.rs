@@ -48,7 +48,8 @@ pub(super) async fn run(command: &[String], ctx: TaskContext<'_>) -> Result<Valu
         let _ = stdin.write_all(&input).await;
     };
     let (_, output) = tokio::join!(writer, child.wait_with_output());
-    let output = output.map_err(|e| HandlerError::retryable(format!("waiting for {:?}: {e}", command[0])))?;
+    let output = output
+        .map_err(|e| HandlerError::retryable(format!("waiting for {:?}: {e}", command[0])))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         let (what, retryable) = match output.status.code() {
@@ -56,13 +57,11 @@ pub(super) async fn run(command: &[String], ctx: TaskContext<'_>) -> Result<Valu
             None => ("killed by a signal".to_string(), true),
         };
         let message = format!("{} failed with {what}: {}", command[0], tail(&stderr, 2000));
-        return Err(HandlerError {
-            message,
-            retryable,
-        });
+        return Err(HandlerError { message, retryable });
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    Ok(serde_json::from_str(&stdout).unwrap_or_else(|_| Value::String(stdout.trim_end().to_string())))
+    Ok(serde_json::from_str(&stdout)
+        .unwrap_or_else(|_| Value::String(stdout.trim_end().to_string())))
 }
 
 #[cfg(test)]
@@ -101,7 +100,11 @@ mod tests {
     async fn exit_codes_decide_retries() {
         let err = exec("echo boom >&2; exit 3").await.unwrap_err();
         assert!(!err.retryable);
-        assert!(err.message.contains("exit code 3") && err.message.contains("boom"), "{}", err.message);
+        assert!(
+            err.message.contains("exit code 3") && err.message.contains("boom"),
+            "{}",
+            err.message
+        );
         assert!(exec("exit 75").await.unwrap_err().retryable);
         assert!(exec("kill -9 $$").await.unwrap_err().retryable);
     }

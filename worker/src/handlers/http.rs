@@ -31,7 +31,10 @@ pub(super) async fn run(
     if status.is_success() {
         return Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)));
     }
-    let message = format!("POST {url} answered {status}: {}", super::exec::tail(&body, 2000));
+    let message = format!(
+        "POST {url} answered {status}: {}",
+        super::exec::tail(&body, 2000)
+    );
     if status.is_server_error() {
         Err(HandlerError::retryable(message))
     } else {

@@ -1,0 +1,47 @@
+//! `ferry-api`: the HTTP API, or with `--standalone` all of Ferry in one process.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ferry_core::config::CommonArgs;
+
+/// Receives events as tasks and reports their status.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Run everything in this process: SQLite, an in-process queue and
+    /// in-process workers. Nothing else is needed.
+    #[arg(long)]
+    standalone: bool,
+    /// Port to listen on.
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+#[rocket::main]
+async fn main() -> ExitCode {
+    ferry_core::init_logging();
+    let args = Args::parse();
+    let mut config = match args.common.load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ferry-api: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(port) = args.port {
+        config.port = port;
+    }
+    if config.routes.is_empty() {
+        tracing::warn!("no [[routes]] configured: every event will be refused with 422");
+    }
+    match ferry_api::serve(config, args.standalone).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-api: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! HTTP routes, one module per feature.
+
+pub mod receive;
+pub mod status;

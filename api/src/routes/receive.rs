@@ -1,0 +1,216 @@
+//! `POST /receive`: an event (or a batch) becomes tasks. The rows are
+//! committed before the answer, then the task ids are published with
+//! confirms; a publish that fails is left to the relay, so a 202 always
+//! means the task is recorded and will run.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rocket::data::{Data, ToByteUnit};
+use rocket::http::Status;
+use rocket::request::{self, FromRequest, Request};
+use rocket::{post, routes, Route, State};
+use serde_json::{json, Value};
+
+use ferry_core::db::{NewTask, Stored};
+use ferry_core::event::Event;
+use ferry_core::TaskId;
+
+use crate::error::{ApiError, JsonResponse};
+use crate::AppState;
+
+/// How long the API owns the publish of a task it just stored; past that the
+/// relay takes it over (the API died between commit and publish).
+const PUBLISH_LOCK: Duration = Duration::from_secs(10);
+
+/// The routes of this module.
+pub fn routes() -> Vec<Route> {
+    routes![receive]
+}
+
+/// The request's media type and its `ce-*` headers (binary mode).
+#[derive(Debug)]
+pub struct EventHeaders {
+    media_type: Option<String>,
+    full_content_type: Option<String>,
+    attributes: Vec<(String, String)>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for EventHeaders {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(request: &'r Request<'_>) -> request::Outcome<Self, Self::Error> {
+        let full_content_type = request
+            .headers()
+            .get_one("Content-Type")
+            .map(str::to_string);
+        let media_type = full_content_type.as_deref().map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+        let attributes = request
+            .headers()
+            .iter()
+            .filter_map(|h| {
+                let name = h.name().as_str().to_ascii_lowercase();
+                let attribute = name.strip_prefix("ce-")?.to_string();
+                Some((attribute, h.value().to_string()))
+            })
+            .collect();
+        request::Outcome::Success(Self {
+            media_type,
+            full_content_type,
+            attributes,
+        })
+    }
+}
+
+enum Mode {
+    Structured,
+    Batch,
+    Binary,
+}
+
+fn mode(headers: &EventHeaders) -> Result<Mode, ApiError> {
+    if headers.attributes.iter().any(|(k, _)| k == "specversion") {
+        return Ok(Mode::Binary);
+    }
+    match headers.media_type.as_deref() {
+        Some("application/json" | "application/cloudevents+json") => Ok(Mode::Structured),
+        Some("application/cloudevents-batch+json") => Ok(Mode::Batch),
+        Some(other) => Err(ApiError::new(
+            Status::UnsupportedMediaType,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {other:?} is not accepted; send application/json, \
+                 application/cloudevents+json or application/cloudevents-batch+json \
+                 (or a binary-mode event with ce-* headers)"
+            ),
+        )),
+        None => Err(ApiError::new(
+            Status::UnsupportedMediaType,
+            "unsupported_media_type",
+            "a Content-Type header is required (application/json or application/cloudevents+json)",
+        )),
+    }
+}
+
+fn invalid_event(message: impl Into<String>) -> ApiError {
+    ApiError::new(Status::UnprocessableEntity, "invalid_event", message)
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            Status::BadRequest,
+            "empty_body",
+            "the request body is empty",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            Status::BadRequest,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+fn task_json(stored: &Stored) -> Value {
+    json!({
+        "id": stored.id,
+        "status": stored.status,
+        "status_url": format!("/status/{}", stored.id),
+    })
+}
+
+#[post("/receive", data = "<body>")]
+async fn receive(
+    headers: EventHeaders,
+    body: Data<'_>,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
+    let mode = mode(&headers)?;
+    let limit = state.config.max_body_bytes;
+    let body = body.open(limit.bytes()).into_bytes().await.map_err(|e| {
+        ApiError::new(
+            Status::BadRequest,
+            "unreadable_body",
+            format!("cannot read the body: {e}"),
+        )
+    })?;
+    if !body.is_complete() {
+        return Err(ApiError::new(
+            Status::PayloadTooLarge,
+            "payload_too_large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        ));
+    }
+    let events = match mode {
+        Mode::Structured => {
+            vec![Event::from_json(parse_json(&body)?).map_err(|e| invalid_event(e.0))?]
+        }
+        Mode::Batch => {
+            Event::batch_from_json(parse_json(&body)?).map_err(|e| invalid_event(e.0))?
+        }
+        Mode::Binary => vec![Event::from_binary(
+            headers.attributes,
+            headers.full_content_type.as_deref(),
+            &body,
+        )
+        .map_err(|e| invalid_event(e.0))?],
+    };
+    let mut tasks = Vec::with_capacity(events.len());
+    for event in events {
+        let Some(route) = state.config.routes.get(&event.event_type) else {
+            return Err(ApiError::new(
+                Status::UnprocessableEntity,
+                "unrouted_event",
+                format!(
+                    "no route handles events of type {:?} (and there is no \"*\" route)",
+                    event.event_type
+                ),
+            ));
+        };
+        tasks.push(NewTask {
+            id: TaskId::new(),
+            max_attempts: i32::try_from(route.max_attempts).unwrap_or(i32::MAX),
+            event_type: event.event_type,
+            source: event.source,
+            event_id: event.id,
+            event: event.body,
+        });
+    }
+    let lock_until = Utc::now() + PUBLISH_LOCK;
+    let stored = state
+        .db
+        .run(move |db| db.insert_tasks(&tasks, lock_until))
+        .await?;
+    // Committed: from here on the task exists whatever happens to the publish.
+    let new: Vec<TaskId> = stored.iter().filter(|s| s.created).map(|s| s.id).collect();
+    if !new.is_empty() {
+        state.publish(new).await;
+    }
+    let any_new = stored.iter().any(|s| s.created);
+    let status = if any_new {
+        Status::Accepted
+    } else {
+        Status::Ok
+    };
+    let response = match mode {
+        Mode::Batch => JsonResponse::new(
+            status,
+            json!({ "tasks": stored.iter().map(task_json).collect::<Vec<_>>() }),
+        ),
+        Mode::Structured | Mode::Binary => {
+            let task = &stored[0];
+            JsonResponse::new(status, task_json(task))
+                .with_header("Location", format!("/status/{}", task.id))
+        }
+    };
+    Ok(response)
+}

@@ -1,0 +1,47 @@
+//! `GET /status/<id>`: where a task is. `GET /health`: is the API serving.
+
+use rocket::http::Status;
+use rocket::{get, routes, Route, State};
+use serde_json::json;
+
+use ferry_core::TaskId;
+
+use crate::error::{ApiError, JsonResponse};
+use crate::AppState;
+
+/// The routes of this module.
+pub fn routes() -> Vec<Route> {
+    routes![status, health]
+}
+
+#[get("/status/<id>")]
+async fn status(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+    let id: TaskId = id.parse().map_err(|_| {
+        ApiError::new(
+            Status::BadRequest,
+            "invalid_id",
+            format!("{id:?} is not a task id (a UUID)"),
+        )
+    })?;
+    let view = state.db.run(move |db| db.task_view(id)).await?;
+    match view {
+        Some(view) => Ok(JsonResponse::new(
+            Status::Ok,
+            serde_json::to_value(view).expect("a task view serializes"),
+        )),
+        None => Err(ApiError::new(
+            Status::NotFound,
+            "task_not_found",
+            format!("no task has id {id}"),
+        )),
+    }
+}
+
+#[get("/health")]
+async fn health(state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+    state.db.run(|db| db.ping()).await?;
+    Ok(JsonResponse::new(
+        Status::Ok,
+        json!({ "status": "ok", "database": state.db.backend() }),
+    ))
+}

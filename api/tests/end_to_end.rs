@@ -1,0 +1,230 @@
+//! The whole path, with real processes: POST an event to `ferry-api`, a
+//! `ferry-worker` (or the standalone process) runs its handler, and
+//! `/status` reports the outcome.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Api, Deployment};
+use serde_json::{json, Value};
+
+const DONE: Duration = Duration::from_secs(60);
+
+/// Every test_files event reaches `succeeded` with its handler's result.
+async fn every_event_succeeds(api: &Api) {
+    // The pacifica event (CloudEvents 0.1) runs handlers/ingest.py.
+    let r = api.post_file("C234-1234-1234/event.json").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["status"], "pending");
+    assert_eq!(r.body["status_url"], format!("/status/{id}"));
+    assert_eq!(r.headers["location"], format!("/status/{id}"));
+    let task = api.wait_for(&id, "succeeded", DONE).await;
+    assert_eq!(task["type"], "org.pacifica.metadata.ingest");
+    assert_eq!(task["source"], "/pacifica/metadata/ingest");
+    assert_eq!(task["event_id"], "C234-1234-1234");
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(task["result"]["task_id"], id.as_str());
+    assert_eq!(task["result"]["file_count"], 3);
+    assert_eq!(task["result"]["total_bytes"], 1416);
+    assert_eq!(task["result"]["proxymod"]["task"], "advance");
+    assert!(task["error"].is_null());
+    for key in ["created_at", "started_at", "finished_at"] {
+        let t = task[key].as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.ends_with('Z'),
+            "{key}: {t}"
+        );
+    }
+    assert_eq!(task["attempt_history"].as_array().unwrap().len(), 1);
+
+    // The same (source, id) again is the same task, not a new one.
+    let again = api.post_file("C234-1234-1234/event.json").await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body["id"], id.as_str());
+    assert_eq!(again.body["status"], "succeeded");
+
+    // CloudEvents 1.0, structured, as application/cloudevents+json.
+    let r = api
+        .post(
+            common::test_file("cloudevents-1.0/event.json"),
+            &[(
+                "content-type",
+                "application/cloudevents+json; charset=utf-8",
+            )],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let task = api
+        .wait_for(r.body["id"].as_str().unwrap(), "succeeded", DONE)
+        .await;
+    assert_eq!(task["result"]["file_count"], 2);
+
+    // echo: the result is the event's data.
+    let r = api.post_file("echo/event.json").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let task = api
+        .wait_for(r.body["id"].as_str().unwrap(), "succeeded", DONE)
+        .await;
+    assert_eq!(task["result"], json!({"hello": "world"}));
+
+    // A batch: one task per event.
+    let r = api
+        .post(
+            common::test_file("batch/events.json"),
+            &[("content-type", "application/cloudevents-batch+json")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let tasks = r.body["tasks"].as_array().unwrap().clone();
+    assert_eq!(tasks.len(), 3);
+    for (i, t) in tasks.iter().enumerate() {
+        let task = api
+            .wait_for(t["id"].as_str().unwrap(), "succeeded", DONE)
+            .await;
+        assert_eq!(task["event_id"], format!("batch-{}", i + 1));
+    }
+
+    // Binary mode: ce-* headers carry the attributes, the body is the data.
+    let r = api
+        .post(
+            r#"{"binary": true}"#,
+            &[
+                ("content-type", "application/json"),
+                ("ce-specversion", "1.0"),
+                ("ce-type", "org.ferry.echo"),
+                ("ce-source", "/ferry/tests/binary"),
+                ("ce-id", "binary-1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let task = api
+        .wait_for(r.body["id"].as_str().unwrap(), "succeeded", DONE)
+        .await;
+    assert_eq!(task["result"], json!({"binary": true}));
+    assert_eq!(task["source"], "/ferry/tests/binary");
+}
+
+#[tokio::test]
+async fn sqlite_api_and_worker_processes() {
+    require!(rabbitmq);
+    let deployment = Deployment::sqlite();
+    let api = deployment.api().await;
+    let _worker = deployment.worker("worker");
+    every_event_succeeds(&api).await;
+}
+
+#[tokio::test]
+async fn postgres_api_and_worker_processes() {
+    require!(rabbitmq, postgres);
+    let deployment = Deployment::postgres();
+    let api = deployment.api().await;
+    let _worker = deployment.worker("worker");
+    every_event_succeeds(&api).await;
+}
+
+#[tokio::test]
+async fn standalone_needs_nothing_else() {
+    // No broker URL that works: standalone must not touch RabbitMQ.
+    let deployment =
+        Deployment::sqlite().env("FERRY_BROKER_URL", "amqp://guest:guest@127.0.0.1:1/%2f");
+    let api = deployment.standalone().await;
+    every_event_succeeds(&api).await;
+}
+
+#[tokio::test]
+async fn postgres_uses_native_types() {
+    require!(rabbitmq, postgres);
+    let deployment = Deployment::postgres();
+    let api = deployment.api().await;
+    let _worker = deployment.worker("worker");
+    let id = api
+        .submit("org.ferry.echo", "native-1", json!({"k": 1}))
+        .await;
+    api.wait_for(&id, "succeeded", DONE).await;
+    let schema = deployment.pg.as_ref().unwrap();
+    // Fails (and the test with it) unless the columns have these types.
+    schema.execute(&format!(
+        "DO $$ BEGIN
+           IF (SELECT string_agg(column_name || ':' || data_type, ',' ORDER BY column_name)
+               FROM information_schema.columns
+               WHERE table_schema = '{s}' AND table_name = 'tasks'
+                 AND column_name IN ('id', 'event', 'result', 'created_at'))
+              <> 'created_at:timestamp with time zone,event:jsonb,id:uuid,result:jsonb'
+           THEN RAISE EXCEPTION 'wrong column types'; END IF;
+         END $$;",
+        s = schema.name
+    ));
+}
+
+/// Two worker replicas share one queue; every task runs exactly once.
+#[tokio::test]
+async fn two_worker_replicas_run_each_task_once() {
+    require!(rabbitmq, postgres);
+    let deployment = Deployment::postgres();
+    let api = deployment.api().await;
+    let _a = deployment.worker("worker-a");
+    let _b = deployment.worker("worker-b");
+    const N: usize = 200;
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        ids.push(
+            api.submit("org.ferry.count", &format!("count-{i}"), json!({"i": i}))
+                .await,
+        );
+    }
+    let mut workers = HashMap::<String, usize>::new();
+    for id in &ids {
+        let task = api.wait_for(id, "succeeded", DONE).await;
+        assert_eq!(task["attempts"], 1, "{task:#}");
+        let worker = task["attempt_history"][0]["worker"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        *workers.entry(worker).or_default() += 1;
+    }
+    let runs = deployment.runs();
+    let mut per_task = HashMap::<&str, usize>::new();
+    for (id, _) in &runs {
+        *per_task.entry(id.as_str()).or_default() += 1;
+    }
+    assert_eq!(runs.len(), N, "handler runs: {runs:?}");
+    for id in &ids {
+        assert_eq!(
+            per_task.get(id.as_str()),
+            Some(&1),
+            "task {id} ran {:?} times",
+            per_task.get(id.as_str())
+        );
+    }
+    assert_eq!(
+        workers.len(),
+        2,
+        "both replicas should have taken tasks: {workers:?}"
+    );
+}
+
+/// A fail route ends `failed` after its max_attempts, each attempt recorded.
+#[tokio::test]
+async fn failing_tasks_are_retried_then_failed() {
+    let deployment = Deployment::sqlite();
+    let api = deployment.standalone().await;
+    let id = api.submit("org.ferry.fail", "fail-1", Value::Null).await;
+    let task = api.wait_for(&id, "failed", DONE).await;
+    assert_eq!(task["attempts"], 3);
+    assert_eq!(task["max_attempts"], 3);
+    let history = task["attempt_history"].as_array().unwrap();
+    assert_eq!(history.len(), 3);
+    for (i, attempt) in history.iter().enumerate() {
+        assert_eq!(attempt["attempt"], i + 1);
+        assert!(
+            attempt["error"].as_str().unwrap().contains("fail handler"),
+            "{attempt}"
+        );
+        assert!(attempt["finished_at"].is_string());
+    }
+    assert!(task["error"].as_str().unwrap().contains("attempt 3"));
+}

@@ -1,0 +1,248 @@
+//! The task table's compare-and-set transitions, on SQLite and on a
+//! PostgreSQL schema of this test's own.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+use ferry_core::db::{NewTask, Outcome};
+use ferry_core::{Db, TaskId, TaskStatus};
+use serde_json::json;
+
+const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn new_task(event_id: &str, max_attempts: i32) -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        event_type: "org.ferry.echo".into(),
+        source: "/ferry/tests".into(),
+        event_id: event_id.into(),
+        event: json!({"specversion": "1.0", "data": {"n": 1}}),
+        max_attempts,
+    }
+}
+
+/// Runs `check` against a fresh SQLite file and, when PostgreSQL answers
+/// (always under CI), against a fresh schema.
+fn on_both_backends(check: impl Fn(&Db)) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Db::connect(
+        &format!("sqlite://{}", dir.path().join("t.db").display()),
+        4,
+    )
+    .unwrap();
+    sqlite.migrate().unwrap();
+    check(&sqlite);
+
+    let schema = format!("ferry_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = match diesel::PgConnection::establish(POSTGRES_URL) {
+        Ok(conn) => conn,
+        Err(e) if std::env::var("CI").is_err() => {
+            eprintln!("SKIPPED the PostgreSQL half: {e}");
+            return;
+        }
+        Err(e) => panic!("PostgreSQL is not reachable and CI is set: {e}"),
+    };
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .unwrap();
+    let pg = Db::connect(
+        &format!("{POSTGRES_URL}?options=-csearch_path%3D{schema}"),
+        4,
+    )
+    .unwrap();
+    // Migrating twice (a second replica starting) is harmless.
+    pg.migrate().unwrap();
+    pg.migrate().unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&pg)));
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn lease() -> chrono::DateTime<Utc> {
+    Utc::now() + Duration::from_secs(30)
+}
+
+#[test]
+fn an_event_is_stored_once() {
+    on_both_backends(|db| {
+        let first = db.insert_tasks(&[new_task("e1", 3)], Utc::now()).unwrap();
+        assert!(first[0].created);
+        let again = db
+            .insert_tasks(&[new_task("e1", 3), new_task("e2", 3)], Utc::now())
+            .unwrap();
+        assert_eq!((again[0].id, again[0].created), (first[0].id, false));
+        assert!(again[1].created);
+        assert_eq!(db.status(first[0].id).unwrap(), Some(TaskStatus::Pending));
+        assert_eq!(db.status(TaskId::new()).unwrap(), None);
+    });
+}
+
+#[test]
+fn only_one_claim_wins_and_finished_tasks_never_run_again() {
+    on_both_backends(|db| {
+        let id = db.insert_tasks(&[new_task("e1", 3)], Utc::now()).unwrap()[0].id;
+        let claimed = db
+            .claim(id, "w1", lease())
+            .unwrap()
+            .expect("first claim wins");
+        assert_eq!(claimed.attempt, 1);
+        assert!(
+            db.claim(id, "w2", lease()).unwrap().is_none(),
+            "a running task is not claimable"
+        );
+        assert!(db.renew_lease(id, 1, lease()).unwrap());
+        // A stale attempt number cannot record anything.
+        assert!(!db.finish(id, 2, &Outcome::Succeeded(json!(null))).unwrap());
+        assert!(db
+            .finish(id, 1, &Outcome::Succeeded(json!({"ok": true})))
+            .unwrap());
+        assert!(!db.finish(id, 1, &Outcome::Failed("late".into())).unwrap());
+        assert!(
+            db.claim(id, "w3", lease()).unwrap().is_none(),
+            "a finished task is not claimable"
+        );
+        let view = db.task_view(id).unwrap().unwrap();
+        assert_eq!(view.status, TaskStatus::Succeeded);
+        assert_eq!(view.result, Some(json!({"ok": true})));
+        assert_eq!(view.attempt_history.len(), 1);
+        assert_eq!(view.attempt_history[0].worker, "w1");
+    });
+}
+
+#[test]
+fn retries_wait_for_their_time_and_count_attempts() {
+    on_both_backends(|db| {
+        let id = db.insert_tasks(&[new_task("e1", 2)], Utc::now()).unwrap()[0].id;
+        db.claim(id, "w1", lease()).unwrap().unwrap();
+        let later = Utc::now() + Duration::from_secs(60);
+        assert!(db
+            .finish(
+                id,
+                1,
+                &Outcome::Retry {
+                    error: "boom".into(),
+                    run_after: later
+                }
+            )
+            .unwrap());
+        assert_eq!(db.status(id).unwrap(), Some(TaskStatus::Retrying));
+        assert!(
+            db.claim(id, "w1", lease()).unwrap().is_none(),
+            "not due yet"
+        );
+        assert!(
+            db.claim_unpublished(10, Duration::from_secs(30))
+                .unwrap()
+                .is_empty(),
+            "relay waits too"
+        );
+
+        let id = db.insert_tasks(&[new_task("e2", 2)], Utc::now()).unwrap()[0].id;
+        db.claim(id, "w1", lease()).unwrap().unwrap();
+        let due = Utc::now() - Duration::from_millis(1);
+        assert!(db
+            .finish(
+                id,
+                1,
+                &Outcome::Retry {
+                    error: "boom".into(),
+                    run_after: due
+                }
+            )
+            .unwrap());
+        let second = db
+            .claim(id, "w2", lease())
+            .unwrap()
+            .expect("a due retry is claimable");
+        assert_eq!((second.attempt, second.max_attempts), (2, 2));
+        assert!(db
+            .finish(id, 2, &Outcome::Failed("boom again".into()))
+            .unwrap());
+        let view = db.task_view(id).unwrap().unwrap();
+        assert_eq!(view.status, TaskStatus::Failed);
+        assert_eq!(view.error.as_deref(), Some("boom again"));
+        assert!(view.finished_at.is_some());
+        let errors: Vec<_> = view
+            .attempt_history
+            .iter()
+            .map(|a| a.error.clone())
+            .collect();
+        assert_eq!(
+            errors,
+            [Some("boom".to_string()), Some("boom again".to_string())]
+        );
+    });
+}
+
+#[test]
+fn the_relay_publishes_what_the_broker_never_confirmed() {
+    on_both_backends(|db| {
+        let past = Utc::now() - Duration::from_secs(1);
+        let future = Utc::now() + Duration::from_secs(60);
+        let orphan = db.insert_tasks(&[new_task("orphan", 3)], past).unwrap()[0].id;
+        let being_published = db.insert_tasks(&[new_task("busy", 3)], future).unwrap()[0].id;
+        let confirmed = db.insert_tasks(&[new_task("done", 3)], past).unwrap()[0].id;
+        db.mark_enqueued(&[confirmed]).unwrap();
+        let claimed = db.claim_unpublished(10, Duration::from_secs(30)).unwrap();
+        assert_eq!(claimed, vec![orphan]);
+        assert!(
+            db.claim_unpublished(10, Duration::from_secs(30))
+                .unwrap()
+                .is_empty(),
+            "a second relay gets nothing"
+        );
+        db.release_publish(&[orphan]).unwrap();
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![orphan]
+        );
+        // Once its owner's lock runs out, a task being published is the relay's too.
+        db.release_publish(&[being_published]).unwrap();
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![being_published]
+        );
+    });
+}
+
+#[test]
+fn expired_leases_are_taken_back() {
+    on_both_backends(|db| {
+        let ids: Vec<TaskId> = db
+            .insert_tasks(&[new_task("retry", 2), new_task("last", 1)], Utc::now())
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        db.mark_enqueued(&ids).unwrap();
+        let expired = Utc::now() - Duration::from_secs(1);
+        for id in &ids {
+            db.claim(*id, "dead-worker", expired).unwrap().unwrap();
+        }
+        assert_eq!(db.expire_leases().unwrap(), 2);
+        assert_eq!(db.status(ids[0]).unwrap(), Some(TaskStatus::Retrying));
+        assert_eq!(db.status(ids[1]).unwrap(), Some(TaskStatus::Failed));
+        // The lost attempt can no longer record its outcome.
+        assert!(!db.finish(ids[0], 1, &Outcome::Succeeded(json!(1))).unwrap());
+        // The retry is due now and goes back through the relay.
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![ids[0]]
+        );
+        let second = db.claim(ids[0], "w2", lease()).unwrap().unwrap();
+        assert_eq!(second.attempt, 2);
+        let view = db.task_view(ids[0]).unwrap().unwrap();
+        assert_eq!(view.attempt_history.len(), 2);
+        assert!(view.attempt_history[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("lease"));
+    });
+}
