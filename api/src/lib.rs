@@ -69,6 +69,15 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
 pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
     let db = ferry_worker::connect_db(&config, Duration::from_secs(60)).await?;
     let queue = if standalone {
+        // The in-process queue starts empty: whatever the last process had
+        // queued and not finished is published again.
+        let owed = db.run(|db| db.forget_enqueued()).await?;
+        if owed > 0 {
+            tracing::info!(
+                tasks = owed,
+                "requeueing unfinished tasks from the last run"
+            );
+        }
         Queue::local()
     } else {
         Queue::amqp(&config.broker_url, &config.queue)

@@ -228,3 +228,33 @@ async fn failing_tasks_are_retried_then_failed() {
     }
     assert!(task["error"].as_str().unwrap().contains("attempt 3"));
 }
+
+/// A standalone process killed with tasks queued and running: the next one
+/// on the same SQLite file runs them all.
+#[tokio::test]
+async fn standalone_restart_loses_nothing() {
+    let deployment = Deployment::sqlite()
+        .env("FERRY_CONCURRENCY", "1")
+        .env("FERRY_LEASE", "1s");
+    let mut first = deployment.standalone().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            first
+                .submit("org.ferry.sleep", &format!("restart-{i}"), Value::Null)
+                .await,
+        );
+    }
+    first.wait_for(&ids[0], "running", DONE).await;
+    first.proc.signal("KILL");
+    first
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    let second = deployment.standalone().await;
+    for id in &ids {
+        second.wait_for(id, "succeeded", DONE).await;
+    }
+    let first_task = second.status(&ids[0]).await.body;
+    assert_eq!(first_task["attempts"], 2, "{first_task:#}");
+}

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -208,6 +209,7 @@ impl AmqpQueue {
             .await?;
         Ok(Consumer::Amqp {
             _connection: Box::new(connection),
+            channel: Box::new(channel),
             consumer: Box::new(consumer),
         })
     }
@@ -227,6 +229,8 @@ pub enum Consumer {
     Amqp {
         /// Keeps the consumer's connection open.
         _connection: Box<Connection>,
+        /// The consumer's channel.
+        channel: Box<Channel>,
         /// lapin's consumer.
         consumer: Box<lapin::Consumer>,
     },
@@ -235,6 +239,19 @@ pub enum Consumer {
 }
 
 impl Consumer {
+    /// Asks the broker to stop delivering; unsettled deliveries stay ours.
+    pub async fn cancel(&mut self) {
+        if let Self::Amqp {
+            channel, consumer, ..
+        } = self
+        {
+            let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+            if let Err(e) = cancel.await {
+                tracing::warn!(error = %e, "could not cancel the consumer");
+            }
+        }
+    }
+
     /// The next delivery; `None` when the consumer was cancelled or closed.
     pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
         match self {

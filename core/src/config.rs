@@ -428,6 +428,9 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err(ConfigError::new("max_body_bytes", "must be at least 1"));
         }
+        if self.relay_interval < Duration::from_millis(10) {
+            return Err(ConfigError::new("relay_interval", "must be at least 10ms"));
+        }
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::new("lease", "must be at least 1s"));
         }

@@ -32,6 +32,8 @@ use crate::handlers::{HandlerError, Handlers, TaskContext};
 /// A worker process's shared state.
 #[derive(Debug)]
 struct Worker {
+    /// Attempts running now, handed back if the drain timeout passes.
+    attempts: std::sync::Mutex<std::collections::HashMap<TaskId, i32>>,
     config: Config,
     db: Db,
     name: String,
@@ -56,6 +58,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let worker = Arc::new(Worker {
+        attempts: Default::default(),
         name: worker_name(),
         handlers: Handlers::new(),
         config,
@@ -66,6 +69,8 @@ pub async fn run(
     let mut running = JoinSet::new();
     tracing::info!(worker = %worker.name, concurrency, "worker started");
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    // The consumer stays open while running tasks drain, so they can still ack.
+    let mut draining = None;
     'connect: while !shutdown.is_cancelled() {
         let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
         let mut consumer = match queue.consume(prefetch, &worker.name).await {
@@ -86,12 +91,20 @@ pub async fn run(
             // Take a message only when a slot is free, so a busy worker
             // leaves the rest of the queue to the other replicas.
             let permit = tokio::select! {
-                () = shutdown.cancelled() => break 'connect,
-                permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                () = shutdown.cancelled() => None,
+                permit = permits.clone().acquire_owned() => Some(permit.expect("semaphore is never closed")),
+            };
+            let Some(permit) = permit else {
+                draining = Some(consumer);
+                break 'connect;
             };
             let delivery = tokio::select! {
-                () = shutdown.cancelled() => break 'connect,
-                delivery = consumer.next() => delivery,
+                () = shutdown.cancelled() => None,
+                delivery = consumer.next() => Some(delivery),
+            };
+            let Some(delivery) = delivery else {
+                draining = Some(consumer);
+                break 'connect;
             };
             match delivery {
                 Some(Ok(delivery)) => {
@@ -116,6 +129,10 @@ pub async fn run(
         }
         // Messages held by the dropped consumer go back to the queue.
     }
+    if let Some(consumer) = &mut draining {
+        // No new deliveries while the running tasks finish.
+        consumer.cancel().await;
+    }
     tracing::info!(
         running = running.len(),
         "worker stopping; draining running tasks"
@@ -129,12 +146,28 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!(
-            abandoned = running.len(),
-            "drain timeout passed; abandoned tasks return to the queue when their lease expires"
-        );
         running.abort_all();
+        let abandoned: Vec<(TaskId, i32)> = worker
+            .attempts
+            .lock()
+            .expect("not poisoned")
+            .drain()
+            .collect();
+        tracing::warn!(
+            tasks = abandoned.len(),
+            "drain timeout passed; handing running tasks back"
+        );
+        for (id, attempt) in abandoned {
+            let outcome = Outcome::Retry {
+                error: "the worker shut down before the attempt finished".into(),
+                run_after: Utc::now(),
+            };
+            if !worker.record(id, attempt, &outcome).await {
+                tracing::error!(task = %id, "could not hand the task back; its lease will");
+            }
+        }
     }
+    drop(draining);
     Ok(())
 }
 
@@ -175,7 +208,13 @@ impl Worker {
             }
         };
         let attempt = claimed.attempt;
-        match self.run_attempt(id, claimed).await {
+        self.attempts
+            .lock()
+            .expect("not poisoned")
+            .insert(id, attempt);
+        let outcome = self.run_attempt(id, claimed).await;
+        self.attempts.lock().expect("not poisoned").remove(&id);
+        match outcome {
             Some(outcome) => {
                 if self.record(id, attempt, &outcome).await {
                     settle(delivery.ack().await);

@@ -246,3 +246,54 @@ fn expired_leases_are_taken_back() {
             .contains("lease"));
     });
 }
+
+#[test]
+fn a_late_publish_confirm_does_not_hide_a_retry() {
+    on_both_backends(|db| {
+        let lock = Utc::now() + Duration::from_secs(10);
+        let id = db.insert_tasks(&[new_task("fast", 3)], lock).unwrap()[0].id;
+        // A worker got the message and failed the attempt before the
+        // publisher recorded the broker's confirm.
+        db.claim(id, "w1", lease()).unwrap().unwrap();
+        let due = Utc::now() - Duration::from_millis(1);
+        assert!(db
+            .finish(
+                id,
+                1,
+                &Outcome::Retry {
+                    error: "boom".into(),
+                    run_after: due
+                }
+            )
+            .unwrap());
+        db.mark_enqueued(&[id]).unwrap();
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![id],
+            "the retry is still owed a publish"
+        );
+    });
+}
+
+#[test]
+fn unfinished_tasks_are_owed_again_when_the_queue_is_lost() {
+    on_both_backends(|db| {
+        let stored = db
+            .insert_tasks(&[new_task("queued", 3), new_task("done", 3)], Utc::now())
+            .unwrap();
+        let (queued, done) = (stored[0].id, stored[1].id);
+        db.mark_enqueued(&[queued, done]).unwrap();
+        db.claim(done, "w1", lease()).unwrap().unwrap();
+        db.finish(done, 1, &Outcome::Succeeded(json!(null)))
+            .unwrap();
+        assert!(db
+            .claim_unpublished(10, Duration::from_secs(30))
+            .unwrap()
+            .is_empty());
+        assert_eq!(db.forget_enqueued().unwrap(), 1);
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![queued]
+        );
+    });
+}

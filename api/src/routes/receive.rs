@@ -191,6 +191,10 @@ async fn receive(
         .run(move |db| db.insert_tasks(&tasks, lock_until))
         .await?;
     // Committed: from here on the task exists whatever happens to the publish.
+    #[cfg(feature = "failpoints")]
+    if std::env::var("FERRY_FAILPOINT").as_deref() == Ok("abort-after-commit") {
+        std::process::abort();
+    }
     let new: Vec<TaskId> = stored.iter().filter(|s| s.created).map(|s| s.id).collect();
     if !new.is_empty() {
         state.publish(new).await;

@@ -252,6 +252,16 @@ command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >
         }
     }
 
+    /// The same deployment (database, queue, files) seen by processes that
+    /// also get `key=value`; the copy does not own (or drop) the schema.
+    pub fn clone_env(&self, key: &str, value: &str) -> DeploymentView<'_> {
+        DeploymentView {
+            base: self,
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
     /// Sets an environment variable for every process started after this.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.extra_env.push((key.into(), value.into()));
@@ -271,6 +281,17 @@ command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >
     }
 
     fn spawn(&self, binary: &str, args: &[&str], name: &str, port: Option<u16>) -> Proc {
+        self.spawn_with(binary, args, name, port, &[])
+    }
+
+    fn spawn_with(
+        &self,
+        binary: &str,
+        args: &[&str],
+        name: &str,
+        port: Option<u16>,
+        more_env: &[(&str, &str)],
+    ) -> Proc {
         let log = self.dir.path().join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(bin(binary));
@@ -292,6 +313,9 @@ command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >
         for (k, v) in &self.extra_env {
             command.env(k, v);
         }
+        for (k, v) in more_env {
+            command.env(k, v);
+        }
         Proc {
             child: command.spawn().unwrap(),
             name: name.into(),
@@ -310,8 +334,13 @@ command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >
     }
 
     async fn start_api(&self, args: &[&str]) -> Api {
+        self.start_api_with(args, &[]).await
+    }
+
+    async fn start_api_with(&self, args: &[&str], env: &[(&str, &str)]) -> Api {
         let port = free_port();
-        let proc = self.spawn("ferry-api", args, "api", Some(port));
+        let name = format!("api-{port}");
+        let proc = self.spawn_with("ferry-api", args, &name, Some(port), env);
         let api = Api {
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
@@ -324,6 +353,23 @@ command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >
     /// Starts a `ferry-worker` replica.
     pub fn worker(&self, name: &str) -> Proc {
         self.spawn("ferry-worker", &[], name, None)
+    }
+}
+
+/// A deployment whose processes get one more environment variable.
+#[derive(Debug)]
+pub struct DeploymentView<'a> {
+    base: &'a Deployment,
+    key: String,
+    value: String,
+}
+
+impl DeploymentView<'_> {
+    /// Starts `ferry-api` with the extra variable.
+    pub async fn api(&self) -> Api {
+        self.base
+            .start_api_with(&[], &[(&self.key, &self.value)])
+            .await
     }
 }
 

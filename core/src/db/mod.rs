@@ -336,7 +336,10 @@ impl Db {
         })
     }
 
-    /// Records that the broker confirmed these tasks' messages.
+    /// Records that the broker confirmed these tasks' messages. Only rows
+    /// still locked for publishing are marked: a task that was claimed and
+    /// sent back to retrying meanwhile had its lock cleared, and must stay
+    /// owed to the relay.
     pub fn mark_enqueued(&self, ids: &[TaskId]) -> DbResult<()> {
         let now = Utc::now();
         with_conn!(self, |conn, s| {
@@ -344,7 +347,8 @@ impl Db {
             diesel::update(
                 t::tasks
                     .filter(t::id.eq_any(ids))
-                    .filter(t::enqueued_at.is_null()),
+                    .filter(t::enqueued_at.is_null())
+                    .filter(t::publish_lock_until.is_not_null()),
             )
             .set((
                 t::enqueued_at.eq(now),
@@ -352,6 +356,22 @@ impl Db {
             ))
             .execute(conn)?;
             Ok(())
+        })
+    }
+
+    /// Forgets every publish of unfinished tasks: for a queue that did not
+    /// survive the last process (the in-process queue), so the relay
+    /// publishes them again. Returns how many tasks are owed again.
+    pub fn forget_enqueued(&self) -> DbResult<usize> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            Ok(diesel::update(
+                t::tasks
+                    .filter(t::status.eq_any(CLAIMABLE))
+                    .filter(t::enqueued_at.is_not_null()),
+            )
+            .set(t::enqueued_at.eq(None::<DateTime<Utc>>))
+            .execute(conn)?)
         })
     }
 
