@@ -8,11 +8,15 @@ pub mod routes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::broker::Queue;
+use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::{Config, Db, TaskId};
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
 use tokio_util::sync::CancellationToken;
+
+/// Longest `/receive` waits for the broker's confirm before leaving the
+/// publish to the relay.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every request handler shares.
 #[derive(Debug, Clone)]
@@ -30,7 +34,12 @@ impl AppState {
     /// failure is only logged: the rows are committed and the relay will
     /// publish them once their publish lock expires.
     pub async fn publish(&self, ids: Vec<TaskId>) {
-        match self.queue.publish(&ids).await {
+        // A broker that does not answer must not hold the client: the row is
+        // committed, so the relay can finish the job.
+        let published = tokio::time::timeout(PUBLISH_TIMEOUT, self.queue.publish(&ids))
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::Timeout(PUBLISH_TIMEOUT)));
+        match published {
             Ok(()) => {
                 if let Err(e) = self.db.run(move |db| db.mark_enqueued(&ids)).await {
                     // The relay will publish again; the claim's compare-and-set

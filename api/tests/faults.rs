@@ -375,3 +375,62 @@ async fn poison_messages_are_dead_lettered() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// RabbitMQ's `consumer_timeout` lowered for as long as this lives; the
+/// default (30 minutes) is restored on drop, even when the test panics.
+struct ConsumerTimeout;
+
+impl ConsumerTimeout {
+    fn set(millis: u64) -> Self {
+        // Channels check the timeout on their tick (a minute by default);
+        // both settings are read by channels opened after this.
+        for setting in [
+            format!("consumer_timeout, {millis}"),
+            "channel_tick_interval, 200".into(),
+        ] {
+            run(
+                "rabbitmqctl",
+                &["eval", &format!("application:set_env(rabbit, {setting}).")],
+            );
+        }
+        Self
+    }
+}
+
+impl Drop for ConsumerTimeout {
+    fn drop(&mut self) {
+        for setting in ["consumer_timeout, 1800000", "channel_tick_interval, 60000"] {
+            let _ = Command::new("rabbitmqctl")
+                .args(["eval", &format!("application:set_env(rabbit, {setting}).")])
+                .status();
+        }
+    }
+}
+
+/// A task that runs longer than the broker lets a delivery go unacked: the
+/// broker closes the worker's channel and redelivers, the task still runs
+/// once and its outcome is recorded once.
+#[tokio::test]
+async fn task_longer_than_consumer_timeout() {
+    require!(rabbitmq, postgres);
+    let _timeout = ConsumerTimeout::set(1000);
+    let deployment = Deployment::postgres();
+    let api = deployment.api().await;
+    let worker = deployment.worker("worker");
+    let id = api
+        .submit("org.ferry.slow-count", "long-1", Value::Null)
+        .await;
+    let task = api.wait_for(&id, "succeeded", LONG).await;
+    assert_eq!(task["attempts"], 1, "{task:#}");
+    assert_eq!(runs_per_task(&deployment).get(&id), Some(&1));
+    let log = worker.log_text();
+    assert!(
+        log.contains("reconnecting"),
+        "the broker should have closed the channel:\n{log}"
+    );
+    // The worker consumes again after the broker closed its channel.
+    let next = api
+        .submit("org.ferry.echo", "after-timeout", Value::Null)
+        .await;
+    api.wait_for(&next, "succeeded", LONG).await;
+}

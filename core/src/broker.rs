@@ -25,6 +25,9 @@ pub enum BrokerError {
     /// The broker refused the message (negative confirm or returned).
     #[error("broker refused the message for task {0}")]
     Refused(TaskId),
+    /// The broker did not confirm in time.
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(std::time::Duration),
     /// The in-process queue is closed (the process is stopping).
     #[error("the in-process queue is closed")]
     Closed,

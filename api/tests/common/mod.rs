@@ -238,6 +238,12 @@ retry_backoff = "200ms"
 type = "org.ferry.count"
 handler = "exec"
 command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >> '{runs}'; echo '{{\"counted\": true}}'"]
+
+# Counts its run, then takes longer than the consumer timeout the fault test sets.
+[[routes]]
+type = "org.ferry.slow-count"
+handler = "exec"
+command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >> '{runs}'; sleep 8; echo '{{}}'"]
 "#,
             runs = runs.display()
         )
