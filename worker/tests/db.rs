@@ -64,6 +64,16 @@ fn on_both_backends(check: impl Fn(&Db)) {
     }
 }
 
+/// Claims the task and fails its first attempt with a retry that is due now.
+fn fail_first_attempt_retry_due_now(db: &Db, id: TaskId) {
+    db.claim(id, "w1", lease()).unwrap().unwrap();
+    let retry = Outcome::Retry {
+        error: "boom".into(),
+        run_after: Utc::now() - Duration::from_millis(1),
+    };
+    assert!(db.finish(id, 1, &retry).unwrap());
+}
+
 fn lease() -> chrono::DateTime<Utc> {
     Utc::now() + Duration::from_secs(30)
 }
@@ -144,18 +154,7 @@ fn retries_wait_for_their_time_and_count_attempts() {
         );
 
         let id = db.insert_tasks(&[new_task("e2", 2)], Utc::now()).unwrap()[0].id;
-        db.claim(id, "w1", lease()).unwrap().unwrap();
-        let due = Utc::now() - Duration::from_millis(1);
-        assert!(db
-            .finish(
-                id,
-                1,
-                &Outcome::Retry {
-                    error: "boom".into(),
-                    run_after: due
-                }
-            )
-            .unwrap());
+        fail_first_attempt_retry_due_now(db, id);
         let second = db
             .claim(id, "w2", lease())
             .unwrap()
@@ -254,18 +253,7 @@ fn a_late_publish_confirm_does_not_hide_a_retry() {
         let id = db.insert_tasks(&[new_task("fast", 3)], lock).unwrap()[0].id;
         // A worker got the message and failed the attempt before the
         // publisher recorded the broker's confirm.
-        db.claim(id, "w1", lease()).unwrap().unwrap();
-        let due = Utc::now() - Duration::from_millis(1);
-        assert!(db
-            .finish(
-                id,
-                1,
-                &Outcome::Retry {
-                    error: "boom".into(),
-                    run_after: due
-                }
-            )
-            .unwrap());
+        fail_first_attempt_retry_due_now(db, id);
         db.mark_enqueued(&[id]).unwrap();
         assert_eq!(
             db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
