@@ -622,6 +622,17 @@ impl Db {
         })
     }
 
+    /// How many tasks are in `status` (for benchmarks and monitoring).
+    pub fn count_with_status(&self, status: TaskStatus) -> DbResult<i64> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            Ok(t::tasks
+                .filter(t::status.eq(status.as_str()))
+                .count()
+                .get_result(conn)?)
+        })
+    }
+
     /// A task's status, or `None` if there is no such task.
     pub fn status(&self, id: TaskId) -> DbResult<Option<TaskStatus>> {
         with_conn!(self, |conn, s| {

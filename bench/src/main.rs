@@ -1,0 +1,683 @@
+//! `ferry-bench`: measures Ferry in its production layout (`ferry-api` and
+//! `ferry-worker` replicas as separate processes, RabbitMQ, SQLite or
+//! PostgreSQL) against the broker's own ceiling, in one run.
+//!
+//! Phases, per database backend, each on a fresh database and queue:
+//! - burst: `--tasks` echo tasks POSTed by `--concurrency` clients; gives
+//!   ingest (requests/s, latency p50/p99) and end to end (first POST until
+//!   every task is `succeeded`, tasks/s);
+//! - status reads: `GET /status` at the same concurrency;
+//! - open loop: POSTs sent at fixed rates on a schedule, each latency taken
+//!   from its intended send time (no coordinated omission);
+//! - peak RSS (VmHWM) of the API and of each worker.
+//!
+//! Before them, the broker's ceiling: raw lapin publish-with-confirms and
+//! consume-with-ack of the same message on a queue of its own.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+use ferry_core::{Db, TaskStatus};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection as AmqpConnection, ConnectionProperties};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+/// Benchmarks Ferry against RabbitMQ's own ceiling.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Args {
+    /// A short run (small N) that only checks the harness works.
+    #[arg(long)]
+    quick: bool,
+    /// Database backends to run: sqlite, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<String>,
+    /// Worker replicas (processes).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Tasks each worker runs at once.
+    #[arg(long, default_value_t = 32)]
+    worker_concurrency: usize,
+    /// Concurrent HTTP clients in the closed-loop phases.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Tasks in the burst phase (default 20000, or 500 with --quick).
+    #[arg(long)]
+    tasks: Option<usize>,
+    /// Open-loop rates, tasks per second (default 100,1000,5000; 100,1000 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<u32>>,
+    /// Seconds each open-loop rate runs (default 5, or 1 with --quick).
+    #[arg(long)]
+    rate_seconds: Option<f64>,
+    /// RabbitMQ.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    broker_url: String,
+    /// PostgreSQL database in which each run gets a schema of its own.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres_url: String,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/latest.json")]
+    out: PathBuf,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Latency summary in milliseconds.
+fn summary(mut samples: Vec<f64>) -> Value {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    json!({
+        "n": samples.len(),
+        "p50_ms": percentile(&samples, 50.0),
+        "p90_ms": percentile(&samples, 90.0),
+        "p99_ms": percentile(&samples, 99.0),
+        "max_ms": samples.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The message Ferry puts on the queue: a hyphenated UUID.
+fn task_message() -> Vec<u8> {
+    uuid::Uuid::new_v4().to_string().into_bytes()
+}
+
+/// RabbitMQ alone: persistent messages published with confirms (pipelined,
+/// or one confirm at a time) and consumed with acks, on a queue of its own.
+async fn broker_ceiling(url: &str, n: usize, pipelined: bool) -> anyhow::Result<f64> {
+    let queue = format!("ferry.bench.ceiling.{}", uuid::Uuid::new_v4().simple());
+    let publisher = AmqpConnection::connect(url, ConnectionProperties::default()).await?;
+    let consumer_conn = AmqpConnection::connect(url, ConnectionProperties::default()).await?;
+    let pub_channel = publisher.create_channel().await?;
+    pub_channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    pub_channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let sub_channel = consumer_conn.create_channel().await?;
+    sub_channel
+        .basic_qos(200, BasicQosOptions::default())
+        .await?;
+    let mut consumer = sub_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consume = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < n {
+            let Some(delivery) = consumer.next().await else {
+                bail!("consumer ended early");
+            };
+            delivery?.ack(BasicAckOptions::default()).await?;
+            seen += 1;
+        }
+        Ok(())
+    });
+    let start = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for _ in 0..n {
+        let confirm = pub_channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &task_message(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        if pipelined {
+            pending.push_back(confirm);
+            // A bounded window of outstanding confirms, as Ferry keeps.
+            if pending.len() >= 1000 {
+                pending.pop_front().expect("not empty").await?;
+            }
+        } else {
+            confirm.await?;
+        }
+    }
+    for confirm in pending {
+        confirm.await?;
+    }
+    consume.await??;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    pub_channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    Ok(rate)
+}
+
+/// A Ferry process, stopped when dropped.
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    /// Peak resident memory so far, in MiB.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One backend's fresh deployment: database, queue, processes.
+struct Deployment {
+    _dir: tempfile::TempDir,
+    database_url: String,
+    pg_schema: Option<(String, String)>,
+    api: Proc,
+    workers: Vec<Proc>,
+    base: String,
+}
+
+impl Deployment {
+    async fn start(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (database_url, pg_schema) = match backend {
+            "sqlite" => (
+                format!("sqlite://{}", dir.path().join("ferry.db").display()),
+                None,
+            ),
+            "postgres" => {
+                let schema = format!("ferry_bench_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = diesel::PgConnection::establish(&args.postgres_url)
+                    .context("connecting to PostgreSQL")?;
+                admin.batch_execute(&format!("CREATE SCHEMA {schema}"))?;
+                let sep = if args.postgres_url.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                (
+                    format!("{}{sep}options=-csearch_path%3D{schema}", args.postgres_url),
+                    Some((args.postgres_url.clone(), schema)),
+                )
+            }
+            other => bail!("unknown backend {other:?} (sqlite, postgres)"),
+        };
+        let config = dir.path().join("server.conf");
+        std::fs::write(
+            &config,
+            "[[routes]]\ntype = \"org.ferry.echo\"\nhandler = \"echo\"\n",
+        )?;
+        let queue = format!("ferry.bench.{}", uuid::Uuid::new_v4().simple());
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let spawn = |binary: &str, name: String| -> anyhow::Result<Proc> {
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
+            let child = Command::new(bin_dir.join(binary))
+                .args(["--config", config.to_str().expect("utf-8 path")])
+                .env("FERRY_DATABASE_URL", &database_url)
+                .env("FERRY_BROKER_URL", &args.broker_url)
+                .env("FERRY_QUEUE", &queue)
+                .env("FERRY_PORT", port.to_string())
+                .env("FERRY_CONCURRENCY", args.worker_concurrency.to_string())
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", bin_dir.join(binary).display()))?;
+            Ok(Proc { child, name })
+        };
+        let api = spawn("ferry-api", "api".into())?;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "ferry-api did not start; see its log in {}",
+                    dir.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let workers = (0..args.workers)
+            .map(|i| spawn("ferry-worker", format!("worker-{i}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            _dir: dir,
+            database_url,
+            pg_schema,
+            api,
+            workers,
+            base,
+        })
+    }
+
+    fn rss(&self) -> Value {
+        let workers: Vec<Value> = self
+            .workers
+            .iter()
+            .map(|w| json!({"name": w.name, "peak_rss_mib": w.peak_rss_mib()}))
+            .collect();
+        json!({"api_peak_rss_mib": self.api.peak_rss_mib(), "workers": workers})
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.workers.clear();
+        if let Some((url, schema)) = &self.pg_schema {
+            if let Ok(mut admin) = diesel::PgConnection::establish(url) {
+                let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
+}
+
+fn event(prefix: &str, i: usize) -> String {
+    json!({
+        "specversion": "1.0",
+        "type": "org.ferry.echo",
+        "source": "/ferry/bench",
+        "id": format!("{prefix}-{i}"),
+        "data": {"i": i}
+    })
+    .to_string()
+}
+
+/// POSTs one event; returns the task id.
+async fn submit(client: &reqwest::Client, base: &str, body: String) -> anyhow::Result<String> {
+    let response = client
+        .post(format!("{base}/receive"))
+        .header("content-type", "application/cloudevents+json")
+        .body(body)
+        .send()
+        .await?;
+    if response.status().as_u16() != 202 {
+        bail!("/receive answered {}", response.status());
+    }
+    let body: Value = response.json().await?;
+    Ok(body["id"].as_str().context("no id")?.to_string())
+}
+
+/// Waits until `expected` tasks have succeeded; returns when that was seen.
+async fn wait_succeeded(db: &Db, expected: i64, timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done = db
+            .run(|db| db.count_with_status(TaskStatus::Succeeded))
+            .await?;
+        if done >= expected {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {expected} tasks succeeded within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Closed loop: `n` POSTs from `concurrency` clients, then until all succeed.
+async fn burst(
+    d: &Deployment,
+    db: &Db,
+    client: &reqwest::Client,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Value, Vec<String>)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let clients: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, base, next) = (client.clone(), d.base.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut ids = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, anyhow::Error>((latencies, ids));
+                    }
+                    let sent = Instant::now();
+                    ids.push(submit(&client, &base, event("burst", i)).await?);
+                    latencies.push(ms(sent.elapsed()));
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    for c in clients {
+        let (l, i) = c.await??;
+        latencies.extend(l);
+        ids.extend(i);
+    }
+    let ingested = start.elapsed();
+    let done = wait_succeeded(db, n as i64, Duration::from_secs(600)).await? - start;
+    Ok((
+        json!({
+            "tasks": n,
+            "concurrency": concurrency,
+            "ingest_per_s": n as f64 / ingested.as_secs_f64(),
+            "ingest_latency": summary(latencies),
+            "end_to_end_per_s": n as f64 / done.as_secs_f64(),
+            "end_to_end_s": done.as_secs_f64(),
+        }),
+        ids,
+    ))
+}
+
+/// Closed loop `GET /status` reads of existing tasks.
+async fn status_reads(
+    d: &Deployment,
+    client: &reqwest::Client,
+    ids: &[String],
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Value> {
+    let ids = Arc::new(ids.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let readers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, base, next, ids) =
+                (client.clone(), d.base.clone(), next.clone(), ids.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, anyhow::Error>(latencies);
+                    }
+                    let sent = Instant::now();
+                    let r = client
+                        .get(format!("{base}/status/{}", ids[i % ids.len()]))
+                        .send()
+                        .await?;
+                    if !r.status().is_success() {
+                        bail!("/status answered {}", r.status());
+                    }
+                    r.bytes().await?;
+                    latencies.push(ms(sent.elapsed()));
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(n);
+    for r in readers {
+        latencies.extend(r.await??);
+    }
+    Ok(json!({
+        "reads": n,
+        "concurrency": concurrency,
+        "reads_per_s": n as f64 / start.elapsed().as_secs_f64(),
+        "latency": summary(latencies),
+    }))
+}
+
+/// Open loop: POSTs at `rate`/s for `seconds`, each on its own schedule.
+/// Submit latency is from the intended send time to the 202; end-to-end
+/// latency is from the intended send time to the task's recorded
+/// `finished_at` (same machine, same clock).
+async fn open_loop(
+    d: &Deployment,
+    db: &Db,
+    client: &reqwest::Client,
+    rate: u32,
+    seconds: f64,
+    already_succeeded: i64,
+) -> anyhow::Result<Value> {
+    let n = (f64::from(rate) * seconds).round() as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let start_utc = chrono::Utc::now() + Duration::from_millis(50);
+    // Bounds the sockets the generator opens; a send that waits here is
+    // still measured from its intended time.
+    let sockets = Arc::new(Semaphore::new(512));
+    let sends: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, base, sockets) = (client.clone(), d.base.clone(), sockets.clone());
+            let intended = start + interval * i as u32;
+            let body = event(&format!("open-{rate}"), i);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(intended).await;
+                let _slot = sockets.acquire().await?;
+                let id = submit(&client, &base, body).await?;
+                Ok::<_, anyhow::Error>((i, id, ms(intended.elapsed())))
+            })
+        })
+        .collect();
+    let mut submitted = Vec::with_capacity(n);
+    for s in sends {
+        submitted.push(s.await??);
+    }
+    wait_succeeded(db, already_succeeded + n as i64, Duration::from_secs(600)).await?;
+    let mut submit_ms = Vec::with_capacity(n);
+    let mut done_ms = Vec::with_capacity(n);
+    for (i, id, latency) in submitted {
+        submit_ms.push(latency);
+        let task: Value = client
+            .get(format!("{}/status/{id}", d.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let finished: chrono::DateTime<chrono::Utc> = task["finished_at"]
+            .as_str()
+            .context("no finished_at")?
+            .parse()?;
+        let intended = start_utc + interval * i as u32;
+        done_ms.push((finished - intended).as_seconds_f64() * 1000.0);
+    }
+    Ok(json!({
+        "rate_per_s": rate,
+        "tasks": n,
+        "submit_latency": summary(submit_ms),
+        "submit_to_succeeded_latency": summary(done_ms),
+    }))
+}
+
+async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Result<Value> {
+    let d = Deployment::start(args, backend, bin_dir).await?;
+    let db = Db::connect(&d.database_url, 2)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let tasks = args.tasks.unwrap_or(if args.quick { 500 } else { 20_000 });
+    eprintln!("[{backend}] burst of {tasks} tasks");
+    let (burst, ids) = burst(&d, &db, &client, tasks, args.concurrency).await?;
+    eprintln!("[{backend}] status reads");
+    let reads = status_reads(&d, &client, &ids, tasks * 2, args.concurrency).await?;
+    let rates = args.rates.clone().unwrap_or(if args.quick {
+        vec![100, 1000]
+    } else {
+        vec![100, 1000, 5000]
+    });
+    let seconds = args
+        .rate_seconds
+        .unwrap_or(if args.quick { 1.0 } else { 5.0 });
+    let mut open = Vec::new();
+    let mut succeeded = tasks as i64;
+    for rate in rates {
+        eprintln!("[{backend}] open loop at {rate}/s for {seconds}s");
+        let result = open_loop(&d, &db, &client, rate, seconds, succeeded).await?;
+        succeeded += result["tasks"].as_i64().unwrap_or(0);
+        open.push(result);
+    }
+    Ok(json!({
+        "backend": backend,
+        "workers": args.workers,
+        "worker_concurrency": args.worker_concurrency,
+        "burst": burst,
+        "status": reads,
+        "open_loop": open,
+        "memory": d.rss(),
+    }))
+}
+
+fn fmt(v: &Value) -> String {
+    v.as_f64().map_or_else(
+        || "-".into(),
+        |f| {
+            if f >= 100.0 {
+                format!("{f:.0}")
+            } else {
+                format!("{f:.2}")
+            }
+        },
+    )
+}
+
+fn print_table(results: &Value) {
+    let ceiling = &results["broker_ceiling"];
+    println!(
+        "\nRabbitMQ alone (same message, persistent, confirms, acks): {} msg/s pipelined, {} msg/s one confirm at a time",
+        fmt(&ceiling["pipelined_per_s"]),
+        fmt(&ceiling["sequential_per_s"])
+    );
+    for b in results["backends"].as_array().into_iter().flatten() {
+        let burst = &b["burst"];
+        println!(
+            "\n== {} ({} workers x {}) ==",
+            b["backend"].as_str().unwrap_or("?"),
+            b["workers"],
+            b["worker_concurrency"]
+        );
+        println!(
+            "ingest          {:>8} req/s   p50 {} ms  p99 {} ms  (concurrency {})",
+            fmt(&burst["ingest_per_s"]),
+            fmt(&burst["ingest_latency"]["p50_ms"]),
+            fmt(&burst["ingest_latency"]["p99_ms"]),
+            burst["concurrency"]
+        );
+        println!(
+            "end to end      {:>8} tasks/s ({} tasks)   = {:.1}% of the broker's pipelined ceiling",
+            fmt(&burst["end_to_end_per_s"]),
+            burst["tasks"],
+            100.0 * burst["end_to_end_per_s"].as_f64().unwrap_or(0.0)
+                / ceiling["pipelined_per_s"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "status reads    {:>8} req/s   p50 {} ms  p99 {} ms",
+            fmt(&b["status"]["reads_per_s"]),
+            fmt(&b["status"]["latency"]["p50_ms"]),
+            fmt(&b["status"]["latency"]["p99_ms"])
+        );
+        for o in b["open_loop"].as_array().into_iter().flatten() {
+            println!(
+                "open loop {:>5}/s  submit p50 {} p90 {} p99 {} ms | submit->succeeded p50 {} p90 {} p99 {} ms",
+                o["rate_per_s"],
+                fmt(&o["submit_latency"]["p50_ms"]),
+                fmt(&o["submit_latency"]["p90_ms"]),
+                fmt(&o["submit_latency"]["p99_ms"]),
+                fmt(&o["submit_to_succeeded_latency"]["p50_ms"]),
+                fmt(&o["submit_to_succeeded_latency"]["p90_ms"]),
+                fmt(&o["submit_to_succeeded_latency"]["p99_ms"]),
+            );
+        }
+        let workers: Vec<String> = b["memory"]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| fmt(&w["peak_rss_mib"]))
+            .collect();
+        println!(
+            "peak RSS        api {} MiB, workers {} MiB",
+            fmt(&b["memory"]["api_peak_rss_mib"]),
+            workers.join(" / ")
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("no directory")?
+        .to_path_buf();
+    for binary in ["ferry-api", "ferry-worker"] {
+        if !bin_dir.join(binary).exists() {
+            bail!(
+                "{} is missing: build with `cargo build --release --bins` (bench/run does)",
+                bin_dir.join(binary).display()
+            );
+        }
+    }
+    let ceiling_n = args
+        .tasks
+        .unwrap_or(if args.quick { 2_000 } else { 50_000 });
+    eprintln!(
+        "broker ceiling: {ceiling_n} messages pipelined, {} one at a time",
+        ceiling_n / 10
+    );
+    let pipelined = broker_ceiling(&args.broker_url, ceiling_n, true).await?;
+    let sequential = broker_ceiling(&args.broker_url, ceiling_n / 10, false).await?;
+    let mut backends = Vec::new();
+    for backend in &args.backends {
+        backends.push(run_backend(&args, backend, &bin_dir).await?);
+    }
+    let mut results = json!({
+        "when": chrono::Utc::now().to_rfc3339(),
+        "quick": args.quick,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "broker_ceiling": {"pipelined_per_s": pipelined, "sequential_per_s": sequential, "messages": ceiling_n},
+        "backends": backends,
+    });
+    let ratios: HashMap<String, f64> = results["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["backend"].as_str().unwrap_or("?").to_string(),
+                b["burst"]["end_to_end_per_s"].as_f64().unwrap_or(0.0) / pipelined,
+            )
+        })
+        .collect();
+    results["end_to_end_over_ceiling"] = json!(ratios);
+    print_table(&results);
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
+    println!("\nresults written to {}", args.out.display());
+    Ok(())
+}
