@@ -8,7 +8,10 @@ pub mod routes;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
+use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
+use ferry_core::db::{DbError, DbResult, NewTask, Stored};
 use ferry_core::{Config, Db, TaskId};
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
@@ -17,6 +20,13 @@ use tokio_util::sync::CancellationToken;
 /// Longest `/receive` waits for the broker's confirm before leaving the
 /// publish to the relay.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the API owns the publish of a task it just stored; past that the
+/// relay takes it over (the API died between commit and publish).
+const PUBLISH_LOCK: Duration = Duration::from_secs(10);
+
+/// Requests whose rows share one insert transaction, at most.
+const INSERT_BATCH: usize = 256;
 
 /// What every request handler shares.
 #[derive(Debug, Clone)]
@@ -27,9 +37,67 @@ pub struct AppState {
     pub db: Db,
     /// Where tasks are queued.
     pub queue: Queue,
+    /// Group commit of the tasks of concurrent `/receive` requests.
+    inserts: Batcher<Vec<NewTask>, DbResult<Vec<Stored>>>,
+    /// Group commit of broker confirms (`enqueued_at`), off the request path.
+    enqueued: Batcher<Vec<TaskId>, ()>,
 }
 
 impl AppState {
+    /// The state for a process: its batching loops start here.
+    pub fn new(config: Arc<Config>, db: Db, queue: Queue) -> Self {
+        let insert_db = db.clone();
+        let inserts = Batcher::spawn(
+            "insert",
+            INSERT_BATCH,
+            move |requests: Vec<Vec<NewTask>>| {
+                let sizes: Vec<usize> = requests.iter().map(Vec::len).collect();
+                let tasks: Vec<NewTask> = requests.into_iter().flatten().collect();
+                match insert_db.insert_tasks(&tasks, Utc::now() + PUBLISH_LOCK) {
+                    Ok(stored) => {
+                        let mut stored = stored.into_iter();
+                        sizes
+                            .iter()
+                            .map(|&n| Ok(stored.by_ref().take(n).collect()))
+                            .collect()
+                    }
+                    Err(e) => sizes.iter().map(|_| Err(e.for_each_caller())).collect(),
+                }
+            },
+        );
+        let mark_db = db.clone();
+        let enqueued = Batcher::spawn(
+            "enqueued",
+            INSERT_BATCH,
+            move |requests: Vec<Vec<TaskId>>| {
+                let n = requests.len();
+                let ids: Vec<TaskId> = requests.into_iter().flatten().collect();
+                if let Err(e) = mark_db.mark_enqueued(&ids) {
+                    // The relay will publish again; the claim's compare-and-set
+                    // makes the duplicate message harmless.
+                    tracing::warn!(error = %e, tasks = ids.len(), "published, but could not record it");
+                }
+                vec![(); n]
+            },
+        );
+        Self {
+            config,
+            db,
+            queue,
+            inserts,
+            enqueued,
+        }
+    }
+
+    /// Stores one request's tasks, committed together with those of other
+    /// requests arriving meanwhile.
+    pub async fn store(&self, tasks: Vec<NewTask>) -> DbResult<Vec<Stored>> {
+        self.inserts
+            .call(tasks)
+            .await
+            .unwrap_or_else(|| Err(DbError::Unavailable("the insert batch failed".into())))
+    }
+
     /// Publishes freshly stored tasks and records the broker's confirm. A
     /// failure is only logged: the rows are committed and the relay will
     /// publish them once their publish lock expires.
@@ -40,13 +108,7 @@ impl AppState {
             .await
             .unwrap_or_else(|_| Err(BrokerError::Timeout(PUBLISH_TIMEOUT)));
         match published {
-            Ok(()) => {
-                if let Err(e) = self.db.run(move |db| db.mark_enqueued(&ids)).await {
-                    // The relay will publish again; the claim's compare-and-set
-                    // makes the duplicate message harmless.
-                    tracing::warn!(error = %e, "published, but could not record it");
-                }
-            }
+            Ok(()) => self.enqueued.send(ids),
             Err(e) => {
                 tracing::warn!(error = %e, tasks = ids.len(), "publish failed; the relay will retry");
                 if let Err(e) = self.db.run(move |db| db.release_publish(&ids)).await {
@@ -113,11 +175,7 @@ pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
         standalone,
         "ferry-api starting"
     );
-    let state = AppState {
-        config: Arc::new(config),
-        db,
-        queue,
-    };
+    let state = AppState::new(Arc::new(config), db, queue);
     let result = rocket(state).launch().await;
     shutdown.cancel();
     if let Some(workers) = workers {

@@ -5,10 +5,12 @@
 //! - [`task`]: task ids, states and the status report.
 //! - [`db`]: the task table on SQLite or PostgreSQL; every transition is a
 //!   compare-and-set.
+//! - [`batch`]: group commit of concurrent database writes.
 //! - [`broker`]: the RabbitMQ queue, or the in-process one for `--standalone`.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
 //!   tasks whose worker died.
 
+pub mod batch;
 pub mod broker;
 pub mod config;
 pub mod db;

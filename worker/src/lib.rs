@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use ferry_core::batch::Batcher;
 use ferry_core::broker::{Delivery, Queue};
 use ferry_core::config::Route;
-use ferry_core::db::{Claimed, DbError, Outcome};
+use ferry_core::db::{Claimed, DbError, DbResult, Outcome};
 use ferry_core::{Config, Db, TaskId};
 use futures_util::FutureExt;
 use rand::Rng;
@@ -29,9 +30,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{HandlerError, Handlers, TaskContext};
 
+/// Claims (and outcomes) that share one transaction, at most.
+const BATCH: usize = 256;
+
 /// A worker process's shared state.
 #[derive(Debug)]
 struct Worker {
+    /// Group commit of claims.
+    claims: Batcher<TaskId, DbResult<Option<Claimed>>>,
+    /// Group commit of outcomes.
+    outcomes: Batcher<(TaskId, i32, Outcome), DbResult<bool>>,
     /// Attempts running now, handed back if the drain timeout passes.
     attempts: std::sync::Mutex<std::collections::HashMap<TaskId, i32>>,
     config: Config,
@@ -57,9 +65,28 @@ pub async fn run(
     queue: Queue,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let name = worker_name();
+    let (claim_db, claimer, lease) = (db.clone(), name.clone(), config.lease);
+    let claims = Batcher::spawn("claim", BATCH, move |ids: Vec<TaskId>| {
+        match claim_db.claim_many(&ids, &claimer, Utc::now() + lease) {
+            Ok(claimed) => claimed.into_iter().map(Ok).collect(),
+            Err(e) => ids.iter().map(|_| Err(e.for_each_caller())).collect(),
+        }
+    });
+    let outcome_db = db.clone();
+    let outcomes = Batcher::spawn(
+        "outcome",
+        BATCH,
+        move |attempts: Vec<(TaskId, i32, Outcome)>| match outcome_db.finish_many(&attempts) {
+            Ok(recorded) => recorded.into_iter().map(Ok).collect(),
+            Err(e) => attempts.iter().map(|_| Err(e.for_each_caller())).collect(),
+        },
+    );
     let worker = Arc::new(Worker {
+        claims,
+        outcomes,
         attempts: Default::default(),
-        name: worker_name(),
+        name,
         handlers: Handlers::new(),
         config,
         db,
@@ -185,12 +212,7 @@ impl Worker {
             settle(delivery.dead_letter().await);
             return;
         };
-        let lease_until = Utc::now() + self.config.lease;
-        let name = self.name.clone();
-        let claimed = self
-            .db
-            .run(move |db| db.claim(id, &name, lease_until))
-            .await;
+        let claimed = self.claims.call(id).await.unwrap_or_else(batch_lost);
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
             Ok(None) => {
@@ -289,8 +311,8 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + self.config.lease;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let o = outcome.clone();
-            match self.db.run(move |db| db.finish(id, attempt, &o)).await {
+            let recorded = self.outcomes.call((id, attempt, outcome.clone())).await;
+            match recorded.unwrap_or_else(batch_lost) {
                 Ok(true) => return true,
                 Ok(false) => {
                     tracing::warn!(task = %id, attempt, "outcome not recorded: the attempt lost its lease");
@@ -307,6 +329,10 @@ impl Worker {
             }
         }
     }
+}
+
+fn batch_lost<T>() -> DbResult<T> {
+    Err(DbError::Unavailable("the database batch failed".into()))
 }
 
 fn settle(result: Result<(), ferry_core::broker::BrokerError>) {

@@ -3,9 +3,6 @@
 //! confirms; a publish that fails is left to the relay, so a 202 always
 //! means the task is recorded and will run.
 
-use std::time::Duration;
-
-use chrono::Utc;
 use rocket::data::{Data, ToByteUnit};
 use rocket::http::Status;
 use rocket::request::{self, FromRequest, Request};
@@ -18,10 +15,6 @@ use ferry_core::TaskId;
 
 use crate::error::{ApiError, JsonResponse};
 use crate::AppState;
-
-/// How long the API owns the publish of a task it just stored; past that the
-/// relay takes it over (the API died between commit and publish).
-const PUBLISH_LOCK: Duration = Duration::from_secs(10);
 
 /// The routes of this module.
 pub fn routes() -> Vec<Route> {
@@ -185,11 +178,7 @@ async fn receive(
             event: event.body,
         });
     }
-    let lock_until = Utc::now() + PUBLISH_LOCK;
-    let stored = state
-        .db
-        .run(move |db| db.insert_tasks(&tasks, lock_until))
-        .await?;
+    let stored = state.store(tasks).await?;
     // Committed: from here on the task exists whatever happens to the publish.
     #[cfg(feature = "failpoints")]
     if std::env::var("FERRY_FAILPOINT").as_deref() == Ok("abort-after-commit") {

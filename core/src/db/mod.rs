@@ -35,9 +35,21 @@ pub enum DbError {
     /// Migrations could not be applied.
     #[error("migrations failed: {0}")]
     Migration(String),
+    /// A batch this call was part of failed (see [`DbError::for_each_caller`]).
+    #[error("database error: {0}")]
+    Batch(String),
 }
 
 impl DbError {
+    /// The same error for every caller whose write shared the failed
+    /// transaction; whether it is worth retrying is kept.
+    pub fn for_each_caller(&self) -> Self {
+        match self {
+            Self::Unavailable(m) => Self::Unavailable(m.clone()),
+            other => Self::Batch(other.to_string()),
+        }
+    }
+
     /// Whether retrying later may help.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
@@ -54,12 +66,15 @@ impl From<diesel::result::Error> for DbError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind as Kind, Error};
         match &e {
-            Error::DatabaseError(Kind::ClosedConnection | Kind::UnableToSendCommand, _) => {
-                Self::Unavailable(e.to_string())
-            }
+            // Lost connections, and conflicts that a retry resolves.
+            Error::DatabaseError(
+                Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::SerializationFailure,
+                _,
+            ) => Self::Unavailable(e.to_string()),
             // SQLite's busy/locked after busy_timeout, PostgreSQL shutting down.
             Error::DatabaseError(_, info)
                 if info.message().contains("database is locked")
+                    || info.message().contains("deadlock detected")
                     || info.message().contains("terminating connection") =>
             {
                 Self::Unavailable(e.to_string())
@@ -193,6 +208,13 @@ fn parse_status(s: &str) -> DbResult<TaskStatus> {
 }
 
 const CLAIMABLE: [&str; 2] = ["pending", "retrying"];
+
+/// Indexes of `ids` in id order: batches lock rows in one global order.
+fn order_by_id(ids: impl Iterator<Item = TaskId>) -> Vec<usize> {
+    let mut order: Vec<(TaskId, usize)> = ids.zip(0..).collect();
+    order.sort_by_key(|(id, _)| id.0);
+    order.into_iter().map(|(_, i)| i).collect()
+}
 
 /// A handle on the database pool; cheap to clone.
 #[derive(Debug, Clone)]
@@ -490,49 +512,66 @@ impl Db {
         worker: &str,
         lease_until: DateTime<Utc>,
     ) -> DbResult<Option<Claimed>> {
+        Ok(self.claim_many(&[id], worker, lease_until)?.remove(0))
+    }
+
+    /// [`Db::claim`] for several tasks in one transaction (group commit);
+    /// one answer per id, in order.
+    pub fn claim_many(
+        &self,
+        ids: &[TaskId],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Vec<Option<Claimed>>> {
         let now = Utc::now();
         with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                let claimed = diesel::update(
-                    t::tasks
-                        .filter(t::id.eq(id))
-                        .filter(t::status.eq_any(CLAIMABLE))
-                        .filter(t::run_after.is_null().or(t::run_after.le(now))),
-                )
-                .set((
-                    t::status.eq(TaskStatus::Running.as_str()),
-                    t::attempts.eq(t::attempts + 1),
-                    t::worker.eq(worker),
-                    t::lease_expires_at.eq(lease_until),
-                    t::updated_at.eq(now),
-                ))
-                .returning((t::attempts, t::max_attempts, t::event_type, t::event))
-                .get_result::<(i32, i32, String, Value)>(conn)
-                .optional()?;
-                let Some((attempt, max_attempts, event_type, event)) = claimed else {
-                    return Ok(None);
-                };
-                if attempt == 1 {
-                    diesel::update(t::tasks.filter(t::id.eq(id)))
-                        .set(t::started_at.eq(now))
-                        .execute(conn)?;
-                }
-                diesel::insert_into(a::task_attempts)
-                    .values((
-                        a::task_id.eq(id),
-                        a::attempt.eq(attempt),
-                        a::worker.eq(worker),
-                        a::started_at.eq(now),
+                let mut answers: Vec<Option<Claimed>> = vec![None; ids.len()];
+                // Rows are locked in id order, so concurrent batches cannot deadlock.
+                for i in order_by_id(ids.iter().copied()) {
+                    let id = ids[i];
+                    let claimed = diesel::update(
+                        t::tasks
+                            .filter(t::id.eq(id))
+                            .filter(t::status.eq_any(CLAIMABLE))
+                            .filter(t::run_after.is_null().or(t::run_after.le(now))),
+                    )
+                    .set((
+                        t::status.eq(TaskStatus::Running.as_str()),
+                        t::attempts.eq(t::attempts + 1),
+                        t::worker.eq(worker),
+                        t::lease_expires_at.eq(lease_until),
+                        t::updated_at.eq(now),
                     ))
-                    .execute(conn)?;
-                Ok(Some(Claimed {
-                    attempt,
-                    max_attempts,
-                    event_type,
-                    event,
-                }))
+                    .returning((t::attempts, t::max_attempts, t::event_type, t::event))
+                    .get_result::<(i32, i32, String, Value)>(conn)
+                    .optional()?;
+                    let Some((attempt, max_attempts, event_type, event)) = claimed else {
+                        continue;
+                    };
+                    if attempt == 1 {
+                        diesel::update(t::tasks.filter(t::id.eq(id)))
+                            .set(t::started_at.eq(now))
+                            .execute(conn)?;
+                    }
+                    diesel::insert_into(a::task_attempts)
+                        .values((
+                            a::task_id.eq(id),
+                            a::attempt.eq(attempt),
+                            a::worker.eq(worker),
+                            a::started_at.eq(now),
+                        ))
+                        .execute(conn)?;
+                    answers[i] = Some(Claimed {
+                        attempt,
+                        max_attempts,
+                        event_type,
+                        event,
+                    });
+                }
+                Ok(answers)
             })
         })
     }
@@ -562,62 +601,73 @@ impl Db {
     /// Records how an attempt ended. False if the attempt no longer holds
     /// the task, in which case nothing is written.
     pub fn finish(&self, id: TaskId, attempt: i32, outcome: &Outcome) -> DbResult<bool> {
+        Ok(self.finish_many(&[(id, attempt, outcome.clone())])?[0])
+    }
+
+    /// [`Db::finish`] for several attempts in one transaction (group
+    /// commit); one answer per attempt, in order.
+    pub fn finish_many(&self, attempts: &[(TaskId, i32, Outcome)]) -> DbResult<Vec<bool>> {
         let now = Utc::now();
         let none_time = None::<DateTime<Utc>>;
-        let (status, result, error, finished_at, run_after) = match outcome {
-            Outcome::Succeeded(value) => {
-                (TaskStatus::Succeeded, Some(value), None, Some(now), None)
-            }
-            Outcome::Retry { error, run_after } => (
-                TaskStatus::Retrying,
-                None,
-                Some(error.as_str()),
-                None,
-                Some(*run_after),
-            ),
-            Outcome::Failed(error) => (
-                TaskStatus::Failed,
-                None,
-                Some(error.as_str()),
-                Some(now),
-                None,
-            ),
-        };
         with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                let updated = diesel::update(
-                    t::tasks
-                        .filter(t::id.eq(id))
-                        .filter(t::status.eq(TaskStatus::Running.as_str()))
-                        .filter(t::attempts.eq(attempt)),
-                )
-                .set((
-                    t::status.eq(status.as_str()),
-                    t::result.eq(result),
-                    t::error.eq(error),
-                    t::finished_at.eq(finished_at),
-                    t::run_after.eq(run_after),
-                    t::worker.eq(None::<String>),
-                    t::lease_expires_at.eq(none_time),
-                    // A retry goes back through the relay when it is due.
-                    t::enqueued_at.eq(none_time),
-                    t::publish_lock_until.eq(none_time),
-                    t::updated_at.eq(now),
-                ))
-                .execute(conn)?;
-                if updated == 0 {
-                    return Ok(false);
+                let mut answers = vec![false; attempts.len()];
+                for i in order_by_id(attempts.iter().map(|(id, _, _)| *id)) {
+                    let (id, attempt, outcome) = &attempts[i];
+                    let (status, result, error, finished_at, run_after) = match outcome {
+                        Outcome::Succeeded(value) => {
+                            (TaskStatus::Succeeded, Some(value), None, Some(now), None)
+                        }
+                        Outcome::Retry { error, run_after } => (
+                            TaskStatus::Retrying,
+                            None,
+                            Some(error.as_str()),
+                            None,
+                            Some(*run_after),
+                        ),
+                        Outcome::Failed(error) => (
+                            TaskStatus::Failed,
+                            None,
+                            Some(error.as_str()),
+                            Some(now),
+                            None,
+                        ),
+                    };
+                    let updated = diesel::update(
+                        t::tasks
+                            .filter(t::id.eq(id))
+                            .filter(t::status.eq(TaskStatus::Running.as_str()))
+                            .filter(t::attempts.eq(attempt)),
+                    )
+                    .set((
+                        t::status.eq(status.as_str()),
+                        t::result.eq(result),
+                        t::error.eq(error),
+                        t::finished_at.eq(finished_at),
+                        t::run_after.eq(run_after),
+                        t::worker.eq(None::<String>),
+                        t::lease_expires_at.eq(none_time),
+                        // A retry goes back through the relay when it is due.
+                        t::enqueued_at.eq(none_time),
+                        t::publish_lock_until.eq(none_time),
+                        t::updated_at.eq(now),
+                    ))
+                    .execute(conn)?;
+                    if updated == 0 {
+                        continue;
+                    }
+                    diesel::update(
+                        a::task_attempts
+                            .filter(a::task_id.eq(id))
+                            .filter(a::attempt.eq(attempt)),
+                    )
+                    .set((a::finished_at.eq(now), a::error.eq(error)))
+                    .execute(conn)?;
+                    answers[i] = true;
                 }
-                diesel::update(
-                    a::task_attempts
-                        .filter(a::task_id.eq(id))
-                        .filter(a::attempt.eq(attempt)),
-                )
-                .set((a::finished_at.eq(now), a::error.eq(error)))
-                .execute(conn)?;
-                Ok(true)
+                Ok(answers)
             })
         })
     }
