@@ -285,3 +285,48 @@ fn unfinished_tasks_are_owed_again_when_the_queue_is_lost() {
         );
     });
 }
+
+#[test]
+fn batches_keep_one_answer_per_caller() {
+    on_both_backends(|db| {
+        // The same event twice in one insert batch is one task.
+        let stored = db
+            .insert_tasks(
+                &[
+                    new_task("twice", 3),
+                    new_task("twice", 3),
+                    new_task("other", 3),
+                ],
+                Utc::now(),
+            )
+            .unwrap();
+        assert!(stored[0].created && !stored[1].created && stored[2].created);
+        assert_eq!(stored[0].id, stored[1].id);
+        let (id, other) = (stored[0].id, stored[2].id);
+        // A task delivered twice in one claim batch is claimed once.
+        let claims = db
+            .claim_many(&[id, other, id, TaskId::new()], "w1", lease())
+            .unwrap();
+        assert_eq!(claims[0].as_ref().map(|c| c.attempt), Some(1));
+        assert_eq!(claims[1].as_ref().map(|c| c.attempt), Some(1));
+        assert!(claims[2].is_none() && claims[3].is_none());
+        // Outcomes in one batch: each answered on its own.
+        let recorded = db
+            .finish_many(&[
+                (id, 1, Outcome::Succeeded(json!("a"))),
+                (other, 2, Outcome::Succeeded(json!("stale attempt"))),
+                (other, 1, Outcome::Failed("boom".into())),
+            ])
+            .unwrap();
+        assert_eq!(recorded, [true, false, true]);
+        let view = db.task_view(id).unwrap().unwrap();
+        assert_eq!(
+            (view.status, view.result),
+            (TaskStatus::Succeeded, Some(json!("a")))
+        );
+        assert!(view.attempt_history[0].finished_at.is_some());
+        let view = db.task_view(other).unwrap().unwrap();
+        assert_eq!(view.status, TaskStatus::Failed);
+        assert_eq!(view.attempt_history[0].error.as_deref(), Some("boom"));
+    });
+}

@@ -209,6 +209,10 @@ fn parse_status(s: &str) -> DbResult<TaskStatus> {
 
 const CLAIMABLE: [&str; 2] = ["pending", "retrying"];
 
+/// Rows per multi-row insert: 10 bind parameters each, well under SQLite's
+/// and PostgreSQL's limits.
+const INSERT_CHUNK: usize = 500;
+
 /// Indexes of `ids` in id order: batches lock rows in one global order.
 fn order_by_id(ids: impl Iterator<Item = TaskId>) -> Vec<usize> {
     let mut order: Vec<(TaskId, usize)> = ids.zip(0..).collect();
@@ -317,41 +321,56 @@ impl Db {
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
+                let mut created = std::collections::HashSet::with_capacity(tasks.len());
+                // One multi-row statement per chunk; chunks keep the bind
+                // parameters under the backends' limits.
+                for chunk in tasks.chunks(INSERT_CHUNK) {
+                    let rows: Vec<_> = chunk
+                        .iter()
+                        .map(|task| {
+                            (
+                                t::id.eq(task.id),
+                                t::event_type.eq(&task.event_type),
+                                t::source.eq(&task.source),
+                                t::event_id.eq(&task.event_id),
+                                t::event.eq(&task.event),
+                                t::status.eq(TaskStatus::Pending.as_str()),
+                                t::max_attempts.eq(task.max_attempts),
+                                t::publish_lock_until.eq(publish_lock_until),
+                                t::created_at.eq(now),
+                                t::updated_at.eq(now),
+                            )
+                        })
+                        .collect();
+                    created.extend(
+                        diesel::insert_into(t::tasks)
+                            .values(rows)
+                            .on_conflict_do_nothing()
+                            .returning(t::id)
+                            .get_results::<TaskId>(conn)?,
+                    );
+                }
                 let mut stored = Vec::with_capacity(tasks.len());
                 for task in tasks {
-                    let inserted = diesel::insert_into(t::tasks)
-                        .values((
-                            t::id.eq(task.id),
-                            t::event_type.eq(&task.event_type),
-                            t::source.eq(&task.source),
-                            t::event_id.eq(&task.event_id),
-                            t::event.eq(&task.event),
-                            t::status.eq(TaskStatus::Pending.as_str()),
-                            t::max_attempts.eq(task.max_attempts),
-                            t::publish_lock_until.eq(publish_lock_until),
-                            t::created_at.eq(now),
-                            t::updated_at.eq(now),
-                        ))
-                        .on_conflict_do_nothing()
-                        .execute(conn)?;
-                    if inserted == 1 {
+                    if created.contains(&task.id) {
                         stored.push(Stored {
                             id: task.id,
                             status: TaskStatus::Pending,
                             created: true,
                         });
-                    } else {
-                        let (id, status) = t::tasks
-                            .select((t::id, t::status))
-                            .filter(t::source.eq(&task.source))
-                            .filter(t::event_id.eq(&task.event_id))
-                            .first::<(TaskId, String)>(conn)?;
-                        stored.push(Stored {
-                            id,
-                            status: parse_status(&status)?,
-                            created: false,
-                        });
+                        continue;
                     }
+                    // The same event was already a task (or came twice in this batch).
+                    let (id, status) = t::tasks
+                        .select((t::id, t::status))
+                        .filter(t::source.eq(&task.source))
+                        .filter(t::event_id.eq(&task.event_id))
+                        .first::<(TaskId, String)>(conn)?;
+                    stored.push(Stored {
+                        id,
+                        status: parse_status(&status)?,
+                        created: false,
+                    });
                 }
                 Ok(stored)
             })
@@ -528,50 +547,72 @@ impl Db {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                let mut answers: Vec<Option<Claimed>> = vec![None; ids.len()];
-                // Rows are locked in id order, so concurrent batches cannot deadlock.
-                for i in order_by_id(ids.iter().copied()) {
-                    let id = ids[i];
-                    let claimed = diesel::update(
-                        t::tasks
-                            .filter(t::id.eq(id))
-                            .filter(t::status.eq_any(CLAIMABLE))
-                            .filter(t::run_after.is_null().or(t::run_after.le(now))),
-                    )
-                    .set((
-                        t::status.eq(TaskStatus::Running.as_str()),
-                        t::attempts.eq(t::attempts + 1),
-                        t::worker.eq(worker),
-                        t::lease_expires_at.eq(lease_until),
-                        t::updated_at.eq(now),
-                    ))
-                    .returning((t::attempts, t::max_attempts, t::event_type, t::event))
-                    .get_result::<(i32, i32, String, Value)>(conn)
-                    .optional()?;
-                    let Some((attempt, max_attempts, event_type, event)) = claimed else {
-                        continue;
-                    };
-                    if attempt == 1 {
-                        diesel::update(t::tasks.filter(t::id.eq(id)))
-                            .set(t::started_at.eq(now))
-                            .execute(conn)?;
-                    }
-                    diesel::insert_into(a::task_attempts)
-                        .values((
-                            a::task_id.eq(id),
-                            a::attempt.eq(attempt),
+                // One statement claims the batch; PostgreSQL locks the rows
+                // in index order, so concurrent batches cannot deadlock.
+                let claimed = diesel::update(
+                    t::tasks
+                        .filter(t::id.eq_any(ids))
+                        .filter(t::status.eq_any(CLAIMABLE))
+                        .filter(t::run_after.is_null().or(t::run_after.le(now))),
+                )
+                .set((
+                    t::status.eq(TaskStatus::Running.as_str()),
+                    t::attempts.eq(t::attempts + 1),
+                    t::worker.eq(worker),
+                    t::lease_expires_at.eq(lease_until),
+                    t::updated_at.eq(now),
+                ))
+                .returning((
+                    t::id,
+                    t::attempts,
+                    t::max_attempts,
+                    t::event_type,
+                    t::event,
+                    t::started_at,
+                ))
+                .get_results::<(TaskId, i32, i32, String, Value, Option<DateTime<Utc>>)>(conn)?;
+                if claimed.is_empty() {
+                    return Ok(vec![None; ids.len()]);
+                }
+                let first_attempts: Vec<TaskId> = claimed
+                    .iter()
+                    .filter(|c| c.5.is_none())
+                    .map(|c| c.0)
+                    .collect();
+                if !first_attempts.is_empty() {
+                    diesel::update(t::tasks.filter(t::id.eq_any(&first_attempts)))
+                        .set(t::started_at.eq(now))
+                        .execute(conn)?;
+                }
+                let attempt_rows: Vec<_> = claimed
+                    .iter()
+                    .map(|(id, attempt, ..)| {
+                        (
+                            a::task_id.eq(*id),
+                            a::attempt.eq(*attempt),
                             a::worker.eq(worker),
                             a::started_at.eq(now),
-                        ))
-                        .execute(conn)?;
-                    answers[i] = Some(Claimed {
-                        attempt,
-                        max_attempts,
-                        event_type,
-                        event,
-                    });
-                }
-                Ok(answers)
+                        )
+                    })
+                    .collect();
+                diesel::insert_into(a::task_attempts)
+                    .values(attempt_rows)
+                    .execute(conn)?;
+                // A task delivered twice in one batch is claimed once: the
+                // first of its callers gets it.
+                let mut by_id: std::collections::HashMap<TaskId, Claimed> = claimed
+                    .into_iter()
+                    .map(|(id, attempt, max_attempts, event_type, event, _)| {
+                        let claim = Claimed {
+                            attempt,
+                            max_attempts,
+                            event_type,
+                            event,
+                        };
+                        (id, claim)
+                    })
+                    .collect();
+                Ok(ids.iter().map(|id| by_id.remove(id)).collect())
             })
         })
     }
@@ -614,6 +655,7 @@ impl Db {
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
                 let mut answers = vec![false; attempts.len()];
+                let mut succeeded = Vec::new();
                 for i in order_by_id(attempts.iter().map(|(id, _, _)| *id)) {
                     let (id, attempt, outcome) = &attempts[i];
                     let (status, result, error, finished_at, run_after) = match outcome {
@@ -658,6 +700,11 @@ impl Db {
                     if updated == 0 {
                         continue;
                     }
+                    answers[i] = true;
+                    if error.is_none() {
+                        succeeded.push(*id);
+                        continue;
+                    }
                     diesel::update(
                         a::task_attempts
                             .filter(a::task_id.eq(id))
@@ -665,7 +712,17 @@ impl Db {
                     )
                     .set((a::finished_at.eq(now), a::error.eq(error)))
                     .execute(conn)?;
-                    answers[i] = true;
+                }
+                // A task's only unfinished attempt row is the one that just
+                // ended (a lost attempt's row is closed when it is taken back).
+                if !succeeded.is_empty() {
+                    diesel::update(
+                        a::task_attempts
+                            .filter(a::task_id.eq_any(&succeeded))
+                            .filter(a::finished_at.is_null()),
+                    )
+                    .set(a::finished_at.eq(now))
+                    .execute(conn)?;
                 }
                 Ok(answers)
             })
