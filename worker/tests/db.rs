@@ -34,7 +34,12 @@ fn on_both_backends(check: impl Fn(&Db)) {
     .unwrap();
     sqlite.migrate().unwrap();
     check(&sqlite);
+    on_postgres(|db, _| check(db));
+}
 
+/// Runs `check` on a fresh PostgreSQL schema (given with its URL), when
+/// PostgreSQL answers; under CI it must.
+fn on_postgres(check: impl Fn(&Db, &str)) {
     let schema = format!("ferry_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = match diesel::PgConnection::establish(POSTGRES_URL) {
         Ok(conn) => conn,
@@ -47,15 +52,12 @@ fn on_both_backends(check: impl Fn(&Db)) {
     admin
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .unwrap();
-    let pg = Db::connect(
-        &format!("{POSTGRES_URL}?options=-csearch_path%3D{schema}"),
-        4,
-    )
-    .unwrap();
+    let url = format!("{POSTGRES_URL}?options=-csearch_path%3D{schema}");
+    let pg = Db::connect(&url, 4).unwrap();
     // Migrating twice (a second replica starting) is harmless.
     pg.migrate().unwrap();
     pg.migrate().unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&pg)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&pg, &url)));
     admin
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .unwrap();
@@ -328,5 +330,38 @@ fn batches_keep_one_answer_per_caller() {
         let view = db.task_view(other).unwrap().unwrap();
         assert_eq!(view.status, TaskStatus::Failed);
         assert_eq!(view.attempt_history[0].error.as_deref(), Some("boom"));
+    });
+}
+
+/// Two relays on PostgreSQL: rows one is taking are skipped by the other,
+/// which neither waits for them nor publishes them too.
+#[test]
+fn relays_skip_rows_another_relay_holds() {
+    on_postgres(|db, url| {
+        let past = Utc::now() - Duration::from_secs(1);
+        let ids: Vec<TaskId> = db
+            .insert_tasks(&[new_task("a", 3), new_task("b", 3)], past)
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let mut other = diesel::PgConnection::establish(url).unwrap();
+        other
+            .transaction(|conn| {
+                // Another relay is in the middle of taking task "a".
+                conn.batch_execute(&format!(
+                    "SELECT id FROM tasks WHERE id = '{}' FOR UPDATE",
+                    ids[0]
+                ))?;
+                // Waiting for the locked row would block here for good.
+                let claimed = db.claim_unpublished(10, Duration::from_secs(30)).unwrap();
+                assert_eq!(claimed, vec![ids[1]]);
+                Ok::<_, diesel::result::Error>(())
+            })
+            .unwrap();
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![ids[0]]
+        );
     });
 }

@@ -381,23 +381,57 @@ impl Db {
     /// still locked for publishing are marked: a task that was claimed and
     /// sent back to retrying meanwhile had its lock cleared, and must stay
     /// owed to the relay.
+    ///
+    /// On PostgreSQL, rows a worker holds right now are skipped rather than
+    /// waited for: waiting deadlocked against outcome batches that lock in
+    /// another order. Skipping is safe: a claimed task is not the relay's to
+    /// publish, and one whose claim rolled back is republished when its
+    /// publish lock runs out, a harmless duplicate.
     pub fn mark_enqueued(&self, ids: &[TaskId]) -> DbResult<()> {
         let now = Utc::now();
-        with_conn!(self, |conn, s| {
-            use s::tasks::dsl as t;
-            diesel::update(
-                t::tasks
-                    .filter(t::id.eq_any(ids))
-                    .filter(t::enqueued_at.is_null())
-                    .filter(t::publish_lock_until.is_not_null()),
-            )
-            .set((
-                t::enqueued_at.eq(now),
-                t::publish_lock_until.eq(None::<DateTime<Utc>>),
-            ))
-            .execute(conn)?;
-            Ok(())
-        })
+        let set = |enqueued_at: DateTime<Utc>| (enqueued_at, None::<DateTime<Utc>>);
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                use schema_pg::tasks::dsl as t;
+                let conn = &mut *pool.get()?;
+                conn.transaction(|conn| {
+                    let free: Vec<TaskId> = t::tasks
+                        .select(t::id)
+                        .filter(t::id.eq_any(ids))
+                        .filter(t::enqueued_at.is_null())
+                        .filter(t::publish_lock_until.is_not_null())
+                        .order(t::id)
+                        .for_update()
+                        .skip_locked()
+                        .load(conn)?;
+                    let (enqueued_at, lock) = set(now);
+                    diesel::update(t::tasks.filter(t::id.eq_any(&free)))
+                        .set((
+                            t::enqueued_at.eq(enqueued_at),
+                            t::publish_lock_until.eq(lock),
+                        ))
+                        .execute(conn)?;
+                    Ok::<_, DbError>(())
+                })?;
+            }
+            Pool::Sqlite(pool) => {
+                use schema_sqlite::tasks::dsl as t;
+                let conn = &mut *pool.get()?;
+                let (enqueued_at, lock) = set(now);
+                diesel::update(
+                    t::tasks
+                        .filter(t::id.eq_any(ids))
+                        .filter(t::enqueued_at.is_null())
+                        .filter(t::publish_lock_until.is_not_null()),
+                )
+                .set((
+                    t::enqueued_at.eq(enqueued_at),
+                    t::publish_lock_until.eq(lock),
+                ))
+                .execute(conn)?;
+            }
+        }
+        Ok(())
     }
 
     /// Forgets every publish of unfinished tasks: for a queue that did not
@@ -432,38 +466,67 @@ impl Db {
     }
 
     /// The relay's claim: up to `limit` tasks that are due and that no
-    /// broker holds and no publisher owns, locked for `lock_for`. A row
-    /// another relay just took fails the re-checked conditions and is skipped.
+    /// broker holds and no publisher owns, locked for `lock_for`. On
+    /// PostgreSQL, relays in several processes skip the rows another one is
+    /// taking (`FOR UPDATE SKIP LOCKED`) instead of waiting for them.
     pub fn claim_unpublished(&self, limit: i64, lock_for: Duration) -> DbResult<Vec<TaskId>> {
         let now = Utc::now();
         let until = now + lock_for;
-        with_conn!(self, |conn, s| {
-            use s::tasks::dsl as t;
-            let due = t::enqueued_at
-                .is_null()
-                .and(t::status.eq_any(CLAIMABLE))
-                .and(t::run_after.is_null().or(t::run_after.le(now)))
-                .and(
-                    t::publish_lock_until
-                        .is_null()
-                        .or(t::publish_lock_until.lt(now)),
-                );
-            let candidates = t::tasks
-                .select(t::id)
-                .filter(due.clone())
-                .order(t::created_at)
-                .limit(limit)
-                .load::<TaskId>(conn)?;
-            if candidates.is_empty() {
-                return Ok(candidates);
+        // The same conditions on either schema.
+        macro_rules! owed {
+            ($t:ident) => {
+                $t::enqueued_at
+                    .is_null()
+                    .and($t::status.eq_any(CLAIMABLE))
+                    .and($t::run_after.is_null().or($t::run_after.le(now)))
+                    .and(
+                        $t::publish_lock_until
+                            .is_null()
+                            .or($t::publish_lock_until.lt(now)),
+                    )
+            };
+        }
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                use schema_pg::tasks::dsl as t;
+                let conn = &mut *pool.get()?;
+                conn.transaction(|conn| {
+                    let candidates = t::tasks
+                        .select(t::id)
+                        .filter(owed!(t))
+                        .order(t::created_at)
+                        .limit(limit)
+                        .for_update()
+                        .skip_locked()
+                        .load::<TaskId>(conn)?;
+                    diesel::update(t::tasks.filter(t::id.eq_any(&candidates)))
+                        .set(t::publish_lock_until.eq(until))
+                        .execute(conn)?;
+                    Ok(candidates)
+                })
             }
-            Ok(
-                diesel::update(t::tasks.filter(t::id.eq_any(&candidates)).filter(due))
-                    .set(t::publish_lock_until.eq(until))
-                    .returning(t::id)
-                    .get_results::<TaskId>(conn)?,
-            )
-        })
+            Pool::Sqlite(pool) => {
+                use schema_sqlite::tasks::dsl as t;
+                let conn = &mut *pool.get()?;
+                // SQLite has one writer at a time: the UPDATE re-checks the
+                // conditions, so rows another process took meanwhile drop out.
+                let candidates = t::tasks
+                    .select(t::id)
+                    .filter(owed!(t))
+                    .order(t::created_at)
+                    .limit(limit)
+                    .load::<TaskId>(conn)?;
+                if candidates.is_empty() {
+                    return Ok(candidates);
+                }
+                Ok(
+                    diesel::update(t::tasks.filter(t::id.eq_any(&candidates)).filter(owed!(t)))
+                        .set(t::publish_lock_until.eq(until))
+                        .returning(t::id)
+                        .get_results::<TaskId>(conn)?,
+                )
+            }
+        }
     }
 
     /// Takes back running tasks whose lease ran out (their worker is gone):
