@@ -53,16 +53,17 @@ impl AppState {
             move |requests: Vec<Vec<NewTask>>| {
                 let sizes: Vec<usize> = requests.iter().map(Vec::len).collect();
                 let tasks: Vec<NewTask> = requests.into_iter().flatten().collect();
-                match insert_db.insert_tasks(&tasks, Utc::now() + PUBLISH_LOCK) {
-                    Ok(stored) => {
+                let stored = insert_db
+                    .insert_tasks(&tasks, Utc::now() + PUBLISH_LOCK)
+                    .map(|stored| {
+                        // Back into one list per request.
                         let mut stored = stored.into_iter();
                         sizes
                             .iter()
-                            .map(|&n| Ok(stored.by_ref().take(n).collect()))
+                            .map(|&n| stored.by_ref().take(n).collect())
                             .collect()
-                    }
-                    Err(e) => sizes.iter().map(|_| Err(e.for_each_caller())).collect(),
-                }
+                    });
+                DbError::per_caller(stored, sizes.len())
             },
         );
         let mark_db = db.clone();

@@ -68,18 +68,15 @@ pub async fn run(
     let name = worker_name();
     let (claim_db, claimer, lease) = (db.clone(), name.clone(), config.lease);
     let claims = Batcher::spawn("claim", BATCH, move |ids: Vec<TaskId>| {
-        match claim_db.claim_many(&ids, &claimer, Utc::now() + lease) {
-            Ok(claimed) => claimed.into_iter().map(Ok).collect(),
-            Err(e) => ids.iter().map(|_| Err(e.for_each_caller())).collect(),
-        }
+        let claimed = claim_db.claim_many(&ids, &claimer, Utc::now() + lease);
+        DbError::per_caller(claimed, ids.len())
     });
     let outcome_db = db.clone();
     let outcomes = Batcher::spawn(
         "outcome",
         BATCH,
-        move |attempts: Vec<(TaskId, i32, Outcome)>| match outcome_db.finish_many(&attempts) {
-            Ok(recorded) => recorded.into_iter().map(Ok).collect(),
-            Err(e) => attempts.iter().map(|_| Err(e.for_each_caller())).collect(),
+        move |attempts: Vec<(TaskId, i32, Outcome)>| {
+            DbError::per_caller(outcome_db.finish_many(&attempts), attempts.len())
         },
     );
     let worker = Arc::new(Worker {

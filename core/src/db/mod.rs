@@ -50,6 +50,15 @@ impl DbError {
         }
     }
 
+    /// Splits a batch's result into one result per caller: each answer, or
+    /// the batch's error for all `callers`.
+    pub fn per_caller<T>(result: DbResult<Vec<T>>, callers: usize) -> Vec<DbResult<T>> {
+        match result {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(e) => (0..callers).map(|_| Err(e.for_each_caller())).collect(),
+        }
+    }
+
     /// Whether retrying later may help.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
