@@ -434,3 +434,36 @@ async fn task_longer_than_consumer_timeout() {
         .await;
     api.wait_for(&next, "succeeded", LONG).await;
 }
+
+/// SIGTERM with a task that outlasts the drain timeout: it is handed back,
+/// not left running, and the interrupted attempt does not count.
+#[tokio::test]
+async fn drain_timeout_hands_running_tasks_back() {
+    require!(rabbitmq, postgres);
+    let deployment = Deployment::postgres().env("FERRY_DRAIN_TIMEOUT", "1s");
+    let api = deployment.api().await;
+    let mut first = deployment.worker("worker-1");
+    let id = api.submit("org.ferry.sleep", "drain-1", Value::Null).await;
+    api.wait_for(&id, "running", LONG).await;
+    first.signal("TERM");
+    let status = first
+        .wait_exit(Duration::from_secs(30))
+        .expect("the worker exited after its drain timeout");
+    assert!(status.success(), "{status:?}");
+    let task = api.status(&id).await.body;
+    assert_eq!(task["status"], "retrying", "{task:#}");
+    assert_eq!(
+        task["max_attempts"], 4,
+        "the interrupted attempt does not count: {task:#}"
+    );
+    assert!(
+        task["attempt_history"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("shut down"),
+        "{task:#}"
+    );
+    let _second = deployment.worker("worker-2");
+    let task = api.wait_for(&id, "succeeded", LONG).await;
+    assert_eq!(task["attempts"], 2, "{task:#}");
+}

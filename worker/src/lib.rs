@@ -182,10 +182,8 @@ pub async fn run(
             "drain timeout passed; handing running tasks back"
         );
         for (id, attempt) in abandoned {
-            let outcome = Outcome::Retry {
-                error: "the worker shut down before the attempt finished".into(),
-                run_after: Utc::now(),
-            };
+            let outcome =
+                Outcome::HandedBack("the worker shut down before the attempt finished".into());
             if !worker.record(id, attempt, &outcome).await {
                 tracing::error!(task = %id, "could not hand the task back; its lease will");
             }

@@ -193,6 +193,10 @@ pub enum Outcome {
     },
     /// The task failed for good.
     Failed(String),
+    /// The worker stopped before the attempt finished (shutdown past its
+    /// drain timeout): the task is retried now, and this attempt does not
+    /// count against `max_attempts`.
+    HandedBack(String),
 }
 
 #[derive(Queryable)]
@@ -748,7 +752,15 @@ impl Db {
                             Some(now),
                             None,
                         ),
+                        Outcome::HandedBack(error) => (
+                            TaskStatus::Retrying,
+                            None,
+                            Some(error.as_str()),
+                            None,
+                            Some(now),
+                        ),
                     };
+                    let uncounted = i32::from(matches!(outcome, Outcome::HandedBack(_)));
                     let updated = diesel::update(
                         t::tasks
                             .filter(t::id.eq(id))
@@ -761,6 +773,7 @@ impl Db {
                         t::error.eq(error),
                         t::finished_at.eq(finished_at),
                         t::run_after.eq(run_after),
+                        t::max_attempts.eq(t::max_attempts + uncounted),
                         t::worker.eq(None::<String>),
                         t::lease_expires_at.eq(none_time),
                         // A retry goes back through the relay when it is due.
