@@ -4,7 +4,8 @@
 use rocket::http::{ContentType, Header, Status};
 use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use ferry_core::db::DbError;
 
@@ -13,18 +14,19 @@ use ferry_core::db::DbError;
 pub struct JsonResponse {
     /// HTTP status.
     pub status: Status,
-    /// The body.
-    pub body: Value,
+    /// The body, serialized.
+    pub body: String,
     /// Extra headers (`Location`, `Retry-After`).
     pub headers: Vec<Header<'static>>,
 }
 
 impl JsonResponse {
     /// A body with a status and no extra headers.
-    pub fn new(status: Status, body: Value) -> Self {
+    pub fn new(status: Status, body: impl Serialize) -> Self {
         Self {
             status,
-            body,
+            // Ferry's bodies are maps with string keys: they always serialize.
+            body: serde_json::to_string(&body).expect("a response body serializes"),
             headers: Vec::new(),
         }
     }
@@ -38,7 +40,7 @@ impl JsonResponse {
 
 impl<'r> Responder<'r, 'static> for JsonResponse {
     fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
-        let body = self.body.to_string();
+        let body = self.body;
         let mut response = Response::build();
         response
             .status(self.status)

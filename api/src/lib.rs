@@ -12,6 +12,7 @@ use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::db::{DbError, DbResult, NewTask, Stored};
+use ferry_core::task::TaskView;
 use ferry_core::{Config, Db, TaskId};
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
@@ -28,6 +29,9 @@ const PUBLISH_LOCK: Duration = Duration::from_secs(10);
 /// Requests whose rows share one insert transaction, at most.
 const INSERT_BATCH: usize = 256;
 
+/// `/status` requests answered by one query, at most.
+const READ_BATCH: usize = 64;
+
 /// What every request handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -41,6 +45,8 @@ pub struct AppState {
     inserts: Batcher<Vec<NewTask>, DbResult<Vec<Stored>>>,
     /// Group commit of broker confirms (`enqueued_at`), off the request path.
     enqueued: Batcher<Vec<TaskId>, ()>,
+    /// Concurrent `/status` reads, answered by one query.
+    views: Batcher<TaskId, DbResult<Option<TaskView>>>,
 }
 
 impl AppState {
@@ -81,13 +87,27 @@ impl AppState {
                 vec![(); n]
             },
         );
+        let view_db = db.clone();
+        let views = Batcher::spawn("status", READ_BATCH, move |ids: Vec<TaskId>| {
+            DbError::per_caller(view_db.task_views(&ids), ids.len())
+        });
         Self {
             config,
             db,
             queue,
             inserts,
             enqueued,
+            views,
         }
+    }
+
+    /// Where a task is (`None`: no such task), read together with the
+    /// `/status` requests of other clients arriving meanwhile.
+    pub async fn task_view(&self, id: TaskId) -> DbResult<Option<TaskView>> {
+        self.views
+            .call(id)
+            .await
+            .unwrap_or_else(|| Err(DbError::Unavailable("the status read failed".into())))
     }
 
     /// Stores one request's tasks, committed together with those of other

@@ -365,3 +365,37 @@ fn relays_skip_rows_another_relay_holds() {
         );
     });
 }
+
+#[test]
+fn status_reads_of_many_tasks_in_one_query_answer_each_in_order() {
+    on_both_backends(|db| {
+        let stored = db
+            .insert_tasks(&[new_task("e1", 3), new_task("e2", 3)], Utc::now())
+            .unwrap();
+        let (twice, fresh) = (stored[0].id, stored[1].id);
+        fail_first_attempt_retry_due_now(db, twice);
+        db.claim(twice, "w2", lease()).unwrap().unwrap();
+        let unknown = TaskId::new();
+        let views = db.task_views(&[twice, unknown, fresh, twice]).unwrap();
+        assert_eq!(views.len(), 4);
+        assert!(views[1].is_none(), "an unknown id has no view");
+        let fresh_view = views[2].as_ref().unwrap();
+        assert_eq!(
+            (fresh_view.id, fresh_view.status),
+            (fresh, TaskStatus::Pending)
+        );
+        assert!(fresh_view.attempt_history.is_empty());
+        for view in [&views[0], &views[3]] {
+            let view = view.as_ref().expect("an id asked twice is answered twice");
+            assert_eq!((view.id, view.status), (twice, TaskStatus::Running));
+            let history: Vec<(i32, &str)> = view
+                .attempt_history
+                .iter()
+                .map(|a| (a.attempt, a.worker.as_str()))
+                .collect();
+            assert_eq!(history, [(1, "w1"), (2, "w2")]);
+            assert_eq!(view.attempt_history[0].error.as_deref(), Some("boom"));
+        }
+        assert!(db.task_views(&[]).unwrap().is_empty());
+    });
+}

@@ -23,12 +23,9 @@ async fn status(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiEr
             format!("{id:?} is not a task id (a UUID)"),
         )
     })?;
-    let view = state.db.run(move |db| db.task_view(id)).await?;
+    let view = state.task_view(id).await?;
     match view {
-        Some(view) => Ok(JsonResponse::new(
-            Status::Ok,
-            serde_json::to_value(view).expect("a task view serializes"),
-        )),
+        Some(view) => Ok(JsonResponse::new(Status::Ok, view)),
         None => Err(ApiError::new(
             Status::NotFound,
             "task_not_found",

@@ -9,6 +9,7 @@
 pub mod schema_pg;
 pub mod schema_sqlite;
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -841,75 +842,97 @@ impl Db {
 
     /// Everything `GET /status` shows, or `None` if there is no such task.
     pub fn task_view(&self, id: TaskId) -> DbResult<Option<TaskView>> {
-        with_conn!(self, |conn, s| {
+        Ok(self.task_views(&[id])?.pop().flatten())
+    }
+
+    /// [`Db::task_view`] of several tasks in one query (the tasks joined to
+    /// their attempts, a row per attempt), answered in the order asked.
+    pub fn task_views(&self, ids: &[TaskId]) -> DbResult<Vec<Option<TaskView>>> {
+        type AttemptRow = (
+            i32,
+            String,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            Option<String>,
+        );
+        let rows = with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
-            let row = t::tasks
+            // The ids are repeated in the join so the attempts are found by
+            // their index even before PostgreSQL has statistics for the table
+            // (without them it scans all attempts for a hash join).
+            t::tasks
+                .left_join(a::task_attempts.on(a::task_id.eq(t::id).and(a::task_id.eq_any(ids))))
                 .select((
-                    t::id,
-                    t::status,
-                    t::event_type,
-                    t::source,
-                    t::event_id,
-                    t::attempts,
-                    t::max_attempts,
-                    t::created_at,
-                    t::started_at,
-                    t::finished_at,
-                    t::result,
-                    t::error,
-                ))
-                .filter(t::id.eq(id))
-                .first::<TaskRow>(conn)
-                .optional()?;
-            let Some(row) = row else { return Ok(None) };
-            let attempt_history = if row.attempts == 0 {
-                Vec::new()
-            } else {
-                a::task_attempts
-                    .select((
+                    (
+                        t::id,
+                        t::status,
+                        t::event_type,
+                        t::source,
+                        t::event_id,
+                        t::attempts,
+                        t::max_attempts,
+                        t::created_at,
+                        t::started_at,
+                        t::finished_at,
+                        t::result,
+                        t::error,
+                    ),
+                    (
                         a::attempt,
                         a::worker,
                         a::started_at,
                         a::finished_at,
                         a::error,
-                    ))
-                    .filter(a::task_id.eq(id))
-                    .order(a::attempt)
-                    .load::<(
-                        i32,
-                        String,
-                        DateTime<Utc>,
-                        Option<DateTime<Utc>>,
-                        Option<String>,
-                    )>(conn)?
-                    .into_iter()
-                    .map(
-                        |(attempt, worker, started_at, finished_at, error)| AttemptView {
-                            attempt,
-                            worker,
-                            started_at,
-                            finished_at,
-                            error,
-                        },
                     )
-                    .collect()
+                        .nullable(),
+                ))
+                .filter(t::id.eq_any(ids))
+                .order((t::id, a::attempt))
+                .load::<(TaskRow, Option<AttemptRow>)>(conn)?
+        });
+        let mut views: HashMap<TaskId, TaskView> = HashMap::with_capacity(ids.len());
+        for (row, attempt) in rows {
+            let view = match views.entry(row.id) {
+                Entry::Occupied(view) => view.into_mut(),
+                Entry::Vacant(slot) => slot.insert(TaskView {
+                    id: row.id,
+                    status: parse_status(&row.status)?,
+                    event_type: row.event_type,
+                    source: row.source,
+                    event_id: row.event_id,
+                    attempts: row.attempts,
+                    max_attempts: row.max_attempts,
+                    created_at: row.created_at,
+                    started_at: row.started_at,
+                    finished_at: row.finished_at,
+                    result: row.result,
+                    error: row.error,
+                    attempt_history: Vec::new(),
+                }),
             };
-            Ok(Some(TaskView {
-                id: row.id,
-                status: parse_status(&row.status)?,
-                event_type: row.event_type,
-                source: row.source,
-                event_id: row.event_id,
-                attempts: row.attempts,
-                max_attempts: row.max_attempts,
-                created_at: row.created_at,
-                started_at: row.started_at,
-                finished_at: row.finished_at,
-                result: row.result,
-                error: row.error,
-                attempt_history,
-            }))
-        })
+            if let Some((attempt, worker, started_at, finished_at, error)) = attempt {
+                view.attempt_history.push(AttemptView {
+                    attempt,
+                    worker,
+                    started_at,
+                    finished_at,
+                    error,
+                });
+            }
+        }
+        // An id asked twice gets its view twice: moved out at its last ask.
+        let last: HashMap<TaskId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        Ok(ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                if last[id] == i {
+                    views.remove(id)
+                } else {
+                    views.get(id).cloned()
+                }
+            })
+            .collect())
     }
 }
