@@ -410,21 +410,23 @@ async fn burst(
     ))
 }
 
-/// Closed loop `GET /status` reads of existing tasks.
-async fn status_reads(
-    d: &Deployment,
+/// Closed loop `GET`s of `path(i)` for i in 0..n from `concurrency`
+/// clients, each expecting `expected`.
+async fn closed_loop_gets(
     client: &reqwest::Client,
-    ids: &[String],
+    base: &str,
+    path: impl Fn(usize) -> String + Send + Sync + 'static,
+    expected: reqwest::StatusCode,
     n: usize,
     concurrency: usize,
 ) -> anyhow::Result<Value> {
-    let ids = Arc::new(ids.to_vec());
+    let path = Arc::new(path);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let readers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, base, next, ids) =
-                (client.clone(), d.base.clone(), next.clone(), ids.clone());
+            let (client, base, next, path) =
+                (client.clone(), base.to_string(), next.clone(), path.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 loop {
@@ -433,12 +435,9 @@ async fn status_reads(
                         return Ok::<_, anyhow::Error>(latencies);
                     }
                     let sent = Instant::now();
-                    let r = client
-                        .get(format!("{base}/status/{}", ids[i % ids.len()]))
-                        .send()
-                        .await?;
-                    if !r.status().is_success() {
-                        bail!("/status answered {}", r.status());
+                    let r = client.get(format!("{base}{}", path(i))).send().await?;
+                    if r.status() != expected {
+                        bail!("GET {} answered {}", path(i), r.status());
                     }
                     r.bytes().await?;
                     latencies.push(ms(sent.elapsed()));
@@ -456,6 +455,48 @@ async fn status_reads(
         "reads_per_s": n as f64 / start.elapsed().as_secs_f64(),
         "latency": summary(latencies),
     }))
+}
+
+/// Closed loop `GET /status` reads of existing tasks.
+async fn status_reads(
+    d: &Deployment,
+    client: &reqwest::Client,
+    ids: &[String],
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Value> {
+    let ids = ids.to_vec();
+    let path = move |i: usize| format!("/status/{}", ids[i % ids.len()]);
+    closed_loop_gets(
+        client,
+        &d.base,
+        path,
+        reqwest::StatusCode::OK,
+        n,
+        concurrency,
+    )
+    .await
+}
+
+/// The HTTP floor: closed loop `GET`s that Rocket answers with no database
+/// work at all (an unknown path, answered by the JSON 404 catcher). What
+/// `/status` can reach with the same client on the same cores.
+async fn http_floor(
+    d: &Deployment,
+    client: &reqwest::Client,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Value> {
+    let path = |i: usize| format!("/no-such-route/{i}");
+    closed_loop_gets(
+        client,
+        &d.base,
+        path,
+        reqwest::StatusCode::NOT_FOUND,
+        n,
+        concurrency,
+    )
+    .await
 }
 
 /// Open loop: POSTs at `rate`/s for `seconds`, each on its own schedule.
@@ -531,6 +572,8 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
     let (burst, ids) = burst(&d, &db, &client, tasks, args.concurrency).await?;
     eprintln!("[{backend}] status reads");
     let reads = status_reads(&d, &client, &ids, tasks * 2, args.concurrency).await?;
+    eprintln!("[{backend}] HTTP floor (no database work)");
+    let floor = http_floor(&d, &client, tasks * 2, args.concurrency).await?;
     let rates = args.rates.clone().unwrap_or(if args.quick {
         vec![100, 1000]
     } else {
@@ -555,6 +598,7 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
         "worker_concurrency": args.worker_concurrency,
         "burst": burst,
         "status": reads,
+        "http_floor": floor,
         "open_loop": open,
         "memory": d.rss(),
     }))
@@ -617,6 +661,14 @@ fn print_table(results: &Value) {
             fmt(&b["status"]["reads_per_s"]),
             fmt(&b["status"]["latency"]["p50_ms"]),
             fmt(&b["status"]["latency"]["p99_ms"])
+        );
+        println!(
+            "HTTP floor      {:>8} req/s   p50 {} ms  p99 {} ms  (a 404 with no database work; /status = {:.0}% of it)",
+            fmt(&b["http_floor"]["reads_per_s"]),
+            fmt(&b["http_floor"]["latency"]["p50_ms"]),
+            fmt(&b["http_floor"]["latency"]["p99_ms"]),
+            100.0 * b["status"]["reads_per_s"].as_f64().unwrap_or(0.0)
+                / b["http_floor"]["reads_per_s"].as_f64().unwrap_or(f64::NAN)
         );
         for o in b["open_loop"].as_array().into_iter().flatten() {
             println!(
