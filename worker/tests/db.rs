@@ -399,3 +399,60 @@ fn status_reads_of_many_tasks_in_one_query_answer_each_in_order() {
         assert!(db.task_views(&[]).unwrap().is_empty());
     });
 }
+
+#[test]
+fn a_batch_of_mixed_outcomes_records_each_that_holds_its_task() {
+    on_both_backends(|db| {
+        let tasks: Vec<NewTask> = (0..4).map(|i| new_task(&format!("e{i}"), 3)).collect();
+        let ids: Vec<TaskId> = db
+            .insert_tasks(&tasks, Utc::now())
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        for &id in &ids {
+            db.claim(id, "w1", lease()).unwrap().unwrap();
+        }
+        let retry = Outcome::Retry {
+            error: "boom".into(),
+            run_after: Utc::now() + Duration::from_secs(60),
+        };
+        let answers = db
+            .finish_many(&[
+                (ids[0], 1, Outcome::Succeeded(json!({"n": 0}))),
+                (ids[1], 1, retry),
+                // A stale attempt number: not this task's attempt any more.
+                (ids[2], 2, Outcome::Succeeded(json!({"n": 2}))),
+                (ids[3], 1, Outcome::Succeeded(json!({"n": 3}))),
+            ])
+            .unwrap();
+        assert_eq!(answers, [true, true, false, true]);
+        let views: Vec<_> = db
+            .task_views(&ids)
+            .unwrap()
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        let statuses: Vec<TaskStatus> = views.iter().map(|v| v.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                TaskStatus::Succeeded,
+                TaskStatus::Retrying,
+                TaskStatus::Running,
+                TaskStatus::Succeeded
+            ]
+        );
+        assert_eq!(views[0].result, Some(json!({"n": 0})));
+        assert_eq!(views[3].result, Some(json!({"n": 3})));
+        assert!(views[0].finished_at.is_some() && views[0].error.is_none());
+        assert!(views[0].attempt_history[0].finished_at.is_some());
+        assert!(views[2].attempt_history[0].finished_at.is_none());
+        assert_eq!(views[1].attempt_history[0].error.as_deref(), Some("boom"));
+        // A recorded outcome is final: the same success again records nothing.
+        let again = db
+            .finish_many(&[(ids[0], 1, Outcome::Succeeded(json!(null)))])
+            .unwrap();
+        assert_eq!(again, [false]);
+    });
+}

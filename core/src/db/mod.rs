@@ -10,6 +10,7 @@ pub mod schema_pg;
 pub mod schema_sqlite;
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -236,6 +237,74 @@ fn order_by_id(ids: impl Iterator<Item = TaskId>) -> Vec<usize> {
     let mut order: Vec<(TaskId, usize)> = ids.zip(0..).collect();
     order.sort_by_key(|(id, _)| id.0);
     order.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Statements that only some backends can make set-based.
+trait SetBased {
+    /// Records every `Outcome::Succeeded` of `attempts` whose attempt still
+    /// holds its task, in one statement; the ids recorded. `None` if this
+    /// backend records them one row at a time instead.
+    fn record_successes(
+        &mut self,
+        attempts: &[(TaskId, i32, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<TaskId>>>;
+}
+
+impl SetBased for SqliteConnection {
+    fn record_successes(
+        &mut self,
+        _: &[(TaskId, i32, Outcome)],
+        _: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<TaskId>>> {
+        Ok(None)
+    }
+}
+
+impl SetBased for PgConnection {
+    fn record_successes(
+        &mut self,
+        attempts: &[(TaskId, i32, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<TaskId>>> {
+        use diesel::sql_types::{Array, Integer, Jsonb, Timestamptz, Uuid};
+
+        #[derive(QueryableByName)]
+        struct Recorded {
+            #[diesel(sql_type = Uuid)]
+            id: TaskId,
+        }
+
+        let mut ids = Vec::new();
+        let mut numbers = Vec::new();
+        let mut results = Vec::new();
+        // In id order, so concurrent batches lock rows in one order.
+        for i in order_by_id(attempts.iter().map(|(id, _, _)| *id)) {
+            if let (id, attempt, Outcome::Succeeded(result)) = &attempts[i] {
+                ids.push(*id);
+                numbers.push(*attempt);
+                results.push(result);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(Some(HashSet::new()));
+        }
+        // The same transition as the row-by-row path, for a whole batch.
+        let recorded = diesel::sql_query(
+            "UPDATE tasks AS t SET status = 'succeeded', result = v.result, error = NULL, \
+               finished_at = $4, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
+               enqueued_at = NULL, publish_lock_until = NULL, updated_at = $4 \
+             FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS v(id, attempt, result) \
+             WHERE t.id = v.id AND t.status = 'running' AND t.attempts = v.attempt \
+             RETURNING t.id",
+        )
+        .bind::<Array<Uuid>, _>(ids)
+        .bind::<Array<Integer>, _>(numbers)
+        .bind::<Array<Jsonb>, _>(results)
+        .bind::<Timestamptz, _>(now)
+        .load::<Recorded>(self)?;
+        Ok(Some(recorded.into_iter().map(|r| r.id).collect()))
+    }
 }
 
 /// A handle on the database pool; cheap to clone.
@@ -737,7 +806,25 @@ impl Db {
             conn.transaction(|conn| {
                 let mut answers = vec![false; attempts.len()];
                 let mut succeeded = Vec::new();
+                // Successes in one statement where the backend can; the
+                // other outcomes, and every outcome on SQLite (where a
+                // statement costs no round trip), one row at a time.
+                let mut row_by_row = vec![true; attempts.len()];
+                if let Some(recorded) = conn.record_successes(attempts, now)? {
+                    for (i, (id, _, outcome)) in attempts.iter().enumerate() {
+                        if matches!(outcome, Outcome::Succeeded(_)) {
+                            row_by_row[i] = false;
+                            if recorded.contains(id) {
+                                answers[i] = true;
+                                succeeded.push(*id);
+                            }
+                        }
+                    }
+                }
                 for i in order_by_id(attempts.iter().map(|(id, _, _)| *id)) {
+                    if !row_by_row[i] {
+                        continue;
+                    }
                     let (id, attempt, outcome) = &attempts[i];
                     let (status, result, error, finished_at, run_after) = match outcome {
                         Outcome::Succeeded(value) => {
