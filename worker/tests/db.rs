@@ -424,9 +424,11 @@ fn a_batch_of_mixed_outcomes_records_each_that_holds_its_task() {
                 // A stale attempt number: not this task's attempt any more.
                 (ids[2], 2, Outcome::Succeeded(json!({"n": 2}))),
                 (ids[3], 1, Outcome::Succeeded(json!({"n": 3}))),
+                // The same task again with an attempt it is not on.
+                (ids[3], 2, Outcome::Succeeded(json!({"n": -3}))),
             ])
             .unwrap();
-        assert_eq!(answers, [true, true, false, true]);
+        assert_eq!(answers, [true, true, false, true, false]);
         let views: Vec<_> = db
             .task_views(&ids)
             .unwrap()

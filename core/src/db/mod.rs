@@ -242,13 +242,13 @@ fn order_by_id(ids: impl Iterator<Item = TaskId>) -> Vec<usize> {
 /// Statements that only some backends can make set-based.
 trait SetBased {
     /// Records every `Outcome::Succeeded` of `attempts` whose attempt still
-    /// holds its task, in one statement; the ids recorded. `None` if this
-    /// backend records them one row at a time instead.
+    /// holds its task, in one statement; the (task, attempt) pairs recorded.
+    /// `None` if this backend records them one row at a time instead.
     fn record_successes(
         &mut self,
         attempts: &[(TaskId, i32, Outcome)],
         now: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<TaskId>>>;
+    ) -> QueryResult<Option<HashSet<(TaskId, i32)>>>;
 }
 
 impl SetBased for SqliteConnection {
@@ -256,7 +256,7 @@ impl SetBased for SqliteConnection {
         &mut self,
         _: &[(TaskId, i32, Outcome)],
         _: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<TaskId>>> {
+    ) -> QueryResult<Option<HashSet<(TaskId, i32)>>> {
         Ok(None)
     }
 }
@@ -266,13 +266,15 @@ impl SetBased for PgConnection {
         &mut self,
         attempts: &[(TaskId, i32, Outcome)],
         now: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<TaskId>>> {
+    ) -> QueryResult<Option<HashSet<(TaskId, i32)>>> {
         use diesel::sql_types::{Array, Integer, Jsonb, Timestamptz, Uuid};
 
         #[derive(QueryableByName)]
         struct Recorded {
             #[diesel(sql_type = Uuid)]
             id: TaskId,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
         }
 
         let mut ids = Vec::new();
@@ -296,14 +298,16 @@ impl SetBased for PgConnection {
                enqueued_at = NULL, publish_lock_until = NULL, updated_at = $4 \
              FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS v(id, attempt, result) \
              WHERE t.id = v.id AND t.status = 'running' AND t.attempts = v.attempt \
-             RETURNING t.id",
+             RETURNING t.id, t.attempts",
         )
         .bind::<Array<Uuid>, _>(ids)
         .bind::<Array<Integer>, _>(numbers)
         .bind::<Array<Jsonb>, _>(results)
         .bind::<Timestamptz, _>(now)
         .load::<Recorded>(self)?;
-        Ok(Some(recorded.into_iter().map(|r| r.id).collect()))
+        Ok(Some(
+            recorded.into_iter().map(|r| (r.id, r.attempts)).collect(),
+        ))
     }
 }
 
@@ -811,10 +815,10 @@ impl Db {
                 // statement costs no round trip), one row at a time.
                 let mut row_by_row = vec![true; attempts.len()];
                 if let Some(recorded) = conn.record_successes(attempts, now)? {
-                    for (i, (id, _, outcome)) in attempts.iter().enumerate() {
+                    for (i, (id, attempt, outcome)) in attempts.iter().enumerate() {
                         if matches!(outcome, Outcome::Succeeded(_)) {
                             row_by_row[i] = false;
-                            if recorded.contains(id) {
+                            if recorded.contains(&(*id, *attempt)) {
                                 answers[i] = true;
                                 succeeded.push(*id);
                             }
