@@ -813,23 +813,16 @@ impl Db {
                 // Successes in one statement where the backend can; the
                 // other outcomes, and every outcome on SQLite (where a
                 // statement costs no round trip), one row at a time.
-                let mut row_by_row = vec![true; attempts.len()];
-                if let Some(recorded) = conn.record_successes(attempts, now)? {
-                    for (i, (id, attempt, outcome)) in attempts.iter().enumerate() {
-                        if matches!(outcome, Outcome::Succeeded(_)) {
-                            row_by_row[i] = false;
-                            if recorded.contains(&(*id, *attempt)) {
-                                answers[i] = true;
-                                succeeded.push(*id);
-                            }
-                        }
-                    }
-                }
+                let set_based = conn.record_successes(attempts, now)?;
                 for i in order_by_id(attempts.iter().map(|(id, _, _)| *id)) {
-                    if !row_by_row[i] {
+                    let (id, attempt, outcome) = &attempts[i];
+                    if let (Some(recorded), Outcome::Succeeded(_)) = (&set_based, outcome) {
+                        if recorded.contains(&(*id, *attempt)) {
+                            answers[i] = true;
+                            succeeded.push(*id);
+                        }
                         continue;
                     }
-                    let (id, attempt, outcome) = &attempts[i];
                     let (status, result, error, finished_at, run_after) = match outcome {
                         Outcome::Succeeded(value) => {
                             (TaskStatus::Succeeded, Some(value), None, Some(now), None)
