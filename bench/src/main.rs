@@ -12,7 +12,11 @@
 //! - peak RSS (VmHWM) of the API and of each worker.
 //!
 //! Before them, the broker's ceiling: raw lapin publish-with-confirms and
-//! consume-with-ack of the same message on a queue of its own.
+//! consume-with-ack of the same message on a queue of its own. After them,
+//! the slow-client soak (also alone: `ferry-bench stall`): a standalone API
+//! with a short `request_timeout`, N connections that stop mid-head or
+//! mid-body, `/status` latency from a few clients throughout, and when the
+//! server closed the stalled connections.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -34,12 +38,16 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection as AmqpConnection, ConnectionProperties};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 /// Benchmarks Ferry against RabbitMQ's own ceiling.
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Args {
+    /// Run one row alone instead of the full run.
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// A short run (small N) that only checks the harness works.
     #[arg(long)]
     quick: bool,
@@ -74,9 +82,41 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
     )]
     postgres_url: String,
-    /// Where to write the JSON results.
-    #[arg(long, default_value = "bench-results/latest.json")]
-    out: PathBuf,
+    /// Stalled connections in the full run's slow-client row (default 1000,
+    /// or 100 with --quick).
+    #[arg(long)]
+    stall_connections: Option<usize>,
+    /// The API's request_timeout in the full run's slow-client row (default
+    /// 5s, or 2s with --quick).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stall_limit: Option<Duration>,
+    /// Where to write the JSON results (default bench-results/latest.json,
+    /// or bench-results/stall.json for `stall`).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Only the slow-client row: a standalone API with a short
+    /// request_timeout, N connections that stall mid-head or mid-body (half
+    /// each), `/status` latency from a few clients throughout, and when the
+    /// stalled connections were closed.
+    Stall(Stall),
+}
+
+/// The slow-client soak.
+#[derive(Debug, Clone, clap::Args)]
+struct Stall {
+    /// Stalled connections: half stop mid-head, half mid-body.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// The API's request_timeout.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    limit: Duration,
+    /// Clients reading `/status` in a closed loop throughout.
+    #[arg(long, default_value_t = 4)]
+    probes: usize,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -265,22 +305,7 @@ impl Deployment {
         };
         let api = spawn("ferry-api", "api".into())?;
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !client
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            if Instant::now() > deadline {
-                bail!(
-                    "ferry-api did not start; see its log in {}",
-                    dir.path().display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_healthy(&base, dir.path()).await?;
         let workers = (0..args.workers)
             .map(|i| spawn("ferry-worker", format!("worker-{i}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -302,6 +327,24 @@ impl Deployment {
             .collect();
         json!({"api_peak_rss_mib": self.api.peak_rss_mib(), "workers": workers})
     }
+}
+
+/// Waits until the API at `base` answers `/health` (its log is in `dir`).
+async fn wait_healthy(base: &str, dir: &Path) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if Instant::now() > deadline {
+            bail!("ferry-api did not start; see its log in {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 impl Drop for Deployment {
@@ -604,6 +647,208 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
     }))
 }
 
+/// A connection that sends part of a request and then nothing.
+struct Stalled {
+    stream: tokio::net::TcpStream,
+    /// Just before it connected: no limit of the server's can start earlier.
+    opened: Instant,
+}
+
+/// What happened to one stalled connection: when the server closed it
+/// (after the connection was opened), whether with a 408 first.
+async fn wait_closed(mut stalled: Stalled, patience: Duration) -> Option<(Duration, bool)> {
+    let mut got = Vec::new();
+    let read = async {
+        let mut chunk = [0; 4096];
+        loop {
+            match stalled.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(patience, read).await.ok()?;
+    Some((stalled.opened.elapsed(), got.starts_with(b"HTTP/1.1 408 ")))
+}
+
+/// The slow-client soak on a standalone API (SQLite, in-process workers):
+/// `plan.probes` clients read `/status` of a real task in a closed loop, for
+/// a second alone, then while `plan.connections` connections stall (half
+/// mid-head, half mid-body) until the server has closed them all.
+async fn stall(plan: &Stall, bin_dir: &Path) -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("server.conf");
+    std::fs::write(
+        &config,
+        "[[routes]]\ntype = \"org.ferry.echo\"\nhandler = \"echo\"\n",
+    )?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let log = std::fs::File::create(dir.path().join("api.log"))?;
+    let child = Command::new(bin_dir.join("ferry-api"))
+        .args([
+            "--standalone",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ])
+        .env(
+            "FERRY_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("ferry.db").display()),
+        )
+        .env("FERRY_PORT", port.to_string())
+        .env(
+            "FERRY_REQUEST_TIMEOUT",
+            humantime::format_duration(plan.limit).to_string(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting ferry-api")?;
+    let api = Proc {
+        child,
+        name: "api".into(),
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base, dir.path()).await?;
+    let client = reqwest::Client::new();
+    let id = submit(&client, &base, event("stall", 0)).await?;
+
+    // Probes, from before the stall until after it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probes: Vec<_> = (0..plan.probes.max(1))
+        .map(|_| {
+            let (client, url, stop) = (client.clone(), format!("{base}/status/{id}"), stop.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let r = client.get(&url).send().await?;
+                    if r.status() != reqwest::StatusCode::OK {
+                        bail!("GET /status answered {}", r.status());
+                    }
+                    r.bytes().await?;
+                    samples.push((sent, ms(sent.elapsed())));
+                }
+                Ok::<_, anyhow::Error>(samples)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let stall_start = Instant::now();
+    let addr = format!("127.0.0.1:{port}");
+    let half_head: &[u8] = b"GET /health HTTP/1.1\r\nHost: ferry\r\nUser-Ag";
+    let half_body: &[u8] = b"POST /receive HTTP/1.1\r\nHost: ferry\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n0123456789";
+    let mut stalled = Vec::with_capacity(plan.connections);
+    for i in 0..plan.connections {
+        let opened = Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .with_context(|| {
+                format!("opening stalled connection {i} (is `ulimit -n` large enough?)")
+            })?;
+        stream
+            .write_all(if i % 2 == 0 { half_head } else { half_body })
+            .await?;
+        stalled.push(Stalled { stream, opened });
+    }
+    let opened_in = stall_start.elapsed();
+    let patience = plan.limit + Duration::from_secs(60);
+    let waits: Vec<_> = stalled
+        .into_iter()
+        .map(|s| tokio::spawn(wait_closed(s, patience)))
+        .collect();
+    let mut closed_after = Vec::new();
+    let mut answered = 0;
+    let mut early = 0;
+    for wait in waits {
+        if let Some((after, with_408)) = wait.await? {
+            closed_after.push(ms(after));
+            answered += usize::from(with_408);
+            early += usize::from(after < plan.limit);
+        }
+    }
+    let stall_end = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut before = Vec::new();
+    let mut during = Vec::new();
+    for probe in probes {
+        for (sent, latency) in probe.await?? {
+            if sent < stall_start {
+                before.push(latency);
+            } else if sent <= stall_end {
+                during.push(latency);
+            }
+        }
+    }
+    let closed = closed_after.len();
+    let first_close = closed_after.iter().copied().reduce(f64::min);
+    let mut closed_after = summary(closed_after);
+    closed_after["min_ms"] = json!(first_close);
+    let result = json!({
+        "connections": plan.connections,
+        "mid_head": plan.connections.div_ceil(2),
+        "mid_body": plan.connections / 2,
+        "limit_s": plan.limit.as_secs_f64(),
+        "opened_in_s": opened_in.as_secs_f64(),
+        "closed": closed,
+        "closed_with_408": answered,
+        "closed_before_limit": early,
+        "not_closed": plan.connections - closed,
+        "closed_after_open": closed_after,
+        "probes": plan.probes.max(1),
+        "status_before": summary(before),
+        "status_during": summary(during),
+        "api_peak_rss_mib": api.peak_rss_mib(),
+    });
+    drop(api);
+    Ok(result)
+}
+
+fn print_stall(stall: &Value) {
+    let secs = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".into(), |ms| format!("{:.2}", ms / 1000.0))
+    };
+    println!(
+        "\n== slow clients (standalone, request_timeout {}s) ==",
+        fmt(&stall["limit_s"])
+    );
+    let when = if stall["closed"].as_u64().unwrap_or(0) == 0 {
+        String::new()
+    } else {
+        format!(
+            ", {} to {} s after they connected (p50 {} s)",
+            secs(&stall["closed_after_open"]["min_ms"]),
+            secs(&stall["closed_after_open"]["max_ms"]),
+            secs(&stall["closed_after_open"]["p50_ms"]),
+        )
+    };
+    println!(
+        "stalled         {} connections ({} mid-head, {} mid-body): {} closed by the server ({} with a 408, {} before the limit, {} never){when}",
+        stall["connections"],
+        stall["mid_head"],
+        stall["mid_body"],
+        stall["closed"],
+        stall["closed_with_408"],
+        stall["closed_before_limit"],
+        stall["not_closed"],
+    );
+    println!(
+        "/status         during the stall p50 {} p99 {} max {} ms ({} reads, {} clients) | before it p50 {} p99 {} max {} ms",
+        fmt(&stall["status_during"]["p50_ms"]),
+        fmt(&stall["status_during"]["p99_ms"]),
+        fmt(&stall["status_during"]["max_ms"]),
+        stall["status_during"]["n"],
+        stall["probes"],
+        fmt(&stall["status_before"]["p50_ms"]),
+        fmt(&stall["status_before"]["p99_ms"]),
+        fmt(&stall["status_before"]["max_ms"]),
+    );
+}
+
 fn fmt(v: &Value) -> String {
     v.as_f64().map_or_else(
         || "-".into(),
@@ -707,6 +952,25 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(Mode::Stall(plan)) = &args.mode {
+        eprintln!(
+            "slow clients: {} stalled connections, request_timeout {}",
+            plan.connections,
+            humantime::format_duration(plan.limit)
+        );
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "stall": stall(plan, &bin_dir).await?,
+        });
+        print_stall(&results["stall"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/stall.json")),
+        );
+    }
     let ceiling_n = args
         .tasks
         .unwrap_or(if args.quick { 2_000 } else { 50_000 });
@@ -739,11 +1003,36 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     results["end_to_end_over_ceiling"] = json!(ratios);
+    let plan = Stall {
+        connections: args
+            .stall_connections
+            .unwrap_or(if args.quick { 100 } else { 1000 }),
+        limit: args
+            .stall_limit
+            .unwrap_or(Duration::from_secs(if args.quick { 2 } else { 5 })),
+        probes: 4,
+    };
+    eprintln!(
+        "slow clients: {} stalled connections, request_timeout {}",
+        plan.connections,
+        humantime::format_duration(plan.limit)
+    );
+    results["stall"] = stall(&plan, &bin_dir).await?;
     print_table(&results);
-    if let Some(dir) = args.out.parent() {
+    print_stall(&results["stall"]);
+    write_results(
+        &results,
+        args.out
+            .as_deref()
+            .unwrap_or(Path::new("bench-results/latest.json")),
+    )
+}
+
+fn write_results(results: &Value, out: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
-    println!("\nresults written to {}", args.out.display());
+    std::fs::write(out, serde_json::to_string_pretty(results)?)?;
+    println!("\nresults written to {}", out.display());
     Ok(())
 }

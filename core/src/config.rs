@@ -62,6 +62,9 @@ pub struct Config {
     pub relay_interval: Duration,
     /// How long a running task may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// How long the API waits for a request's headers, and separately for
+    /// its body, before it answers 408 and closes the connection.
+    pub request_timeout: Duration,
     /// Event type → handler.
     pub routes: Routes,
 }
@@ -80,6 +83,7 @@ impl Default for Config {
             lease: Duration::from_secs(30),
             relay_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
             routes: Routes::default(),
         }
     }
@@ -190,6 +194,7 @@ struct RawConfig {
     lease: Option<String>,
     relay_interval: Option<String>,
     drain_timeout: Option<String>,
+    request_timeout: Option<String>,
     #[serde(default)]
     routes: Vec<RawRoute>,
 }
@@ -336,6 +341,9 @@ impl Config {
         if let Some(v) = &raw.drain_timeout {
             config.drain_timeout = parse_duration("drain_timeout", v)?;
         }
+        if let Some(v) = &raw.request_timeout {
+            config.request_timeout = parse_duration("request_timeout", v)?;
+        }
         let routes = raw
             .routes
             .into_iter()
@@ -390,6 +398,9 @@ impl Config {
         if let Some(v) = var("FERRY_DRAIN_TIMEOUT") {
             self.drain_timeout = parse_duration("FERRY_DRAIN_TIMEOUT", &v)?;
         }
+        if let Some(v) = var("FERRY_REQUEST_TIMEOUT") {
+            self.request_timeout = parse_duration("FERRY_REQUEST_TIMEOUT", &v)?;
+        }
         self.validate()
     }
 
@@ -434,6 +445,12 @@ impl Config {
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::new("lease", "must be at least 1s"));
         }
+        if self.request_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "request_timeout",
+                "must be at least 100ms",
+            ));
+        }
         Ok(())
     }
 }
@@ -459,6 +476,7 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://ferry.db");
         assert_eq!(config.queue, "ferry.tasks");
         assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert!(config.routes.is_empty());
     }
 
@@ -495,6 +513,8 @@ mod tests {
             ("port = \"x\"", "port"),
             ("port = [", "port"),
             ("lease = \"soon\"", "lease"),
+            ("request_timeout = \"never\"", "request_timeout"),
+            ("request_timeout = \"10ms\"", "request_timeout"),
             ("[[routes]]\ntype = \"a\"\nhandler = \"exec\"", "routes[0].command"),
             ("[[routes]]\ntype = \"a\"\nhandler = \"nope\"", "routes[0].handler"),
             (
