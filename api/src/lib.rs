@@ -3,17 +3,20 @@
 //! tests and `main` assemble the same application.
 
 pub mod error;
+pub mod listener;
 pub mod routes;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::db::{DbError, DbResult, NewTask, Stored};
 use ferry_core::task::TaskView;
 use ferry_core::{Config, Db, TaskId};
+use listener::GuardedListener;
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
 use tokio_util::sync::CancellationToken;
@@ -57,19 +60,16 @@ impl AppState {
             "insert",
             INSERT_BATCH,
             move |requests: Vec<Vec<NewTask>>| {
-                let sizes: Vec<usize> = requests.iter().map(Vec::len).collect();
-                let tasks: Vec<NewTask> = requests.into_iter().flatten().collect();
-                let stored = insert_db
-                    .insert_tasks(&tasks, Utc::now() + PUBLISH_LOCK)
-                    .map(|stored| {
-                        // Back into one list per request.
-                        let mut stored = stored.into_iter();
-                        sizes
-                            .iter()
-                            .map(|&n| stored.by_ref().take(n).collect())
-                            .collect()
-                    });
-                DbError::per_caller(stored, sizes.len())
+                let lock = Utc::now() + PUBLISH_LOCK;
+                DbError::isolate("insert", &requests, |requests| {
+                    let tasks: Vec<&NewTask> = requests.iter().flatten().collect();
+                    let mut stored = insert_db.insert_task_refs(&tasks, lock)?.into_iter();
+                    // Back into one list per request.
+                    Ok(requests
+                        .iter()
+                        .map(|request| stored.by_ref().take(request.len()).collect())
+                        .collect())
+                })
             },
         );
         let mark_db = db.clone();
@@ -77,19 +77,25 @@ impl AppState {
             "enqueued",
             INSERT_BATCH,
             move |requests: Vec<Vec<TaskId>>| {
-                let n = requests.len();
-                let ids: Vec<TaskId> = requests.into_iter().flatten().collect();
-                if let Err(e) = mark_db.mark_enqueued(&ids) {
-                    // The relay will publish again; the claim's compare-and-set
-                    // makes the duplicate message harmless.
-                    tracing::warn!(error = %e, tasks = ids.len(), "published, but could not record it");
-                }
-                vec![(); n]
+                DbError::isolate("enqueued", &requests, |requests| {
+                    let ids: Vec<TaskId> = requests.iter().flatten().copied().collect();
+                    mark_db.mark_enqueued(&ids)?;
+                    Ok(vec![(); requests.len()])
+                })
+                .into_iter()
+                .map(|marked| {
+                    if let Err(e) = marked {
+                        // The relay will publish again; the claim's
+                        // compare-and-set makes the duplicate message harmless.
+                        tracing::warn!(error = %e, "published, but could not record it");
+                    }
+                })
+                .collect()
             },
         );
         let view_db = db.clone();
         let views = Batcher::spawn("status", READ_BATCH, move |ids: Vec<TaskId>| {
-            DbError::per_caller(view_db.task_views(&ids), ids.len())
+            DbError::isolate("status", &ids, |ids| view_db.task_views(ids))
         });
         Self {
             config,
@@ -174,6 +180,14 @@ pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
     } else {
         Queue::amqp(&config.broker_url, &config.queue)
     };
+    // Bound before anything is spawned, so that a port in use fails the start
+    // cleanly. Every connection is guarded: see `listener`.
+    let listener = GuardedListener::bind(
+        (config.address.as_str(), config.port),
+        config.request_timeout,
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}:{}", config.address, config.port))?;
     let shutdown = CancellationToken::new();
     let relay = tokio::spawn(ferry_core::relay::run(
         db.clone(),
@@ -194,10 +208,11 @@ pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
         port = config.port,
         database = db.backend(),
         standalone,
+        request_timeout = ?config.request_timeout,
         "ferry-api starting"
     );
     let state = AppState::new(Arc::new(config), db, queue);
-    let result = rocket(state).launch().await;
+    let result = rocket(state).launch_on(listener).await;
     shutdown.cancel();
     if let Some(workers) = workers {
         workers.await??;

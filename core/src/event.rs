@@ -1,7 +1,13 @@
 //! Events as `/receive` takes them: CloudEvents 1.0 (structured, binary and
-//! batch) and CloudEvents 0.1 as pacifica sends them.
+//! batch) and CloudEvents 0.1 as pacifica sends them. Every event is checked
+//! here against what the task database can store ([`crate::storable`]), so
+//! what reaches a transaction cannot fail it.
 
+use base64::Engine as _;
 use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::storable::{self, MAX_ATTRIBUTE_BYTES, MAX_KEY_ATTRIBUTE_BYTES};
 
 /// An event ready to become a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,10 +60,14 @@ impl Event {
                 "not a CloudEvent: no `specversion` or `cloudEventsVersion`".into(),
             ));
         };
+        let event_type = required_string(object, type_key)?;
+        let source = required_string(object, "source")?;
+        let id = required_string(object, id_key)?;
+        check_storable(object, [type_key, "source", id_key])?;
         Ok(Self {
-            event_type: required_string(object, type_key)?,
-            source: required_string(object, "source")?,
-            id: required_string(object, id_key)?,
+            event_type,
+            source,
+            id,
             body: value,
         })
     }
@@ -80,8 +90,13 @@ impl Event {
     }
 
     /// Builds a structured event from a binary-mode request: the `ce-*`
-    /// headers (lowercase names, prefix removed) are the attributes and the
-    /// body is the data.
+    /// headers (lowercase names, prefix removed, values already
+    /// percent-decoded by [`decode_header_value`]) are the attributes and the
+    /// body is the data, carried as the CloudEvents JSON format does: JSON
+    /// data (for a JSON media type, or none) as JSON, text (a text media
+    /// type, or none) as a string, and any other bytes as `data_base64`. So
+    /// the same event sent in binary and in structured mode is the same
+    /// document, and a body of any bytes is accepted.
     pub fn from_binary(
         attributes: impl IntoIterator<Item = (String, String)>,
         content_type: Option<&str>,
@@ -94,24 +109,123 @@ impl Event {
         if let Some(ct) = content_type {
             object.insert("datacontenttype".into(), Value::String(ct.into()));
         }
-        let data = if body.is_empty() {
-            Value::Null
-        } else if let Ok(json) = serde_json::from_slice::<Value>(body) {
-            json
+        let json_data = content_type.is_none_or(is_json_media_type);
+        let text_data = content_type.is_none_or(is_text_media_type);
+        if body.is_empty() {
+            object.insert("data".into(), Value::Null);
+        } else if let Some(json) = json_data
+            .then(|| serde_json::from_slice::<Value>(body).ok())
+            .flatten()
+        {
+            object.insert("data".into(), json);
+        } else if let Some(text) = text_data
+            .then(|| std::str::from_utf8(body).ok())
+            .flatten()
+            // Text the database cannot store travels as bytes, unchanged.
+            .filter(|text| !text.contains('\0'))
+        {
+            object.insert("data".into(), Value::String(text.into()));
         } else {
-            match std::str::from_utf8(body) {
-                Ok(text) => Value::String(text.into()),
-                Err(_) => return Err(EventError("binary-mode data must be UTF-8".into())),
-            }
-        };
-        object.insert("data".into(), data);
+            let encoded = base64::engine::general_purpose::STANDARD.encode(body);
+            object.insert("data_base64".into(), Value::String(encoded));
+        }
         Self::from_json(Value::Object(object))
+    }
+
+    /// A digest of the whole event: two events with the same `source` and
+    /// `id` are the same event only if their digests match. Object keys
+    /// are sorted and numbers kept as sent, so it does not depend on which
+    /// database stored the first one.
+    pub fn digest(&self) -> String {
+        let text = serde_json::to_vec(&self.body).expect("a JSON value serializes");
+        let hash = Sha256::digest(&text);
+        hash.iter()
+            .fold(String::with_capacity(64), |mut hex, byte| {
+                use std::fmt::Write as _;
+                let _ = write!(hex, "{byte:02x}");
+                hex
+            })
     }
 
     /// The event's `data`, or null.
     pub fn data(&self) -> &Value {
         self.body.get("data").unwrap_or(&Value::Null)
     }
+}
+
+/// Whether a media type (`Content-Type`, parameters allowed) is JSON:
+/// `application/json`, `text/json` or any `+json` type.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let media = essence(content_type);
+    media == "application/json" || media == "text/json" || media.ends_with("+json")
+}
+
+/// A media type without its parameters, in lowercase.
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Whether a media type is text: `text/*`, JSON or XML.
+pub fn is_text_media_type(content_type: &str) -> bool {
+    let media = essence(content_type);
+    media.starts_with("text/")
+        || media == "application/xml"
+        || media.ends_with("+xml")
+        || is_json_media_type(&media)
+}
+
+/// Decodes a binary-mode `ce-*` header value as the CloudEvents HTTP
+/// binding requires: `%XX` sequences are bytes, and the bytes are UTF-8.
+pub fn decode_header_value(value: &str) -> Result<String, String> {
+    if !value.contains('%') {
+        return Ok(value.to_string());
+    }
+    let raw = value.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(byte) = hex else {
+                return Err(format!(
+                    "has a `%` at byte {i} that is not followed by two hex digits"
+                ));
+            };
+            bytes.push(byte);
+            i += 3;
+        } else {
+            bytes.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| "is not UTF-8 once percent-decoded".to_string())
+}
+
+/// Checks every attribute of an event against what the database can hold;
+/// `keys` are the attributes that name the event (type, source, id).
+fn check_storable(object: &Map<String, Value>, keys: [&str; 3]) -> Result<(), EventError> {
+    let fail = |e: storable::Unstorable| EventError(e.to_string());
+    for (name, value) in object {
+        storable::check_text_len("attribute name", name, MAX_KEY_ATTRIBUTE_BYTES).map_err(fail)?;
+        match value {
+            Value::String(text) if keys.contains(&name.as_str()) => {
+                storable::check_text_len(name, text, MAX_KEY_ATTRIBUTE_BYTES).map_err(fail)?;
+            }
+            Value::String(text) if name != "data" && name != "data_base64" => {
+                storable::check_text_len(name, text, MAX_ATTRIBUTE_BYTES).map_err(fail)?;
+            }
+            other => storable::check_value(name, other).map_err(fail)?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -187,5 +301,95 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert!(Event::batch_from_json(json!([])).is_err());
         assert!(Event::batch_from_json(json!([{"specversion": "1.0"}])).is_err());
+    }
+
+    #[test]
+    fn binary_data_by_media_type() {
+        let attrs = || {
+            [
+                ("specversion", "1.0"),
+                ("type", "t"),
+                ("source", "/s"),
+                ("id", "9"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        };
+        let text = Event::from_binary(attrs(), Some("text/plain"), b"123").unwrap();
+        assert_eq!(text.data(), &json!("123"));
+        // Bytes are bytes, even when they happen to be UTF-8 (with a NUL).
+        let octets =
+            Event::from_binary(attrs(), Some("application/octet-stream"), b"PK\x03\x04\0").unwrap();
+        assert_eq!(octets.body["data_base64"], "UEsDBAA=");
+        let nul_text = Event::from_binary(attrs(), Some("text/plain"), b"a\0b").unwrap();
+        assert_eq!(nul_text.body["data_base64"], "YQBi");
+        let bytes =
+            Event::from_binary(attrs(), Some("application/octet-stream"), &[0, 159, 255]).unwrap();
+        assert_eq!(bytes.body["data_base64"], "AJ//");
+        assert!(bytes.body.get("data").is_none());
+        let json = Event::from_binary(attrs(), Some("application/ld+json"), b"[1]").unwrap();
+        assert_eq!(json.data(), &json!([1]));
+    }
+
+    #[test]
+    fn structured_and_binary_are_one_event() {
+        let structured = Event::from_json(
+            serde_json::from_str(
+                r#"{"specversion":"1.0","type":"t","source":"/a b/ü","id":"9",
+                    "datacontenttype":"application/json","data":{"n":12345678901234567890123}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let attrs = [
+            ("specversion", "1.0"),
+            ("type", "t"),
+            ("source", "%2Fa%20b%2F%C3%BC"),
+            ("id", "9"),
+        ]
+        .map(|(k, v)| (k.to_string(), decode_header_value(v).unwrap()));
+        let binary = Event::from_binary(
+            attrs,
+            Some("application/json"),
+            br#"{"n": 12345678901234567890123}"#,
+        )
+        .unwrap();
+        assert_eq!(binary.source, "/a b/ü");
+        assert_eq!(binary.body, structured.body);
+        assert_eq!(binary.digest(), structured.digest());
+        assert_eq!(
+            serde_json::to_string(binary.data()).unwrap(),
+            r#"{"n":12345678901234567890123}"#
+        );
+    }
+
+    #[test]
+    fn header_values_decode_strictly() {
+        assert_eq!(decode_header_value("plain").unwrap(), "plain");
+        assert_eq!(decode_header_value("100%25").unwrap(), "100%");
+        assert!(decode_header_value("%zz").is_err());
+        assert!(decode_header_value("50%").is_err());
+        assert!(decode_header_value("%FF").is_err());
+    }
+
+    #[test]
+    fn unstorable_events_name_the_attribute() {
+        let event = |extra: Value| {
+            let mut e = json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1"});
+            e.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            Event::from_json(e)
+        };
+        let err = event(json!({"source": "/s\u{0}"})).unwrap_err();
+        assert!(err.0.starts_with("`source` contains a NUL"), "{err}");
+        let err = event(json!({"data": {"k": ["\u{0}"]}})).unwrap_err();
+        assert!(err.0.starts_with("`data/k/0`"), "{err}");
+        let err = event(json!({"id": "x".repeat(1025)})).unwrap_err();
+        assert!(err.0.starts_with("`id` is 1025 bytes long"), "{err}");
+        let err = event(json!({"subject": "x".repeat(5000)})).unwrap_err();
+        assert!(err.0.starts_with("`subject`"), "{err}");
+        let big: Value = serde_json::from_str("1e5000").unwrap();
+        assert!(event(json!({"data": big})).is_err());
+        assert!(event(json!({"data": "x".repeat(100_000)})).is_ok());
     }
 }

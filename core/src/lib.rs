@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `server.conf`, environment overrides, routes.
 //! - [`event`]: CloudEvents as `/receive` takes them.
+//! - [`storable`]: what both databases can hold, checked before a transaction.
 //! - [`task`]: task ids, states and the status report.
 //! - [`db`]: the task table on SQLite or PostgreSQL; every transition is a
 //!   compare-and-set.
@@ -16,18 +17,35 @@ pub mod config;
 pub mod db;
 pub mod event;
 pub mod relay;
+pub mod storable;
 pub mod task;
 
 pub use config::Config;
 pub use db::Db;
 pub use task::{TaskId, TaskStatus};
 
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`).
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`), in
+/// colour only when stderr is a terminal.
+///
+/// Rocket logs a request it cannot route or a client that hangs up mid-body
+/// as an ERROR, and its launch as a WARN. Neither is the server's error, and
+/// Ferry logs its own start and stop (and a launch failure is returned, not
+/// only logged), so Rocket is quiet unless `RUST_LOG` names it.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rocket=warn,lapin=warn"));
+    use std::io::IsTerminal;
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let mut directives = wanted.clone();
+    if !wanted.contains("rocket") {
+        directives.push_str(",rocket=off");
+    }
+    if !wanted.contains("lapin") {
+        directives.push_str(",lapin=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -21,7 +21,7 @@ use ferry_core::batch::Batcher;
 use ferry_core::broker::{Delivery, Queue};
 use ferry_core::config::Route;
 use ferry_core::db::{Claimed, DbError, DbResult, Outcome};
-use ferry_core::{Config, Db, TaskId};
+use ferry_core::{storable, Config, Db, TaskId};
 use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::Semaphore;
@@ -68,15 +68,19 @@ pub async fn run(
     let name = worker_name();
     let (claim_db, claimer, lease) = (db.clone(), name.clone(), config.lease);
     let claims = Batcher::spawn("claim", BATCH, move |ids: Vec<TaskId>| {
-        let claimed = claim_db.claim_many(&ids, &claimer, Utc::now() + lease);
-        DbError::per_caller(claimed, ids.len())
+        let until = Utc::now() + lease;
+        DbError::isolate("claim", &ids, |ids| {
+            claim_db.claim_many(ids, &claimer, until)
+        })
     });
     let outcome_db = db.clone();
     let outcomes = Batcher::spawn(
         "outcome",
         BATCH,
         move |attempts: Vec<(TaskId, i32, Outcome)>| {
-            DbError::per_caller(outcome_db.finish_many(&attempts), attempts.len())
+            DbError::isolate("outcome", &attempts, |attempts| {
+                outcome_db.finish_many(attempts)
+            })
         },
     );
     let worker = Arc::new(Worker {
@@ -157,9 +161,13 @@ pub async fn run(
         // No new deliveries while the running tasks finish.
         consumer.cancel().await;
     }
+    // Settle what already ended, so the count below is what still runs.
+    while let Some(done) = running.try_join_next() {
+        log_join(done);
+    }
     tracing::info!(
-        running = running.len(),
-        "worker stopping; draining running tasks"
+        tasks = running.len(),
+        "worker stopping; waiting for running tasks to finish"
     );
     let drain = async {
         while let Some(done) = running.join_next().await {
@@ -203,7 +211,7 @@ impl Worker {
     /// Settles one delivery: claim, run, record, then ack.
     async fn handle(&self, delivery: Delivery) {
         let Some(id) = delivery.task_id() else {
-            tracing::error!(payload = %String::from_utf8_lossy(&delivery.payload), "unreadable message; dead-lettering it");
+            tracing::warn!(payload = %String::from_utf8_lossy(&delivery.payload), "unreadable message; dead-lettering it");
             settle(delivery.dead_letter().await);
             return;
         };
@@ -270,12 +278,19 @@ impl Worker {
             () = self.keep_lease(id, claimed.attempt) => return None,
         };
         Some(match result {
-            Ok(value) => Outcome::Succeeded(value),
+            Ok(value) => match storable::check_value("result", &value) {
+                Ok(()) => Outcome::Succeeded(value),
+                // Deterministic output would fail the same way again: no retry.
+                Err(why) => Outcome::Unstorable {
+                    error: format!("the handler's output cannot be stored: {why}"),
+                    output: storable::escape_value(value),
+                },
+            },
             Err(e) if e.retryable && claimed.attempt < claimed.max_attempts => Outcome::Retry {
                 run_after: Utc::now() + retry_delay(&route, claimed.attempt),
-                error: e.message,
+                error: storable::escape_text(&e.message).into_owned(),
             },
-            Err(e) => Outcome::Failed(e.message),
+            Err(e) => Outcome::Failed(storable::escape_text(&e.message).into_owned()),
         })
     }
 
@@ -305,6 +320,7 @@ impl Worker {
     async fn record(&self, id: TaskId, attempt: i32, outcome: &Outcome) -> bool {
         let deadline = tokio::time::Instant::now() + self.config.lease;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut outcome = outcome.clone();
         loop {
             let recorded = self.outcomes.call((id, attempt, outcome.clone())).await;
             match recorded.unwrap_or_else(batch_lost) {
@@ -316,6 +332,16 @@ impl Worker {
                 Err(DbError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(task = %id, error = %e, "cannot record outcome yet; retrying");
                     tokio::time::sleep(backoff.next()).await;
+                }
+                // The database refused this result for a reason the checks
+                // before it did not foresee (a value over a size limit): the
+                // attempt failed, said plainly, rather than left to its lease.
+                Err(e @ DbError::Query(_)) if matches!(outcome, Outcome::Succeeded(_)) => {
+                    tracing::warn!(task = %id, error = %e, "the database refused the handler's output; recording the attempt as failed");
+                    outcome = Outcome::Failed(format!(
+                        "the handler's output could not be stored: {}",
+                        storable::escape_text(&e.to_string())
+                    ));
                 }
                 Err(e) => {
                     tracing::error!(task = %id, error = %e, "cannot record outcome; giving the message back");

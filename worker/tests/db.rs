@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
-use ferry_core::db::{NewTask, Outcome};
+use ferry_core::db::{DbError, NewTask, Outcome};
 use ferry_core::{Db, TaskId, TaskStatus};
 use serde_json::json;
 
@@ -19,6 +19,7 @@ fn new_task(event_id: &str, max_attempts: i32) -> NewTask {
         source: "/ferry/tests".into(),
         event_id: event_id.into(),
         event: json!({"specversion": "1.0", "data": {"n": 1}}),
+        digest: format!("digest of {event_id}"),
         max_attempts,
     }
 }
@@ -456,5 +457,104 @@ fn a_batch_of_mixed_outcomes_records_each_that_holds_its_task() {
             .finish_many(&[(ids[0], 1, Outcome::Succeeded(json!(null)))])
             .unwrap();
         assert_eq!(again, [false]);
+    });
+}
+
+/// Installs triggers that refuse three marked tasks at three steps: the
+/// insert of an event whose id starts `poison`, the claim of `claim-poison…`
+/// and the success of `finish-poison…`. Refusals no check foresees.
+const POISON_SQLITE: &str = "
+    CREATE TRIGGER poison_insert BEFORE INSERT ON tasks
+    WHEN NEW.event_id LIKE 'poison%'
+    BEGIN SELECT RAISE(ABORT, 'poisoned insert'); END;
+    CREATE TRIGGER poison_update BEFORE UPDATE ON tasks
+    WHEN (NEW.status = 'running' AND NEW.event_id LIKE 'claim-poison%')
+      OR (NEW.status = 'succeeded' AND NEW.event_id LIKE 'finish-poison%')
+    BEGIN SELECT RAISE(ABORT, 'poisoned update'); END;";
+
+const POISON_POSTGRES: &str = "
+    CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF (TG_OP = 'INSERT' AND NEW.event_id LIKE 'poison%')
+           OR (TG_OP = 'UPDATE' AND NEW.status = 'running' AND NEW.event_id LIKE 'claim-poison%')
+           OR (TG_OP = 'UPDATE' AND NEW.status = 'succeeded' AND NEW.event_id LIKE 'finish-poison%')
+        THEN RAISE EXCEPTION 'poisoned %', TG_OP; END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER poison BEFORE INSERT OR UPDATE ON tasks
+    FOR EACH ROW EXECUTE FUNCTION poison();";
+
+/// Group commit is not shared fate: in every batch (inserts, claims,
+/// outcomes), one item the database refuses fails alone, and the others are
+/// committed and answered as if it had not been there.
+#[test]
+fn a_refused_item_fails_only_itself_in_every_batch() {
+    let check = |db: &Db| {
+        // Inserts: one request per item, as /receive batches them.
+        let requests: Vec<Vec<NewTask>> = ["a", "poison-1", "b", "claim-poison", "finish-poison"]
+            .iter()
+            .map(|id| vec![new_task(id, 3)])
+            .collect();
+        let stored = DbError::isolate("insert", &requests, |requests| {
+            let tasks: Vec<&NewTask> = requests.iter().flatten().collect();
+            let stored = db.insert_task_refs(&tasks, Utc::now())?;
+            Ok(stored.into_iter().map(|s| vec![s]).collect())
+        });
+        assert!(
+            matches!(stored[1], Err(DbError::Query(_))),
+            "{:?}",
+            stored[1]
+        );
+        let ids: Vec<TaskId> = [0, 2, 3, 4]
+            .iter()
+            .map(|&i| {
+                let stored = stored[i].as_ref().unwrap();
+                assert!(stored[0].created);
+                stored[0].id
+            })
+            .collect();
+        assert_eq!(db.count_with_status(TaskStatus::Pending).unwrap(), 4);
+        // Claims: the refused claim fails alone; the others run.
+        let claims = DbError::isolate("claim", &ids, |ids| db.claim_many(ids, "w1", lease()));
+        assert!(
+            matches!(claims[2], Err(DbError::Query(_))),
+            "{:?}",
+            claims[2]
+        );
+        for i in [0, 1, 3] {
+            assert_eq!(claims[i].as_ref().unwrap().as_ref().unwrap().attempt, 1);
+        }
+        // Outcomes: the refused success fails alone; the others are recorded.
+        let outcomes: Vec<(TaskId, i32, Outcome)> = [0, 1, 3]
+            .iter()
+            .map(|&i| (ids[i], 1, Outcome::Succeeded(json!({"i": i}))))
+            .collect();
+        let recorded = DbError::isolate("outcome", &outcomes, |o| db.finish_many(o));
+        assert!(recorded[0].as_ref().unwrap());
+        assert!(recorded[1].as_ref().unwrap());
+        assert!(
+            matches!(recorded[2], Err(DbError::Query(_))),
+            "{:?}",
+            recorded[2]
+        );
+        assert_eq!(db.count_with_status(TaskStatus::Succeeded).unwrap(), 2);
+        assert_eq!(db.status(ids[3]).unwrap(), Some(TaskStatus::Running));
+        assert_eq!(db.status(ids[2]).unwrap(), Some(TaskStatus::Pending));
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let sqlite = Db::connect(&format!("sqlite://{}", path.display()), 4).unwrap();
+    sqlite.migrate().unwrap();
+    diesel::SqliteConnection::establish(path.to_str().unwrap())
+        .unwrap()
+        .batch_execute(POISON_SQLITE)
+        .unwrap();
+    check(&sqlite);
+    on_postgres(|db, url| {
+        diesel::PgConnection::establish(url)
+            .unwrap()
+            .batch_execute(POISON_POSTGRES)
+            .unwrap();
+        check(db);
     });
 }

@@ -10,7 +10,7 @@ use rocket::{post, routes, Route, State};
 use serde_json::{json, Value};
 
 use ferry_core::db::{NewTask, Stored};
-use ferry_core::event::Event;
+use ferry_core::event::{decode_header_value, Event};
 use ferry_core::TaskId;
 
 use crate::error::{ApiError, JsonResponse};
@@ -114,11 +114,15 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 fn task_json(stored: &Stored) -> Value {
-    json!({
+    let mut task = json!({
         "id": stored.id,
         "status": stored.status,
         "status_url": format!("/status/{}", stored.id),
-    })
+    });
+    if stored.conflict {
+        task["error"] = "event_conflict".into();
+    }
+    task
 }
 
 #[post("/receive", data = "<body>")]
@@ -150,12 +154,23 @@ async fn receive(
         Mode::Batch => {
             Event::batch_from_json(parse_json(&body)?).map_err(|e| invalid_event(e.0))?
         }
-        Mode::Binary => vec![Event::from_binary(
-            headers.attributes,
-            headers.full_content_type.as_deref(),
-            &body,
-        )
-        .map_err(|e| invalid_event(e.0))?],
+        Mode::Binary => {
+            let mut attributes = Vec::with_capacity(headers.attributes.len());
+            for (name, value) in headers.attributes {
+                let decoded = decode_header_value(&value).map_err(|reason| {
+                    ApiError::new(
+                        Status::BadRequest,
+                        "invalid_header",
+                        format!("the header ce-{name} {reason}"),
+                    )
+                })?;
+                attributes.push((name, decoded));
+            }
+            vec![
+                Event::from_binary(attributes, headers.full_content_type.as_deref(), &body)
+                    .map_err(|e| invalid_event(e.0))?,
+            ]
+        }
     };
     let mut tasks = Vec::with_capacity(events.len());
     for event in events {
@@ -171,6 +186,7 @@ async fn receive(
         };
         tasks.push(NewTask {
             id: TaskId::new(),
+            digest: event.digest(),
             max_attempts: i32::try_from(route.max_attempts).unwrap_or(i32::MAX),
             event_type: event.event_type,
             source: event.source,
@@ -178,6 +194,10 @@ async fn receive(
             event: event.body,
         });
     }
+    let events: Vec<(String, String)> = tasks
+        .iter()
+        .map(|t| (t.source.clone(), t.event_id.clone()))
+        .collect();
     let stored = state.store(tasks).await?;
     // Committed: from here on the task exists whatever happens to the publish.
     #[cfg(feature = "failpoints")]
@@ -187,6 +207,25 @@ async fn receive(
     let new: Vec<TaskId> = stored.iter().filter(|s| s.created).map(|s| s.id).collect();
     if !new.is_empty() {
         state.publish(new).await;
+    }
+    if let Some(i) = stored.iter().position(|s| s.conflict) {
+        let (source, id) = &events[i];
+        let task = stored[i].id;
+        let message = format!(
+            "task {task} already holds the event with source {source:?} and id {id:?}, \
+             and this one differs from it; send a new id for a new event"
+        );
+        let mut body = json!({
+            "error": "event_conflict",
+            "message": message,
+            "task": task,
+            "status_url": format!("/status/{task}"),
+        });
+        if matches!(mode, Mode::Batch) {
+            // The batch's other events were stored: say where each one is.
+            body["tasks"] = stored.iter().map(task_json).collect();
+        }
+        return Ok(JsonResponse::new(Status::Conflict, body));
     }
     let any_new = stored.iter().any(|s| s.created);
     let status = if any_new {

@@ -239,6 +239,12 @@ type = "org.ferry.count"
 handler = "exec"
 command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >> '{runs}'; echo '{{\"counted\": true}}'"]
 
+# Counts its run, then prints an output its event asks for, storable or not.
+[[routes]]
+type = "org.ferry.count-output"
+handler = "exec"
+command = ["python3", "api/tests/fixtures/count_output.py", '{runs}']
+
 # Counts its run, then takes longer than the consumer timeout the fault test sets.
 [[routes]]
 type = "org.ferry.slow-count"

@@ -37,7 +37,7 @@ pub enum DbError {
     /// Migrations could not be applied.
     #[error("migrations failed: {0}")]
     Migration(String),
-    /// A batch this call was part of failed (see [`DbError::for_each_caller`]).
+    /// A batch this call was part of failed (see [`DbError::isolate`]).
     #[error("database error: {0}")]
     Batch(String),
 }
@@ -52,12 +52,37 @@ impl DbError {
         }
     }
 
-    /// Splits a batch's result into one result per caller: each answer, or
-    /// the batch's error for all `callers`.
-    pub fn per_caller<T>(result: DbResult<Vec<T>>, callers: usize) -> Vec<DbResult<T>> {
-        match result {
+    /// Runs a group commit's `items` together through `run` (one answer
+    /// per item, in order), so that one item cannot fail the others. If the
+    /// batch fails for a reason that may belong to one item (anything but
+    /// an unavailable database), each item is run again on its own: the
+    /// others commit as if it had not been there, and only the offending
+    /// item gets its error. An unavailable database fails every item at
+    /// once, as retrying them one by one would not help.
+    pub fn isolate<Req, T>(
+        batch: &'static str,
+        items: &[Req],
+        run: impl Fn(&[Req]) -> DbResult<Vec<T>>,
+    ) -> Vec<DbResult<T>> {
+        match run(items) {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(e) => (0..callers).map(|_| Err(e.for_each_caller())).collect(),
+            Err(e) if items.len() == 1 => vec![Err(e)],
+            Err(e) if e.is_unavailable() => {
+                (0..items.len()).map(|_| Err(e.for_each_caller())).collect()
+            }
+            Err(e) => {
+                tracing::warn!(batch, items = items.len(), error = %e, "a batch failed; running its items one at a time");
+                items
+                    .iter()
+                    .map(|item| {
+                        run(std::slice::from_ref(item)).and_then(|mut answers| {
+                            answers.pop().ok_or_else(|| {
+                                DbError::Batch("a batch of one gave no answer".into())
+                            })
+                        })
+                    })
+                    .collect()
+            }
         }
     }
 
@@ -157,6 +182,9 @@ pub struct NewTask {
     pub event_id: String,
     /// The whole event.
     pub event: Value,
+    /// The event's digest ([`crate::event::Event::digest`]): a repeated
+    /// (source, id) with another digest is a conflict, not the same event.
+    pub digest: String,
     /// Attempts its route allows.
     pub max_attempts: i32,
 }
@@ -170,6 +198,9 @@ pub struct Stored {
     pub status: TaskStatus,
     /// False when the same (source, id) event was already a task.
     pub created: bool,
+    /// True when that existing task holds a different event under the
+    /// same (source, id): nothing was stored.
+    pub conflict: bool,
 }
 
 /// A task a worker has claimed: what it needs to run the attempt.
@@ -199,6 +230,15 @@ pub enum Outcome {
     },
     /// The task failed for good.
     Failed(String),
+    /// The handler succeeded, but its output cannot be stored (see
+    /// [`crate::storable`]): the task failed for good with `error`, and
+    /// `output` is the output made storable (escaped).
+    Unstorable {
+        /// Why the output cannot be stored.
+        error: String,
+        /// The output in a storable form.
+        output: Value,
+    },
     /// The worker stopped before the attempt finished (shutdown past its
     /// drain timeout): the task is retried now, and this attempt does not
     /// count against `max_attempts`.
@@ -408,6 +448,16 @@ impl Db {
         tasks: &[NewTask],
         publish_lock_until: DateTime<Utc>,
     ) -> DbResult<Vec<Stored>> {
+        self.insert_task_refs(&tasks.iter().collect::<Vec<_>>(), publish_lock_until)
+    }
+
+    /// [`Db::insert_tasks`] for tasks owned elsewhere (the requests of a
+    /// group commit), without copying them.
+    pub fn insert_task_refs(
+        &self,
+        tasks: &[&NewTask],
+        publish_lock_until: DateTime<Utc>,
+    ) -> DbResult<Vec<Stored>> {
         let now = Utc::now();
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
@@ -425,6 +475,7 @@ impl Db {
                                 t::source.eq(&task.source),
                                 t::event_id.eq(&task.event_id),
                                 t::event.eq(&task.event),
+                                t::event_digest.eq(&task.digest),
                                 t::status.eq(TaskStatus::Pending.as_str()),
                                 t::max_attempts.eq(task.max_attempts),
                                 t::publish_lock_until.eq(publish_lock_until),
@@ -448,19 +499,22 @@ impl Db {
                             id: task.id,
                             status: TaskStatus::Pending,
                             created: true,
+                            conflict: false,
                         });
                         continue;
                     }
                     // The same event was already a task (or came twice in this batch).
-                    let (id, status) = t::tasks
-                        .select((t::id, t::status))
+                    let (id, status, digest) = t::tasks
+                        .select((t::id, t::status, t::event_digest))
                         .filter(t::source.eq(&task.source))
                         .filter(t::event_id.eq(&task.event_id))
-                        .first::<(TaskId, String)>(conn)?;
+                        .first::<(TaskId, String, Option<String>)>(conn)?;
                     stored.push(Stored {
                         id,
                         status: parse_status(&status)?,
                         created: false,
+                        // Tasks stored before digests were kept have none.
+                        conflict: digest.is_some_and(|d| d != task.digest),
                     });
                 }
                 Ok(stored)
@@ -837,6 +891,13 @@ impl Db {
                         Outcome::Failed(error) => (
                             TaskStatus::Failed,
                             None,
+                            Some(error.as_str()),
+                            Some(now),
+                            None,
+                        ),
+                        Outcome::Unstorable { error, output } => (
+                            TaskStatus::Failed,
+                            Some(output),
                             Some(error.as_str()),
                             Some(now),
                             None,

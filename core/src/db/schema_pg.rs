@@ -7,6 +7,7 @@ diesel::table! {
         source -> Text,
         event_id -> Text,
         event -> Jsonb,
+        event_digest -> Nullable<Text>,
         status -> Text,
         attempts -> Integer,
         max_attempts -> Integer,
