@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::retry::RetryPolicy;
+
 /// Default HTTP port, the one pacifica's receivers listen on.
 pub const DEFAULT_PORT: u16 = 8069;
 /// Default database: an SQLite file beside the process.
@@ -127,7 +129,7 @@ impl HandlerSpec {
 }
 
 /// One `[[routes]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Exact event type, or `"*"` for the fallback.
     pub event_type: String,
@@ -135,10 +137,10 @@ pub struct Route {
     pub handler: HandlerSpec,
     /// Longest one attempt may run.
     pub timeout: Duration,
-    /// Attempts before a task is `failed` for good.
-    pub max_attempts: u32,
-    /// Wait before the first retry; doubled for each later one, with jitter.
-    pub retry_backoff: Duration,
+    /// Attempts before a task is `failed` for good (`max_attempts`) and the
+    /// wait between them (`retry_backoff`, doubled for each later one, at
+    /// most an hour, ±25%).
+    pub retry: RetryPolicy,
 }
 
 /// The routing table.
@@ -267,20 +269,25 @@ impl RawRoute {
             Some(t) => parse_duration(&key("timeout"), t)?,
             None => Duration::from_secs(600),
         };
-        let max_attempts = self.max_attempts.unwrap_or(3);
+        let max_attempts = self
+            .max_attempts
+            .unwrap_or(RetryPolicy::ROUTE_DEFAULT.attempts);
         if max_attempts == 0 {
             return Err(ConfigError::new(key("max_attempts"), "must be at least 1"));
         }
         let retry_backoff = match &self.retry_backoff {
             Some(t) => parse_duration(&key("retry_backoff"), t)?,
-            None => Duration::from_secs(1),
+            None => RetryPolicy::ROUTE_DEFAULT.base,
         };
         Ok(Route {
             event_type: self.event_type,
             handler,
             timeout,
-            max_attempts,
-            retry_backoff,
+            retry: RetryPolicy {
+                attempts: max_attempts,
+                base: retry_backoff,
+                ..RetryPolicy::ROUTE_DEFAULT
+            },
         })
     }
 }
@@ -502,7 +509,7 @@ mod tests {
                 duration: Duration::from_secs(2)
             }
         );
-        assert_eq!(a.max_attempts, 5);
+        assert_eq!(a.retry.attempts, 5);
         assert_eq!(config.routes.get("b").unwrap().handler, HandlerSpec::Echo);
     }
 

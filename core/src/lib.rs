@@ -8,6 +8,7 @@
 //!   compare-and-set.
 //! - [`batch`]: group commit of concurrent database writes.
 //! - [`broker`]: the RabbitMQ queue, or the in-process one for `--standalone`.
+//! - [`retry`]: one retry policy for route retries and reconnect loops.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
 //!   tasks whose worker died.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod event;
 pub mod relay;
+pub mod retry;
 pub mod storable;
 pub mod task;
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{Delivery, Queue};
-use ferry_core::config::Route;
 use ferry_core::db::{Claimed, DbError, DbResult, Outcome};
+use ferry_core::retry::RetryPolicy;
 use ferry_core::{storable, Config, Db, TaskId};
 use futures_util::FutureExt;
 use rand::Rng;
@@ -96,7 +96,7 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
     tracing::info!(worker = %worker.name, concurrency, "worker started");
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = RetryPolicy::RECONNECT.backoff();
     // The consumer stays open while running tasks drain, so they can still ack.
     let mut draining = None;
     'connect: while !shutdown.is_cancelled() {
@@ -107,7 +107,7 @@ pub async fn run(
                 consumer
             }
             Err(e) => {
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 tracing::warn!(error = %e, retry_in = ?wait, "cannot consume; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => break 'connect,
@@ -287,7 +287,10 @@ impl Worker {
                 },
             },
             Err(e) if e.retryable && claimed.attempt < claimed.max_attempts => Outcome::Retry {
-                run_after: Utc::now() + retry_delay(&route, claimed.attempt),
+                run_after: Utc::now()
+                    + route
+                        .retry
+                        .delay(u32::try_from(claimed.attempt).unwrap_or(1)),
                 error: storable::escape_text(&e.message).into_owned(),
             },
             Err(e) => Outcome::Failed(storable::escape_text(&e.message).into_owned()),
@@ -319,7 +322,11 @@ impl Worker {
     /// up to one lease. True once it is recorded (or was not ours to record).
     async fn record(&self, id: TaskId, attempt: i32, outcome: &Outcome) -> bool {
         let deadline = tokio::time::Instant::now() + self.config.lease;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = RetryPolicy {
+            base: Duration::from_millis(100),
+            ..RetryPolicy::RECONNECT
+        }
+        .backoff();
         let mut outcome = outcome.clone();
         loop {
             let recorded = self.outcomes.call((id, attempt, outcome.clone())).await;
@@ -331,7 +338,7 @@ impl Worker {
                 }
                 Err(DbError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(task = %id, error = %e, "cannot record outcome yet; retrying");
-                    tokio::time::sleep(backoff.next()).await;
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
                 // The database refused this result for a reason the checks
                 // before it did not foresee (a value over a size limit): the
@@ -364,52 +371,11 @@ fn settle(result: Result<(), ferry_core::broker::BrokerError>) {
     }
 }
 
-/// The wait before attempt `attempt + 1`: the route's backoff doubled per
-/// attempt, capped at an hour, with ±25% jitter so retries spread out.
-pub fn retry_delay(route: &Route, attempt: i32) -> Duration {
-    let exp = u32::try_from(attempt.saturating_sub(1))
-        .unwrap_or(0)
-        .min(20);
-    let base = route
-        .retry_backoff
-        .saturating_mul(1 << exp)
-        .min(Duration::from_secs(3600));
-    base.mul_f64(rand::rng().random_range(0.75..=1.25))
-}
-
-/// Exponential backoff for reconnecting.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(first: Duration, max: Duration) -> Self {
-        Self {
-            first,
-            max,
-            next: first,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
-
 /// Connects to the database and applies migrations, retrying while it is
 /// unreachable (replicas often start before their database).
 pub async fn connect_db(config: &Config, give_up_after: Duration) -> anyhow::Result<Db> {
     let deadline = tokio::time::Instant::now() + give_up_after;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut backoff = RetryPolicy::RECONNECT.backoff();
     loop {
         let url = config.database_url.clone();
         let size = config.database_pool_size;
@@ -422,7 +388,7 @@ pub async fn connect_db(config: &Config, give_up_after: Duration) -> anyhow::Res
         match attempt {
             Ok(db) => return Ok(db),
             Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
                 tokio::time::sleep(wait).await;
             }
@@ -445,29 +411,4 @@ pub fn shutdown_on_signals() -> CancellationToken {
         trigger.cancel();
     });
     token
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_core::config::HandlerSpec;
-
-    #[test]
-    fn retry_delays_grow_with_jitter() {
-        let route = Route {
-            event_type: "t".into(),
-            handler: HandlerSpec::Fail,
-            timeout: Duration::from_secs(1),
-            max_attempts: 5,
-            retry_backoff: Duration::from_secs(2),
-        };
-        for (attempt, base) in [(1, 2.0), (2, 4.0), (3, 8.0)] {
-            let d = retry_delay(&route, attempt).as_secs_f64();
-            assert!(
-                (base * 0.75..=base * 1.25).contains(&d),
-                "attempt {attempt}: {d}"
-            );
-        }
-        assert!(retry_delay(&route, 40) <= Duration::from_secs(4500));
-    }
 }

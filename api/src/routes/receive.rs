@@ -187,7 +187,7 @@ async fn receive(
         tasks.push(NewTask {
             id: TaskId::new(),
             digest: event.digest(),
-            max_attempts: i32::try_from(route.max_attempts).unwrap_or(i32::MAX),
+            max_attempts: i32::try_from(route.retry.attempts).unwrap_or(i32::MAX),
             event_type: event.event_type,
             source: event.source,
             event_id: event.id,
