@@ -88,9 +88,10 @@ impl Backoff {
         self.policy.delay(self.tried)
     }
 
-    /// Whether the policy's tries are all used.
+    /// Whether the policy's tries are all used: each wait so far was
+    /// followed by one more try, after the first.
     pub fn spent(&self) -> bool {
-        !self.policy.allows_another(self.tried)
+        !self.policy.allows_another(self.tried.saturating_add(1))
     }
 
     /// Starts again from the base wait.
