@@ -1,0 +1,203 @@
+//! The api built as a library and driven by Rocket's local client: every
+//! kind of bad request, one test each, so the first failure does not hide
+//! the rest. Each test has its own SQLite file and in-process queue; no
+//! process, port or service is needed. (What only a socket can show —
+//! oversized heads, stalled clients — is tested in `listener`'s unit tests
+//! and in `slow_clients.rs`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::{rocket, AppState};
+use ferry_core::broker::Queue;
+use ferry_core::config::{HandlerSpec, Route, Routes};
+use ferry_core::retry::RetryPolicy;
+use ferry_core::{Config, Db};
+use rocket::http::{ContentType, Header, Status};
+use rocket::local::asynchronous::Client;
+use serde_json::{json, Value};
+
+/// Largest body the app under test accepts.
+const MAX_BODY: usize = 4096;
+
+/// The app on a fresh SQLite file, with `org.ferry.echo` routed; the file
+/// lives as long as the client.
+struct App {
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn app() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("ferry.db").display());
+    let db = Db::connect(&database_url, 4).unwrap();
+    db.migrate().unwrap();
+    let routes = Routes::new(vec![Route {
+        event_type: "org.ferry.echo".into(),
+        handler: HandlerSpec::Echo,
+        timeout: Duration::from_secs(10),
+        retry: RetryPolicy::ROUTE_DEFAULT,
+    }])
+    .unwrap();
+    let config = Config {
+        database_url,
+        max_body_bytes: MAX_BODY as u64,
+        routes,
+        ..Config::default()
+    };
+    let state = AppState::new(Arc::new(config), db, Queue::local());
+    let client = Client::tracked(rocket(state)).await.unwrap();
+    App { client, _dir: dir }
+}
+
+/// One request of the matrix.
+struct Request {
+    path: String,
+    /// `None` is a GET.
+    body: Option<Vec<u8>>,
+    headers: Vec<(&'static str, String)>,
+}
+
+fn post(content_type: Option<&str>, body: impl Into<Vec<u8>>) -> Request {
+    Request {
+        path: "/receive".into(),
+        body: Some(body.into()),
+        headers: content_type
+            .map(|ct| vec![("content-type", ct.to_owned())])
+            .unwrap_or_default(),
+    }
+}
+
+fn post_json(body: impl Into<Vec<u8>>) -> Request {
+    post(Some("application/json"), body)
+}
+
+fn get(path: &str) -> Request {
+    Request {
+        path: path.into(),
+        body: None,
+        headers: Vec::new(),
+    }
+}
+
+/// A binary-mode request: attributes in `ce-*` headers, `data` the body.
+fn binary(headers: &[(&'static str, &str)], body: &str) -> Request {
+    let mut request = post(Some("application/json"), body);
+    request.headers.extend(
+        [
+            ("ce-specversion", "1.0"),
+            ("ce-type", "org.ferry.echo"),
+            ("ce-source", "/in-process"),
+        ]
+        .iter()
+        .chain(headers)
+        .map(|&(k, v)| (k, v.to_owned())),
+    );
+    request
+}
+
+/// Sends `request`; returns the status and the JSON body (the test fails
+/// if the body is not JSON).
+async fn send(app: &App, request: Request) -> (Status, Value) {
+    let mut local = match &request.body {
+        Some(_) => app.client.post(request.path.clone()),
+        None => app.client.get(request.path.clone()),
+    };
+    for (name, value) in request.headers {
+        local = local.header(Header::new(name, value));
+    }
+    if let Some(body) = request.body {
+        local = local.body(body);
+    }
+    let response = local.dispatch().await;
+    let status = response.status();
+    assert_eq!(
+        response.content_type(),
+        Some(ContentType::JSON),
+        "every answer is JSON (status {status})"
+    );
+    let body: Value = serde_json::from_str(&response.into_string().await.unwrap_or_default())
+        .expect("the body is JSON");
+    (status, body)
+}
+
+/// `request` is refused with `status` and error `code`, with a message; the
+/// app still takes a good event afterwards, and none of the refused
+/// requests became a task.
+async fn refused(request: Request, status: u16, code: &str) {
+    let app = app().await;
+    let (got, body) = send(&app, request).await;
+    assert_eq!(got.code, status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    let (got, body) = send(&app, post_json(event("after", json!(1)).to_string())).await;
+    assert_eq!(got, Status::Accepted, "{body}");
+    let db = &app.client.rocket().state::<AppState>().unwrap().db;
+    assert_eq!(
+        db.count_with_status(ferry_core::TaskStatus::Pending)
+            .unwrap(),
+        1
+    );
+}
+
+fn event(id: &str, data: Value) -> Value {
+    json!({
+        "specversion": "1.0",
+        "type": "org.ferry.echo",
+        "source": "/in-process",
+        "id": id,
+        "data": data,
+    })
+}
+
+macro_rules! refusals {
+    ($($name:ident: $request:expr => $status:literal $code:literal;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            refused($request, $status, $code).await;
+        }
+    )*};
+}
+
+refusals! {
+    a_body_that_is_not_json: post_json("{not json") => 400 "malformed_json";
+    an_empty_body: post_json("") => 400 "empty_body";
+    no_content_type: post(None, event("e", json!(1)).to_string()) => 415 "unsupported_media_type";
+    a_form_body: post(Some("application/x-www-form-urlencoded"), "a=b") => 415 "unsupported_media_type";
+    a_plain_text_body_without_ce_headers: post(Some("text/plain"), "hello") => 415 "unsupported_media_type";
+    a_body_over_the_limit: post_json(event("big", json!("x".repeat(MAX_BODY))).to_string()) => 413 "payload_too_large";
+    an_array_of_numbers: post(Some("application/cloudevents-batch+json"), "[1, 2]") => 422 "invalid_event";
+    a_json_string: post_json("\"an event\"") => 422 "invalid_event";
+    an_event_without_type: post_json(r#"{"specversion":"1.0","source":"/s","id":"1"}"#) => 422 "invalid_event";
+    an_unknown_specversion: post_json(r#"{"specversion":"0.3","type":"org.ferry.echo","source":"/s","id":"1"}"#) => 422 "invalid_event";
+    an_unrouted_type: post_json(r#"{"specversion":"1.0","type":"org.ferry.nowhere","source":"/s","id":"1"}"#) => 422 "unrouted_event";
+    a_batch_with_one_bad_event: post(Some("application/cloudevents-batch+json"), format!("[{},{{\"specversion\":\"1.0\"}}]", event("ok", json!(1)))) => 422 "invalid_event";
+    a_nul_in_data: post_json(event("nul", json!({"k": ["a\u{0}b"]})).to_string()) => 422 "invalid_event";
+    a_nul_in_the_id: post_json(event("a\u{0}b", json!(1)).to_string()) => 422 "invalid_event";
+    an_overlong_source: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"s".repeat(2000),"id":"1"}).to_string()) => 422 "invalid_event";
+    a_number_of_absurd_length: post_json(format!(r#"{{"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","data":1{}}}"#, "0".repeat(1500))) => 422 "invalid_event";
+    a_ce_header_with_a_bad_percent_escape: binary(&[("ce-id", "a%zz")], "{}") => 400 "invalid_header";
+    a_binary_event_without_id: binary(&[], "{}") => 422 "invalid_event";
+    a_status_id_that_is_not_a_uuid: get("/status/not-a-uuid") => 400 "invalid_id";
+    a_status_of_no_task: get("/status/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11") => 404 "task_not_found";
+    an_unknown_path: get("/no/such/route") => 404 "not_found";
+}
+
+/// The same (`source`, `id`) with other content is a 409 naming the task
+/// that holds the event; the same content again is the same task.
+#[tokio::test]
+async fn an_event_sent_again_with_other_content_is_a_conflict() {
+    let app = app().await;
+    let (status, first) = send(&app, post_json(event("twice", json!(1)).to_string())).await;
+    assert_eq!(status, Status::Accepted, "{first}");
+    let (status, again) = send(&app, post_json(event("twice", json!(1)).to_string())).await;
+    assert_eq!(status, Status::Ok, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let (status, other) = send(&app, post_json(event("twice", json!(2)).to_string())).await;
+    assert_eq!(status, Status::Conflict, "{other}");
+    assert_eq!(other["error"], "event_conflict");
+    assert_eq!(other["task"], first["id"]);
+}
