@@ -13,8 +13,8 @@ use anyhow::Context as _;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
-use ferry_core::db::{DbError, DbResult, NewTask, Stored};
-use ferry_core::task::TaskView;
+use ferry_core::db::{DbError, DbResult};
+use ferry_core::task::{NewTask, Stored, TaskView};
 use ferry_core::{Config, Db, TaskId};
 use listener::GuardedListener;
 use rocket::config::LogLevel;
@@ -138,7 +138,11 @@ impl AppState {
             Ok(()) => self.enqueued.send(ids),
             Err(e) => {
                 tracing::warn!(error = %e, tasks = ids.len(), "publish failed; the relay will retry");
-                if let Err(e) = self.db.run(move |db| db.release_publish(&ids)).await {
+                if let Err(e) = self
+                    .db
+                    .run_blocking(move |db| db.release_publish(&ids))
+                    .await
+                {
                     tracing::warn!(error = %e, "could not hand the publish to the relay early");
                 }
             }
@@ -169,7 +173,7 @@ pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
     let queue = if standalone {
         // The in-process queue starts empty: whatever the last process had
         // queued and not finished is published again.
-        let owed = db.run(|db| db.forget_enqueued()).await?;
+        let owed = db.run_blocking(|db| db.forget_enqueued()).await?;
         if owed > 0 {
             tracing::info!(
                 tasks = owed,

@@ -389,7 +389,7 @@ async fn wait_succeeded(db: &Db, expected: i64, timeout: Duration) -> anyhow::Re
     let deadline = Instant::now() + timeout;
     loop {
         let done = db
-            .run(|db| db.count_with_status(TaskStatus::Succeeded))
+            .run_blocking(|db| db.count_with_status(TaskStatus::Succeeded))
             .await?;
         if done >= expected {
             return Ok(Instant::now());

@@ -18,7 +18,7 @@ const PUBLISH_LOCK: Duration = Duration::from_secs(30);
 
 /// One round: returns how many tasks were published.
 pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
-    let expired = db.run(|db| db.expire_leases()).await?;
+    let expired = db.run_blocking(|db| db.expire_leases()).await?;
     if expired > 0 {
         tracing::warn!(
             tasks = expired,
@@ -28,7 +28,7 @@ pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
     let mut published = 0;
     loop {
         let ids = db
-            .run(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK))
+            .run_blocking(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK))
             .await?;
         if ids.is_empty() {
             return Ok(published);
@@ -37,13 +37,13 @@ pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
             Ok(()) => {
                 published += ids.len();
                 let n = ids.len();
-                db.run(move |db| db.mark_enqueued(&ids)).await?;
+                db.run_blocking(move |db| db.mark_enqueued(&ids)).await?;
                 if (n as i64) < BATCH {
                     return Ok(published);
                 }
             }
             Err(e) => {
-                db.run(move |db| db.release_publish(&ids)).await?;
+                db.run_blocking(move |db| db.release_publish(&ids)).await?;
                 return Err(e.into());
             }
         }

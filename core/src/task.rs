@@ -1,4 +1,8 @@
-//! The task model: ids, states and what a status report shows.
+//! The task model: ids, states, attempts, what happens to a task over its
+//! life (stored, claimed, ended) and what a status report shows.
+//!
+//! Ids and states are diesel types, so queries compare them as values of
+//! the model, never as strings.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,6 +29,14 @@ impl TaskId {
     /// A fresh random id.
     pub fn new() -> Self {
         Self(Uuid::new_v4())
+    }
+
+    /// This task's attempt number `attempt` (1 for the first).
+    pub fn attempt(self, attempt: i32) -> AttemptRef {
+        AttemptRef {
+            task: self,
+            attempt,
+        }
     }
 }
 
@@ -73,8 +85,9 @@ impl FromSql<Text, Sqlite> for TaskId {
     }
 }
 
-/// Where a task is. Stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// Where a task is. Stored as its lowercase name ([`TaskStatus::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize)]
+#[diesel(sql_type = Text)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     /// Stored, waiting for a worker.
@@ -101,6 +114,9 @@ impl TaskStatus {
         Self::Failed,
         Self::Cancelled,
     ];
+
+    /// The states a worker may claim (and the relay publishes).
+    pub const CLAIMABLE: [Self; 2] = [Self::Pending, Self::Retrying];
 
     /// The stored name.
     pub fn as_str(self) -> &'static str {
@@ -134,6 +150,120 @@ impl FromStr for TaskStatus {
             .find(|status| status.as_str() == s)
             .ok_or_else(|| format!("unknown task status {s:?}"))
     }
+}
+
+impl ToSql<Text, Pg> for TaskStatus {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
+    }
+}
+
+impl FromSql<Text, Pg> for TaskStatus {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> deserialize::Result<Self> {
+        let text = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+        Ok(text.parse()?)
+    }
+}
+
+impl ToSql<Text, Sqlite> for TaskStatus {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+        out.set_value(self.as_str());
+        Ok(IsNull::No)
+    }
+}
+
+impl FromSql<Text, Sqlite> for TaskStatus {
+    fn from_sql(bytes: diesel::sqlite::SqliteValue<'_, '_, '_>) -> deserialize::Result<Self> {
+        let text = <String as FromSql<Text, Sqlite>>::from_sql(bytes)?;
+        Ok(text.parse()?)
+    }
+}
+
+/// One attempt at running a task: the task and its attempt number. Every
+/// write about a running attempt names it, so a late write from an attempt
+/// that lost its lease cannot touch the attempt that replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, diesel::Queryable)]
+pub struct AttemptRef {
+    /// The task.
+    pub task: TaskId,
+    /// Its attempt number (1 for the first).
+    pub attempt: i32,
+}
+
+/// A new task, as `/receive` stores it.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Its id.
+    pub id: TaskId,
+    /// The event's type.
+    pub event_type: String,
+    /// The event's source.
+    pub source: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The whole event.
+    pub event: Value,
+    /// The event's digest ([`crate::event::Event::digest`]): a repeated
+    /// (source, id) with another digest is a conflict, not the same event.
+    pub digest: String,
+    /// Attempts its route allows.
+    pub max_attempts: i32,
+}
+
+/// What storing a task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The task's id: the new one, or the existing task's for a repeated event.
+    pub id: TaskId,
+    /// Its status now.
+    pub status: TaskStatus,
+    /// False when the same (source, id) event was already a task.
+    pub created: bool,
+    /// True when that existing task holds a different event under the
+    /// same (source, id): nothing was stored.
+    pub conflict: bool,
+}
+
+/// A task a worker has claimed: what it needs to run the attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The attempt number this claim is (1 for the first).
+    pub attempt: i32,
+    /// Attempts the route allowed when the task was received.
+    pub max_attempts: i32,
+    /// The event's type.
+    pub event_type: String,
+    /// The whole event.
+    pub event: Value,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The handler succeeded with this result.
+    Succeeded(Value),
+    /// The attempt failed; run another after `run_after`.
+    Retry {
+        /// The attempt's error.
+        error: String,
+        /// When the next attempt may start.
+        run_after: DateTime<Utc>,
+    },
+    /// The task failed for good.
+    Failed(String),
+    /// The handler succeeded, but its output cannot be stored (see
+    /// [`crate::storable`]): the task failed for good with `error`, and
+    /// `output` is the output made storable (escaped).
+    Unstorable {
+        /// Why the output cannot be stored.
+        error: String,
+        /// The output in a storable form.
+        output: Value,
+    },
+    /// The worker stopped before the attempt finished (shutdown past its
+    /// drain timeout): the task is retried now, and this attempt does not
+    /// count against `max_attempts`.
+    HandedBack(String),
 }
 
 /// One attempt at running a task, as the status report shows it.

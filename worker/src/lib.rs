@@ -19,8 +19,9 @@ use std::time::Duration;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{Delivery, Queue};
-use ferry_core::db::{Claimed, DbError, DbResult, Outcome};
+use ferry_core::db::{DbError, DbResult};
 use ferry_core::retry::RetryPolicy;
+use ferry_core::task::{AttemptRef, Claimed, Outcome};
 use ferry_core::{storable, Config, Db, TaskId};
 use futures_util::FutureExt;
 use rand::Rng;
@@ -39,7 +40,7 @@ struct Worker {
     /// Group commit of claims.
     claims: Batcher<TaskId, DbResult<Option<Claimed>>>,
     /// Group commit of outcomes.
-    outcomes: Batcher<(TaskId, i32, Outcome), DbResult<bool>>,
+    outcomes: Batcher<(AttemptRef, Outcome), DbResult<bool>>,
     /// Attempts running now, handed back if the drain timeout passes.
     attempts: std::sync::Mutex<std::collections::HashMap<TaskId, i32>>,
     config: Config,
@@ -77,7 +78,7 @@ pub async fn run(
     let outcomes = Batcher::spawn(
         "outcome",
         BATCH,
-        move |attempts: Vec<(TaskId, i32, Outcome)>| {
+        move |attempts: Vec<(AttemptRef, Outcome)>| {
             DbError::isolate("outcome", &attempts, |attempts| {
                 outcome_db.finish_many(attempts)
             })
@@ -179,21 +180,22 @@ pub async fn run(
         .is_err()
     {
         running.abort_all();
-        let abandoned: Vec<(TaskId, i32)> = worker
+        let abandoned: Vec<AttemptRef> = worker
             .attempts
             .lock()
             .expect("not poisoned")
             .drain()
+            .map(|(id, attempt)| id.attempt(attempt))
             .collect();
         tracing::warn!(
             tasks = abandoned.len(),
             "drain timeout passed; handing running tasks back"
         );
-        for (id, attempt) in abandoned {
+        for attempt in abandoned {
             let outcome =
                 Outcome::HandedBack("the worker shut down before the attempt finished".into());
-            if !worker.record(id, attempt, &outcome).await {
-                tracing::error!(task = %id, "could not hand the task back; its lease will");
+            if !worker.record(attempt, &outcome).await {
+                tracing::error!(task = %attempt.task, "could not hand the task back; its lease will");
             }
         }
     }
@@ -232,16 +234,16 @@ impl Worker {
                 return;
             }
         };
-        let attempt = claimed.attempt;
+        let attempt = id.attempt(claimed.attempt);
         self.attempts
             .lock()
             .expect("not poisoned")
-            .insert(id, attempt);
+            .insert(id, attempt.attempt);
         let outcome = self.run_attempt(id, claimed).await;
         self.attempts.lock().expect("not poisoned").remove(&id);
         match outcome {
             Some(outcome) => {
-                if self.record(id, attempt, &outcome).await {
+                if self.record(attempt, &outcome).await {
                     settle(delivery.ack().await);
                 } else {
                     // Never ack what was not recorded: the lease brings it back.
@@ -275,7 +277,7 @@ impl Worker {
                 });
         let result = tokio::select! {
             result = handler => result,
-            () = self.keep_lease(id, claimed.attempt) => return None,
+            () = self.keep_lease(id.attempt(claimed.attempt)) => return None,
         };
         Some(match result {
             Ok(value) => match storable::check_value("result", &value) {
@@ -298,29 +300,32 @@ impl Worker {
     }
 
     /// Renews the lease every third of its length; returns only if it was lost.
-    async fn keep_lease(&self, id: TaskId, attempt: i32) {
+    async fn keep_lease(&self, attempt: AttemptRef) {
         let lease = self.config.lease;
         loop {
             tokio::time::sleep(lease / 3).await;
             let until = Utc::now() + lease;
             match self
                 .db
-                .run(move |db| db.renew_lease(id, attempt, until))
+                .run_blocking(move |db| db.renew_lease(attempt, until))
                 .await
             {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(task = %id, attempt, "lease lost; abandoning the attempt");
+                    tracing::warn!(task = %attempt.task, attempt = attempt.attempt, "lease lost; abandoning the attempt");
                     return;
                 }
-                Err(e) => tracing::warn!(task = %id, error = %e, "cannot renew lease; will retry"),
+                Err(e) => {
+                    tracing::warn!(task = %attempt.task, error = %e, "cannot renew lease; will retry")
+                }
             }
         }
     }
 
     /// Records the outcome, retrying while the database is unavailable for
     /// up to one lease. True once it is recorded (or was not ours to record).
-    async fn record(&self, id: TaskId, attempt: i32, outcome: &Outcome) -> bool {
+    async fn record(&self, attempt: AttemptRef, outcome: &Outcome) -> bool {
+        let id = attempt.task;
         let deadline = tokio::time::Instant::now() + self.config.lease;
         let mut backoff = RetryPolicy {
             base: Duration::from_millis(100),
@@ -329,11 +334,11 @@ impl Worker {
         .backoff();
         let mut outcome = outcome.clone();
         loop {
-            let recorded = self.outcomes.call((id, attempt, outcome.clone())).await;
+            let recorded = self.outcomes.call((attempt, outcome.clone())).await;
             match recorded.unwrap_or_else(batch_lost) {
                 Ok(true) => return true,
                 Ok(false) => {
-                    tracing::warn!(task = %id, attempt, "outcome not recorded: the attempt lost its lease");
+                    tracing::warn!(task = %id, attempt = attempt.attempt, "outcome not recorded: the attempt lost its lease");
                     return true;
                 }
                 Err(DbError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {

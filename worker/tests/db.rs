@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
-use ferry_core::db::{DbError, NewTask, Outcome};
+use ferry_core::db::DbError;
+use ferry_core::task::{AttemptRef, NewTask, Outcome};
 use ferry_core::{Db, TaskId, TaskStatus};
 use serde_json::json;
 
@@ -74,7 +75,7 @@ fn fail_first_attempt_retry_due_now(db: &Db, id: TaskId) {
         error: "boom".into(),
         run_after: Utc::now() - Duration::from_millis(1),
     };
-    assert!(db.finish(id, 1, &retry).unwrap());
+    assert!(db.finish(id.attempt(1), &retry).unwrap());
 }
 
 fn lease() -> chrono::DateTime<Utc> {
@@ -109,13 +110,17 @@ fn only_one_claim_wins_and_finished_tasks_never_run_again() {
             db.claim(id, "w2", lease()).unwrap().is_none(),
             "a running task is not claimable"
         );
-        assert!(db.renew_lease(id, 1, lease()).unwrap());
+        assert!(db.renew_lease(id.attempt(1), lease()).unwrap());
         // A stale attempt number cannot record anything.
-        assert!(!db.finish(id, 2, &Outcome::Succeeded(json!(null))).unwrap());
-        assert!(db
-            .finish(id, 1, &Outcome::Succeeded(json!({"ok": true})))
+        assert!(!db
+            .finish(id.attempt(2), &Outcome::Succeeded(json!(null)))
             .unwrap());
-        assert!(!db.finish(id, 1, &Outcome::Failed("late".into())).unwrap());
+        assert!(db
+            .finish(id.attempt(1), &Outcome::Succeeded(json!({"ok": true})))
+            .unwrap());
+        assert!(!db
+            .finish(id.attempt(1), &Outcome::Failed("late".into()))
+            .unwrap());
         assert!(
             db.claim(id, "w3", lease()).unwrap().is_none(),
             "a finished task is not claimable"
@@ -136,8 +141,7 @@ fn retries_wait_for_their_time_and_count_attempts() {
         let later = Utc::now() + Duration::from_secs(60);
         assert!(db
             .finish(
-                id,
-                1,
+                id.attempt(1),
                 &Outcome::Retry {
                     error: "boom".into(),
                     run_after: later
@@ -164,7 +168,7 @@ fn retries_wait_for_their_time_and_count_attempts() {
             .expect("a due retry is claimable");
         assert_eq!((second.attempt, second.max_attempts), (2, 2));
         assert!(db
-            .finish(id, 2, &Outcome::Failed("boom again".into()))
+            .finish(id.attempt(2), &Outcome::Failed("boom again".into()))
             .unwrap());
         let view = db.task_view(id).unwrap().unwrap();
         assert_eq!(view.status, TaskStatus::Failed);
@@ -231,7 +235,9 @@ fn expired_leases_are_taken_back() {
         assert_eq!(db.status(ids[0]).unwrap(), Some(TaskStatus::Retrying));
         assert_eq!(db.status(ids[1]).unwrap(), Some(TaskStatus::Failed));
         // The lost attempt can no longer record its outcome.
-        assert!(!db.finish(ids[0], 1, &Outcome::Succeeded(json!(1))).unwrap());
+        assert!(!db
+            .finish(ids[0].attempt(1), &Outcome::Succeeded(json!(1)))
+            .unwrap());
         // The retry is due now and goes back through the relay.
         assert_eq!(
             db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
@@ -275,7 +281,7 @@ fn unfinished_tasks_are_owed_again_when_the_queue_is_lost() {
         let (queued, done) = (stored[0].id, stored[1].id);
         db.mark_enqueued(&[queued, done]).unwrap();
         db.claim(done, "w1", lease()).unwrap().unwrap();
-        db.finish(done, 1, &Outcome::Succeeded(json!(null)))
+        db.finish(done.attempt(1), &Outcome::Succeeded(json!(null)))
             .unwrap();
         assert!(db
             .claim_unpublished(10, Duration::from_secs(30))
@@ -316,9 +322,9 @@ fn batches_keep_one_answer_per_caller() {
         // Outcomes in one batch: each answered on its own.
         let recorded = db
             .finish_many(&[
-                (id, 1, Outcome::Succeeded(json!("a"))),
-                (other, 2, Outcome::Succeeded(json!("stale attempt"))),
-                (other, 1, Outcome::Failed("boom".into())),
+                (id.attempt(1), Outcome::Succeeded(json!("a"))),
+                (other.attempt(2), Outcome::Succeeded(json!("stale attempt"))),
+                (other.attempt(1), Outcome::Failed("boom".into())),
             ])
             .unwrap();
         assert_eq!(recorded, [true, false, true]);
@@ -420,13 +426,13 @@ fn a_batch_of_mixed_outcomes_records_each_that_holds_its_task() {
         };
         let answers = db
             .finish_many(&[
-                (ids[0], 1, Outcome::Succeeded(json!({"n": 0}))),
-                (ids[1], 1, retry),
+                (ids[0].attempt(1), Outcome::Succeeded(json!({"n": 0}))),
+                (ids[1].attempt(1), retry),
                 // A stale attempt number: not this task's attempt any more.
-                (ids[2], 2, Outcome::Succeeded(json!({"n": 2}))),
-                (ids[3], 1, Outcome::Succeeded(json!({"n": 3}))),
+                (ids[2].attempt(2), Outcome::Succeeded(json!({"n": 2}))),
+                (ids[3].attempt(1), Outcome::Succeeded(json!({"n": 3}))),
                 // The same task again with an attempt it is not on.
-                (ids[3], 2, Outcome::Succeeded(json!({"n": -3}))),
+                (ids[3].attempt(2), Outcome::Succeeded(json!({"n": -3}))),
             ])
             .unwrap();
         assert_eq!(answers, [true, true, false, true, false]);
@@ -454,7 +460,7 @@ fn a_batch_of_mixed_outcomes_records_each_that_holds_its_task() {
         assert_eq!(views[1].attempt_history[0].error.as_deref(), Some("boom"));
         // A recorded outcome is final: the same success again records nothing.
         let again = db
-            .finish_many(&[(ids[0], 1, Outcome::Succeeded(json!(null)))])
+            .finish_many(&[(ids[0].attempt(1), Outcome::Succeeded(json!(null)))])
             .unwrap();
         assert_eq!(again, [false]);
     });
@@ -525,9 +531,9 @@ fn a_refused_item_fails_only_itself_in_every_batch() {
             assert_eq!(claims[i].as_ref().unwrap().as_ref().unwrap().attempt, 1);
         }
         // Outcomes: the refused success fails alone; the others are recorded.
-        let outcomes: Vec<(TaskId, i32, Outcome)> = [0, 1, 3]
+        let outcomes: Vec<(AttemptRef, Outcome)> = [0, 1, 3]
             .iter()
-            .map(|&i| (ids[i], 1, Outcome::Succeeded(json!({"i": i}))))
+            .map(|&i| (ids[i].attempt(1), Outcome::Succeeded(json!({"i": i}))))
             .collect();
         let recorded = DbError::isolate("outcome", &outcomes, |o| db.finish_many(o));
         assert!(recorded[0].as_ref().unwrap());

@@ -9,8 +9,8 @@ use rocket::request::{self, FromRequest, Request};
 use rocket::{post, routes, Route, State};
 use serde_json::{json, Value};
 
-use ferry_core::db::{NewTask, Stored};
 use ferry_core::event::{decode_header_value, Event};
+use ferry_core::task::{NewTask, Stored};
 use ferry_core::TaskId;
 
 use crate::error::{ApiError, JsonResponse};

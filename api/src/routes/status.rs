@@ -36,7 +36,7 @@ async fn status(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiEr
 
 #[get("/health")]
 async fn health(state: &State<AppState>) -> Result<JsonResponse, ApiError> {
-    state.db.run(|db| db.ping()).await?;
+    state.db.run_blocking(|db| db.ping()).await?;
     Ok(JsonResponse::new(
         Status::Ok,
         json!({ "status": "ok", "database": state.db.backend() }),

@@ -1,0 +1,341 @@
+//! Attempts: a worker claims a task, holds it by a lease it renews, and
+//! records how the attempt ended; the relay takes back tasks whose lease
+//! ran out (their worker is gone).
+//!
+//! Every write names the attempt ([`AttemptRef`]) and is a compare-and-set
+//! on it: only the attempt that holds the task (running, with that attempt
+//! number) changes it, so a worker that lost its lease cannot record an
+//! outcome over the attempt that replaced it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde_json::Value;
+
+use super::dialect::SetBased;
+use super::{Db, DbResult};
+use crate::task::{AttemptRef, Claimed, Outcome, TaskId, TaskStatus};
+
+/// The rows of `$t` (a `tasks` dsl) that attempt `$attempt` still holds.
+macro_rules! held_by {
+    ($t:ident, $attempt:expr) => {
+        $t::tasks
+            .filter($t::id.eq($attempt.task))
+            .filter($t::status.eq(TaskStatus::Running))
+            .filter($t::attempts.eq($attempt.attempt))
+    };
+}
+
+/// The columns every statement that ends an attempt writes: the attempt no
+/// longer holds the task. (`dialect.rs` spells the same in its set-based
+/// raw SQL.)
+macro_rules! attempt_ended {
+    ($t:ident, $now:expr) => {
+        (
+            $t::worker.eq(None::<String>),
+            $t::lease_expires_at.eq(None::<DateTime<Utc>>),
+            $t::updated_at.eq($now),
+        )
+    };
+}
+
+/// The publish marks cleared when a task may run again: it goes back
+/// through the relay when it is due.
+macro_rules! owed_again {
+    ($t:ident) => {
+        (
+            $t::enqueued_at.eq(None::<DateTime<Utc>>),
+            $t::publish_lock_until.eq(None::<DateTime<Utc>>),
+        )
+    };
+}
+
+/// Indexes of `ids` in id order: batches lock rows in one global order.
+pub(super) fn order_by_id(ids: impl Iterator<Item = TaskId>) -> Vec<usize> {
+    let mut order: Vec<(TaskId, usize)> = ids.zip(0..).collect();
+    order.sort_by_key(|(id, _)| id.0);
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+impl Db {
+    /// Claims a task for `worker`: pending or due-retrying → running, one more
+    /// attempt, leased until `lease_until`. `None` if it is not claimable
+    /// (running elsewhere, finished, cancelled, not due, or unknown).
+    pub fn claim(
+        &self,
+        id: TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Option<Claimed>> {
+        Ok(self.claim_many(&[id], worker, lease_until)?.remove(0))
+    }
+
+    /// [`Db::claim`] for several tasks in one transaction (group commit);
+    /// one answer per id, in order.
+    pub fn claim_many(
+        &self,
+        ids: &[TaskId],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Vec<Option<Claimed>>> {
+        let now = Utc::now();
+        with_conn!(self, |conn, s| {
+            use s::task_attempts::dsl as a;
+            use s::tasks::dsl as t;
+            conn.transaction(|conn| {
+                // One statement claims the batch; PostgreSQL locks the rows
+                // in index order, so concurrent batches cannot deadlock.
+                let claimed = diesel::update(
+                    t::tasks
+                        .filter(t::id.eq_any(ids))
+                        .filter(t::status.eq_any(TaskStatus::CLAIMABLE))
+                        .filter(t::run_after.is_null().or(t::run_after.le(now))),
+                )
+                .set((
+                    t::status.eq(TaskStatus::Running),
+                    t::attempts.eq(t::attempts + 1),
+                    t::worker.eq(worker),
+                    t::lease_expires_at.eq(lease_until),
+                    t::updated_at.eq(now),
+                ))
+                .returning((
+                    t::id,
+                    t::attempts,
+                    t::max_attempts,
+                    t::event_type,
+                    t::event,
+                    t::started_at,
+                ))
+                .get_results::<(TaskId, i32, i32, String, Value, Option<DateTime<Utc>>)>(conn)?;
+                if claimed.is_empty() {
+                    return Ok(vec![None; ids.len()]);
+                }
+                let first_attempts: Vec<TaskId> = claimed
+                    .iter()
+                    .filter(|c| c.5.is_none())
+                    .map(|c| c.0)
+                    .collect();
+                if !first_attempts.is_empty() {
+                    diesel::update(t::tasks.filter(t::id.eq_any(&first_attempts)))
+                        .set(t::started_at.eq(now))
+                        .execute(conn)?;
+                }
+                let attempt_rows: Vec<_> = claimed
+                    .iter()
+                    .map(|(id, attempt, ..)| {
+                        (
+                            a::task_id.eq(*id),
+                            a::attempt.eq(*attempt),
+                            a::worker.eq(worker),
+                            a::started_at.eq(now),
+                        )
+                    })
+                    .collect();
+                diesel::insert_into(a::task_attempts)
+                    .values(attempt_rows)
+                    .execute(conn)?;
+                // A task delivered twice in one batch is claimed once: the
+                // first of its callers gets it.
+                let mut by_id: HashMap<TaskId, Claimed> = claimed
+                    .into_iter()
+                    .map(|(id, attempt, max_attempts, event_type, event, _)| {
+                        let claim = Claimed {
+                            attempt,
+                            max_attempts,
+                            event_type,
+                            event,
+                        };
+                        (id, claim)
+                    })
+                    .collect();
+                Ok(ids.iter().map(|id| by_id.remove(id)).collect())
+            })
+        })
+    }
+
+    /// Extends the lease of a running attempt. False if the attempt no
+    /// longer holds the task (its lease expired and it was taken back).
+    pub fn renew_lease(&self, attempt: AttemptRef, lease_until: DateTime<Utc>) -> DbResult<bool> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            let renewed = diesel::update(held_by!(t, attempt))
+                .set(t::lease_expires_at.eq(lease_until))
+                .execute(conn)?;
+            Ok(renewed == 1)
+        })
+    }
+
+    /// Records how an attempt ended. False if the attempt no longer holds
+    /// the task, in which case nothing is written.
+    pub fn finish(&self, attempt: AttemptRef, outcome: &Outcome) -> DbResult<bool> {
+        Ok(self.finish_many(&[(attempt, outcome.clone())])?[0])
+    }
+
+    /// [`Db::finish`] for several attempts in one transaction (group
+    /// commit); one answer per attempt, in order.
+    pub fn finish_many(&self, attempts: &[(AttemptRef, Outcome)]) -> DbResult<Vec<bool>> {
+        let now = Utc::now();
+        with_conn!(self, |conn, s| {
+            use s::task_attempts::dsl as a;
+            use s::tasks::dsl as t;
+            conn.transaction(|conn| {
+                let mut answers = vec![false; attempts.len()];
+                let mut succeeded = Vec::new();
+                // Successes in one statement where the backend can; the
+                // other outcomes, and every outcome on SQLite (where a
+                // statement costs no round trip), one row at a time.
+                let set_based = conn.record_successes(attempts, now)?;
+                for i in order_by_id(attempts.iter().map(|(attempt, _)| attempt.task)) {
+                    let (attempt, outcome) = &attempts[i];
+                    if let (Some(recorded), Outcome::Succeeded(_)) = (&set_based, outcome) {
+                        if recorded.contains(attempt) {
+                            answers[i] = true;
+                            succeeded.push(attempt.task);
+                        }
+                        continue;
+                    }
+                    let (status, result, error, finished_at, run_after) = ending(outcome, now);
+                    let uncounted = i32::from(matches!(outcome, Outcome::HandedBack(_)));
+                    let updated = diesel::update(held_by!(t, attempt))
+                        .set((
+                            (
+                                t::status.eq(status),
+                                t::result.eq(result),
+                                t::error.eq(error),
+                                t::finished_at.eq(finished_at),
+                                t::run_after.eq(run_after),
+                                t::max_attempts.eq(t::max_attempts + uncounted),
+                            ),
+                            attempt_ended!(t, now),
+                            // A retry goes back through the relay when it is due.
+                            owed_again!(t),
+                        ))
+                        .execute(conn)?;
+                    if updated == 0 {
+                        continue;
+                    }
+                    answers[i] = true;
+                    if error.is_none() {
+                        succeeded.push(attempt.task);
+                        continue;
+                    }
+                    diesel::update(
+                        a::task_attempts
+                            .filter(a::task_id.eq(attempt.task))
+                            .filter(a::attempt.eq(attempt.attempt)),
+                    )
+                    .set((a::finished_at.eq(now), a::error.eq(error)))
+                    .execute(conn)?;
+                }
+                // A task's only unfinished attempt row is the one that just
+                // ended (a lost attempt's row is closed when it is taken back).
+                if !succeeded.is_empty() {
+                    diesel::update(
+                        a::task_attempts
+                            .filter(a::task_id.eq_any(&succeeded))
+                            .filter(a::finished_at.is_null()),
+                    )
+                    .set(a::finished_at.eq(now))
+                    .execute(conn)?;
+                }
+                Ok(answers)
+            })
+        })
+    }
+
+    /// Takes back running tasks whose lease ran out (their worker is gone):
+    /// they are retried, or failed if they used all their attempts. Returns
+    /// how many were taken back.
+    pub fn expire_leases(&self) -> DbResult<usize> {
+        let now = Utc::now();
+        const LOST: &str = "the worker running this attempt stopped renewing its lease";
+        with_conn!(self, |conn, s| {
+            use s::task_attempts::dsl as a;
+            use s::tasks::dsl as t;
+            conn.transaction(|conn| {
+                let expired = t::status
+                    .eq(TaskStatus::Running)
+                    .and(t::lease_expires_at.lt(now));
+                let retried = diesel::update(
+                    t::tasks
+                        .filter(expired)
+                        .filter(t::attempts.lt(t::max_attempts)),
+                )
+                .set((
+                    t::status.eq(TaskStatus::Retrying),
+                    t::error.eq(LOST),
+                    t::run_after.eq(now),
+                    attempt_ended!(t, now),
+                    owed_again!(t),
+                ))
+                .returning((t::id, t::attempts))
+                .get_results::<AttemptRef>(conn)?;
+                let failed = diesel::update(t::tasks.filter(expired))
+                    .set((
+                        t::status.eq(TaskStatus::Failed),
+                        t::error.eq(LOST),
+                        t::finished_at.eq(now),
+                        attempt_ended!(t, now),
+                    ))
+                    .returning((t::id, t::attempts))
+                    .get_results::<AttemptRef>(conn)?;
+                for attempt in retried.iter().chain(&failed) {
+                    diesel::update(
+                        a::task_attempts
+                            .filter(a::task_id.eq(attempt.task))
+                            .filter(a::attempt.eq(attempt.attempt))
+                            .filter(a::finished_at.is_null()),
+                    )
+                    .set((a::finished_at.eq(now), a::error.eq(LOST)))
+                    .execute(conn)?;
+                }
+                Ok(retried.len() + failed.len())
+            })
+        })
+    }
+}
+
+/// What an outcome writes to its task: status, result, error, finished_at
+/// and run_after.
+type Ending<'a> = (
+    TaskStatus,
+    Option<&'a Value>,
+    Option<&'a str>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+fn ending(outcome: &Outcome, now: DateTime<Utc>) -> Ending<'_> {
+    match outcome {
+        Outcome::Succeeded(value) => (TaskStatus::Succeeded, Some(value), None, Some(now), None),
+        Outcome::Retry { error, run_after } => (
+            TaskStatus::Retrying,
+            None,
+            Some(error.as_str()),
+            None,
+            Some(*run_after),
+        ),
+        Outcome::Failed(error) => (
+            TaskStatus::Failed,
+            None,
+            Some(error.as_str()),
+            Some(now),
+            None,
+        ),
+        Outcome::Unstorable { error, output } => (
+            TaskStatus::Failed,
+            Some(output),
+            Some(error.as_str()),
+            Some(now),
+            None,
+        ),
+        Outcome::HandedBack(error) => (
+            TaskStatus::Retrying,
+            None,
+            Some(error.as_str()),
+            None,
+            Some(now),
+        ),
+    }
+}

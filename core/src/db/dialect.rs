@@ -1,0 +1,228 @@
+//! What only one backend can say: every raw SQL statement and every
+//! backend-specific clause (`FOR UPDATE SKIP LOCKED`, `unnest`) is here,
+//! as a trait implemented for each connection type.
+//!
+//! The query files (`submit.rs`, `outbox.rs`, `attempts.rs`, `status.rs`)
+//! use only diesel's shared form and call these methods where the backends
+//! must differ: PostgreSQL has concurrent writers and round trips, so it
+//! skips rows another transaction holds and records a batch in one
+//! statement; SQLite has one writer at a time and no round trips, so it
+//! re-checks conditions in the update and goes row by row.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use super::attempts::order_by_id;
+use super::{schema_pg, schema_sqlite};
+use crate::task::{AttemptRef, Outcome, TaskId, TaskStatus};
+
+/// The relay's conditions for a task it owes the broker, on either schema:
+/// claimable, due, not confirmed and not being published by anyone.
+macro_rules! owed {
+    ($t:ident, $now:expr) => {
+        $t::enqueued_at
+            .is_null()
+            .and($t::status.eq_any(TaskStatus::CLAIMABLE))
+            .and($t::run_after.is_null().or($t::run_after.le($now)))
+            .and(
+                $t::publish_lock_until
+                    .is_null()
+                    .or($t::publish_lock_until.lt($now)),
+            )
+    };
+}
+
+/// Statements whose row locking differs by backend.
+pub(super) trait RowLocking {
+    /// Marks those of `ids` still locked for publishing as enqueued at
+    /// `now` (see [`super::Db::mark_enqueued`]).
+    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()>;
+
+    /// Locks up to `limit` owed tasks for publishing until `until`, oldest
+    /// first; the tasks locked (see [`super::Db::claim_unpublished`]).
+    fn claim_unpublished(
+        &mut self,
+        limit: i64,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> QueryResult<Vec<TaskId>>;
+}
+
+impl RowLocking for PgConnection {
+    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()> {
+        use schema_pg::tasks::dsl as t;
+        // Rows a worker holds right now are skipped rather than waited for:
+        // waiting deadlocked against outcome batches that lock in another
+        // order.
+        self.transaction(|conn| {
+            let free: Vec<TaskId> = t::tasks
+                .select(t::id)
+                .filter(t::id.eq_any(ids))
+                .filter(t::enqueued_at.is_null())
+                .filter(t::publish_lock_until.is_not_null())
+                .order(t::id)
+                .for_update()
+                .skip_locked()
+                .load(conn)?;
+            diesel::update(t::tasks.filter(t::id.eq_any(&free)))
+                .set((
+                    t::enqueued_at.eq(now),
+                    t::publish_lock_until.eq(None::<DateTime<Utc>>),
+                ))
+                .execute(conn)?;
+            Ok(())
+        })
+    }
+
+    fn claim_unpublished(
+        &mut self,
+        limit: i64,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> QueryResult<Vec<TaskId>> {
+        use schema_pg::tasks::dsl as t;
+        // Relays in several processes skip the rows another one is taking
+        // instead of waiting for them.
+        self.transaction(|conn| {
+            let candidates = t::tasks
+                .select(t::id)
+                .filter(owed!(t, now))
+                .order(t::created_at)
+                .limit(limit)
+                .for_update()
+                .skip_locked()
+                .load::<TaskId>(conn)?;
+            diesel::update(t::tasks.filter(t::id.eq_any(&candidates)))
+                .set(t::publish_lock_until.eq(until))
+                .execute(conn)?;
+            Ok(candidates)
+        })
+    }
+}
+
+impl RowLocking for SqliteConnection {
+    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()> {
+        use schema_sqlite::tasks::dsl as t;
+        diesel::update(
+            t::tasks
+                .filter(t::id.eq_any(ids))
+                .filter(t::enqueued_at.is_null())
+                .filter(t::publish_lock_until.is_not_null()),
+        )
+        .set((
+            t::enqueued_at.eq(now),
+            t::publish_lock_until.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(self)?;
+        Ok(())
+    }
+
+    fn claim_unpublished(
+        &mut self,
+        limit: i64,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> QueryResult<Vec<TaskId>> {
+        use schema_sqlite::tasks::dsl as t;
+        // SQLite has one writer at a time: the UPDATE re-checks the
+        // conditions, so rows another process took meanwhile drop out.
+        let candidates = t::tasks
+            .select(t::id)
+            .filter(owed!(t, now))
+            .order(t::created_at)
+            .limit(limit)
+            .load::<TaskId>(self)?;
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        diesel::update(
+            t::tasks
+                .filter(t::id.eq_any(&candidates))
+                .filter(owed!(t, now)),
+        )
+        .set(t::publish_lock_until.eq(until))
+        .returning(t::id)
+        .get_results::<TaskId>(self)
+    }
+}
+
+/// Statements that only some backends can make set-based.
+pub(super) trait SetBased {
+    /// Records every `Outcome::Succeeded` of `attempts` whose attempt still
+    /// holds its task, in one statement; the attempts recorded.
+    /// `None` if this backend records them one row at a time instead.
+    fn record_successes(
+        &mut self,
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>>;
+}
+
+impl SetBased for SqliteConnection {
+    fn record_successes(
+        &mut self,
+        _: &[(AttemptRef, Outcome)],
+        _: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
+        Ok(None)
+    }
+}
+
+impl SetBased for PgConnection {
+    fn record_successes(
+        &mut self,
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
+        use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
+
+        #[derive(QueryableByName)]
+        struct Recorded {
+            #[diesel(sql_type = Uuid)]
+            id: TaskId,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+        }
+
+        let mut ids = Vec::new();
+        let mut numbers = Vec::new();
+        let mut results = Vec::new();
+        // In id order, so concurrent batches lock rows in one order.
+        for i in order_by_id(attempts.iter().map(|(attempt, _)| attempt.task)) {
+            if let (attempt, Outcome::Succeeded(result)) = &attempts[i] {
+                ids.push(attempt.task);
+                numbers.push(attempt.attempt);
+                results.push(result);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(Some(HashSet::new()));
+        }
+        // The same transition as the row-by-row path (`attempts.rs`, whose
+        // `attempt_ended!` lists the columns an ended attempt clears), for a
+        // whole batch.
+        let recorded = diesel::sql_query(
+            "UPDATE tasks AS t SET status = $5, result = v.result, error = NULL, \
+               finished_at = $4, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
+               enqueued_at = NULL, publish_lock_until = NULL, updated_at = $4 \
+             FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS v(id, attempt, result) \
+             WHERE t.id = v.id AND t.status = $6 AND t.attempts = v.attempt \
+             RETURNING t.id, t.attempts",
+        )
+        .bind::<Array<Uuid>, _>(ids)
+        .bind::<Array<Integer>, _>(numbers)
+        .bind::<Array<Jsonb>, _>(results)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(TaskStatus::Succeeded)
+        .bind::<Text, _>(TaskStatus::Running)
+        .load::<Recorded>(self)?;
+        Ok(Some(
+            recorded
+                .into_iter()
+                .map(|r| r.id.attempt(r.attempts))
+                .collect(),
+        ))
+    }
+}

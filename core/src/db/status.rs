@@ -1,0 +1,150 @@
+//! Status: what `GET /status` and monitoring read. Nothing here writes.
+//!
+//! A task's view is its row joined to its attempt rows, read in one query
+//! for a whole batch of ids.
+
+use std::collections::hash_map::{Entry, HashMap};
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde_json::Value;
+
+use super::{Db, DbResult};
+use crate::task::{AttemptView, TaskId, TaskStatus, TaskView};
+
+#[derive(Queryable)]
+struct TaskRow {
+    id: TaskId,
+    status: TaskStatus,
+    event_type: String,
+    source: String,
+    event_id: String,
+    attempts: i32,
+    max_attempts: i32,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
+impl Db {
+    /// How many tasks are in `status` (for benchmarks and monitoring).
+    pub fn count_with_status(&self, status: TaskStatus) -> DbResult<i64> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            Ok(t::tasks
+                .filter(t::status.eq(status))
+                .count()
+                .get_result(conn)?)
+        })
+    }
+
+    /// A task's status, or `None` if there is no such task.
+    pub fn status(&self, id: TaskId) -> DbResult<Option<TaskStatus>> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            Ok(t::tasks
+                .select(t::status)
+                .filter(t::id.eq(id))
+                .first::<TaskStatus>(conn)
+                .optional()?)
+        })
+    }
+
+    /// Everything `GET /status` shows, or `None` if there is no such task.
+    pub fn task_view(&self, id: TaskId) -> DbResult<Option<TaskView>> {
+        Ok(self.task_views(&[id])?.pop().flatten())
+    }
+
+    /// [`Db::task_view`] of several tasks in one query (the tasks joined to
+    /// their attempts, a row per attempt), answered in the order asked.
+    pub fn task_views(&self, ids: &[TaskId]) -> DbResult<Vec<Option<TaskView>>> {
+        type AttemptRow = (
+            i32,
+            String,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            Option<String>,
+        );
+        let rows = with_conn!(self, |conn, s| {
+            use s::task_attempts::dsl as a;
+            use s::tasks::dsl as t;
+            // The ids are repeated in the join so the attempts are found by
+            // their index even before PostgreSQL has statistics for the table
+            // (without them it scans all attempts for a hash join).
+            t::tasks
+                .left_join(a::task_attempts.on(a::task_id.eq(t::id).and(a::task_id.eq_any(ids))))
+                .select((
+                    (
+                        t::id,
+                        t::status,
+                        t::event_type,
+                        t::source,
+                        t::event_id,
+                        t::attempts,
+                        t::max_attempts,
+                        t::created_at,
+                        t::started_at,
+                        t::finished_at,
+                        t::result,
+                        t::error,
+                    ),
+                    (
+                        a::attempt,
+                        a::worker,
+                        a::started_at,
+                        a::finished_at,
+                        a::error,
+                    )
+                        .nullable(),
+                ))
+                .filter(t::id.eq_any(ids))
+                .order((t::id, a::attempt))
+                .load::<(TaskRow, Option<AttemptRow>)>(conn)?
+        });
+        let mut views: HashMap<TaskId, TaskView> = HashMap::with_capacity(ids.len());
+        for (row, attempt) in rows {
+            let view = match views.entry(row.id) {
+                Entry::Occupied(view) => view.into_mut(),
+                Entry::Vacant(slot) => slot.insert(TaskView {
+                    id: row.id,
+                    status: row.status,
+                    event_type: row.event_type,
+                    source: row.source,
+                    event_id: row.event_id,
+                    attempts: row.attempts,
+                    max_attempts: row.max_attempts,
+                    created_at: row.created_at,
+                    started_at: row.started_at,
+                    finished_at: row.finished_at,
+                    result: row.result,
+                    error: row.error,
+                    attempt_history: Vec::new(),
+                }),
+            };
+            if let Some((attempt, worker, started_at, finished_at, error)) = attempt {
+                view.attempt_history.push(AttemptView {
+                    attempt,
+                    worker,
+                    started_at,
+                    finished_at,
+                    error,
+                });
+            }
+        }
+        // An id asked twice gets its view twice: moved out at its last ask.
+        let last: HashMap<TaskId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        Ok(ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                if last[id] == i {
+                    views.remove(id)
+                } else {
+                    views.get(id).cloned()
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,104 @@
+//! Submit: `/receive` stores tasks, once per event.
+//!
+//! A task is stored at most once per (source, id) event: a repeated event
+//! gets the existing task back, or a conflict if it carries other content.
+//! New tasks come with a publish lock for their caller, who publishes them
+//! right after the commit; the relay (`outbox.rs`) takes over only if that
+//! lock runs out.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use super::{Db, DbResult};
+use crate::task::{NewTask, Stored, TaskId, TaskStatus};
+
+/// Rows per multi-row insert: 10 bind parameters each, well under SQLite's
+/// and PostgreSQL's limits.
+const INSERT_CHUNK: usize = 500;
+
+impl Db {
+    /// Stores tasks in one transaction. An event already stored (same source
+    /// and id) is not stored again: its existing task is returned. New tasks
+    /// are marked as being published by the caller until `publish_lock_until`,
+    /// after which the relay takes them over.
+    pub fn insert_tasks(
+        &self,
+        tasks: &[NewTask],
+        publish_lock_until: DateTime<Utc>,
+    ) -> DbResult<Vec<Stored>> {
+        self.insert_task_refs(&tasks.iter().collect::<Vec<_>>(), publish_lock_until)
+    }
+
+    /// [`Db::insert_tasks`] for tasks owned elsewhere (the requests of a
+    /// group commit), without copying them.
+    pub fn insert_task_refs(
+        &self,
+        tasks: &[&NewTask],
+        publish_lock_until: DateTime<Utc>,
+    ) -> DbResult<Vec<Stored>> {
+        let now = Utc::now();
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            conn.transaction(|conn| {
+                let mut created = HashSet::with_capacity(tasks.len());
+                // One multi-row statement per chunk; chunks keep the bind
+                // parameters under the backends' limits.
+                for chunk in tasks.chunks(INSERT_CHUNK) {
+                    let rows: Vec<_> = chunk
+                        .iter()
+                        .map(|task| {
+                            (
+                                t::id.eq(task.id),
+                                t::event_type.eq(&task.event_type),
+                                t::source.eq(&task.source),
+                                t::event_id.eq(&task.event_id),
+                                t::event.eq(&task.event),
+                                t::event_digest.eq(&task.digest),
+                                t::status.eq(TaskStatus::Pending),
+                                t::max_attempts.eq(task.max_attempts),
+                                t::publish_lock_until.eq(publish_lock_until),
+                                t::created_at.eq(now),
+                                t::updated_at.eq(now),
+                            )
+                        })
+                        .collect();
+                    created.extend(
+                        diesel::insert_into(t::tasks)
+                            .values(rows)
+                            .on_conflict_do_nothing()
+                            .returning(t::id)
+                            .get_results::<TaskId>(conn)?,
+                    );
+                }
+                let mut stored = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    if created.contains(&task.id) {
+                        stored.push(Stored {
+                            id: task.id,
+                            status: TaskStatus::Pending,
+                            created: true,
+                            conflict: false,
+                        });
+                        continue;
+                    }
+                    // The same event was already a task (or came twice in this batch).
+                    let (id, status, digest) = t::tasks
+                        .select((t::id, t::status, t::event_digest))
+                        .filter(t::source.eq(&task.source))
+                        .filter(t::event_id.eq(&task.event_id))
+                        .first::<(TaskId, TaskStatus, Option<String>)>(conn)?;
+                    stored.push(Stored {
+                        id,
+                        status,
+                        created: false,
+                        // Tasks stored before digests were kept have none.
+                        conflict: digest.is_some_and(|d| d != task.digest),
+                    });
+                }
+                Ok(stored)
+            })
+        })
+    }
+}
