@@ -270,9 +270,7 @@ impl Worker {
         let handler =
             std::panic::AssertUnwindSafe(self.handlers.run(&route.handler, route.timeout, ctx))
                 .catch_unwind()
-                .map(|r| {
-                    r.unwrap_or_else(|_| Err(HandlerError::permanent("the handler panicked")))
-                });
+                .map(|r| r.unwrap_or_else(|_| Err(HandlerError::fatal("the handler panicked"))));
         let result = tokio::select! {
             result = handler => result,
             () = self.keep_lease(id, claimed.attempt) => return None,
@@ -286,14 +284,19 @@ impl Worker {
                     output: storable::escape_value(value),
                 },
             },
-            Err(e) if e.retryable && claimed.attempt < claimed.max_attempts => Outcome::Retry {
-                run_after: Utc::now()
-                    + route
-                        .retry
-                        .delay(u32::try_from(claimed.attempt).unwrap_or(1)),
-                error: storable::escape_text(&e.message).into_owned(),
-            },
-            Err(e) => Outcome::Failed(storable::escape_text(&e.message).into_owned()),
+            Err(HandlerError::Retryable(message)) if claimed.attempt < claimed.max_attempts => {
+                Outcome::Retry {
+                    run_after: Utc::now()
+                        + route
+                            .retry
+                            .delay(u32::try_from(claimed.attempt).unwrap_or(1)),
+                    error: storable::escape_text(&message).into_owned(),
+                }
+            }
+            // Fatal, or retryable with no attempt left.
+            Err(HandlerError::Retryable(message) | HandlerError::Fatal(message)) => {
+                Outcome::Failed(storable::escape_text(&message).into_owned())
+            }
         })
     }
 
