@@ -11,6 +11,8 @@
 //! - [`retry`]: one retry policy for route retries and reconnect loops.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
 //!   tasks whose worker died.
+//! - [`runtime`]: what every process does at start and stop: connect to the
+//!   database, turn signals into a shutdown token.
 
 pub mod batch;
 pub mod broker;
@@ -19,6 +21,7 @@ pub mod db;
 pub mod event;
 pub mod relay;
 pub mod retry;
+pub mod runtime;
 pub mod storable;
 pub mod task;
 
