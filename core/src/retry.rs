@@ -90,7 +90,8 @@ impl Backoff {
 
     /// Whether the policy's tries are all used.
     pub fn spent(&self) -> bool {
-        !self.policy.allows_another(self.tried)
+        // Each wait handed out followed a failed try, and so did this check.
+        !self.policy.allows_another(self.tried.saturating_add(1))
     }
 
     /// Starts again from the base wait.
