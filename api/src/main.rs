@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferry_core::config::CommonArgs;
+use ferry_core::cli::CommonArgs;
 
 /// Receives events as tasks and reports their status.
 #[derive(Debug, Parser)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ferry_core::broker::Queue;
-use ferry_core::config::CommonArgs;
+use ferry_core::cli::CommonArgs;
 use ferry_core::{relay, runtime};
 
 /// Consumes Ferry's task queue and runs each task's handler.

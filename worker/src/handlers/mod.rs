@@ -8,7 +8,7 @@ mod sleep;
 
 use std::time::Duration;
 
-use ferry_core::config::HandlerSpec;
+use ferry_core::routes::HandlerSpec;
 use ferry_core::TaskId;
 use serde_json::Value;
 
