@@ -15,7 +15,7 @@ use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::db::{DbError, DbResult};
 use ferry_core::task::{NewTask, Stored, TaskView};
-use ferry_core::{Config, Db, TaskId};
+use ferry_core::{relay, runtime, Config, Db, TaskId};
 use listener::GuardedListener;
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
@@ -157,7 +157,11 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .merge(("port", state.config.port))
         .merge(("ident", "Ferry"))
         .merge(("log_level", LogLevel::Critical))
-        .merge(("cli_colors", false));
+        .merge(("cli_colors", false))
+        // Shutdown is the caller's: `serve` notifies Rocket when its token
+        // is cancelled, so Rocket installs no signal handlers of its own.
+        .merge(("shutdown.ctrlc", false))
+        .merge(("shutdown.signals", Vec::<String>::new()));
     rocket::custom(figment)
         .manage(state)
         .mount("/", routes::receive::routes())
@@ -165,22 +169,20 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .register("/", catchers![error::default_catcher])
 }
 
-/// Runs the API until Rocket shuts down (SIGTERM, Ctrl-C). With
-/// `standalone`, tasks go through an in-process queue to in-process workers,
-/// so nothing but this process (and its SQLite file) is needed.
-pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
-    let db = ferry_worker::connect_db(&config, Duration::from_secs(60)).await?;
+/// Runs the API until `shutdown` is cancelled (by the caller: `main` cancels
+/// it on SIGTERM or Ctrl-C), then lets Rocket finish its requests, and only
+/// then stops the relay (and the in-process workers). With `standalone`,
+/// tasks go through an in-process queue to in-process workers, so nothing but
+/// this process (and its SQLite file) is needed; that needs the `standalone`
+/// feature (on by default).
+pub async fn serve(
+    config: Config,
+    standalone: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT).await?;
     let queue = if standalone {
-        // The in-process queue starts empty: whatever the last process had
-        // queued and not finished is published again.
-        let owed = db.run_blocking(|db| db.forget_enqueued()).await?;
-        if owed > 0 {
-            tracing::info!(
-                tasks = owed,
-                "requeueing unfinished tasks from the last run"
-            );
-        }
-        Queue::local()
+        standalone_queue(&db).await?
     } else {
         Queue::amqp(&config.broker_url, &config.queue)
     };
@@ -192,21 +194,16 @@ pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot listen on {}:{}", config.address, config.port))?;
-    let shutdown = CancellationToken::new();
-    let relay = tokio::spawn(ferry_core::relay::run(
+    // The relay and the workers stop only once Rocket has answered what it
+    // was answering, so that their order on shutdown stays: API, then the rest.
+    let background = CancellationToken::new();
+    let relay = relay::spawn(
         db.clone(),
         queue.clone(),
         config.relay_interval,
-        shutdown.clone(),
-    ));
-    let workers = standalone.then(|| {
-        tokio::spawn(ferry_worker::run(
-            config.clone(),
-            db.clone(),
-            queue.clone(),
-            shutdown.clone(),
-        ))
-    });
+        background.clone(),
+    );
+    let workers = standalone.then(|| spawn_workers(&config, &db, &queue, &background));
     tracing::info!(
         address = %config.address,
         port = config.port,
@@ -216,12 +213,66 @@ pub async fn serve(config: Config, standalone: bool) -> anyhow::Result<()> {
         "ferry-api starting"
     );
     let state = AppState::new(Arc::new(config), db, queue);
-    let result = rocket(state).launch_on(listener).await;
-    shutdown.cancel();
+    let result = async {
+        let rocket = rocket(state).ignite().await?;
+        let stop = rocket.shutdown();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stop.notify();
+        });
+        rocket.launch_on(listener).await
+    }
+    .await;
+    background.cancel();
     if let Some(workers) = workers {
         workers.await??;
     }
     relay.await?;
     result?;
     Ok(())
+}
+
+/// The in-process queue of `--standalone`. It starts empty: whatever the last
+/// process had queued and not finished is published again.
+#[cfg(feature = "standalone")]
+async fn standalone_queue(db: &Db) -> anyhow::Result<Queue> {
+    let owed = db.run_blocking(|db| db.forget_enqueued()).await?;
+    if owed > 0 {
+        tracing::info!(
+            tasks = owed,
+            "requeueing unfinished tasks from the last run"
+        );
+    }
+    Ok(Queue::local())
+}
+
+#[cfg(not(feature = "standalone"))]
+async fn standalone_queue(_: &Db) -> anyhow::Result<Queue> {
+    anyhow::bail!("--standalone needs ferry-api built with the `standalone` feature")
+}
+
+/// The in-process workers of `--standalone`: the only use of the worker crate.
+#[cfg(feature = "standalone")]
+fn spawn_workers(
+    config: &Config,
+    db: &Db,
+    queue: &Queue,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(ferry_worker::run(
+        config.clone(),
+        db.clone(),
+        queue.clone(),
+        shutdown.clone(),
+    ))
+}
+
+#[cfg(not(feature = "standalone"))]
+fn spawn_workers(
+    _: &Config,
+    _: &Db,
+    _: &Queue,
+    _: &CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    unreachable!("standalone_queue refuses --standalone without the feature")
 }

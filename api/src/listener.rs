@@ -62,6 +62,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::time::{Instant, Sleep};
 
+use crate::error::ErrorCode;
+
 /// Largest request head (request line and header fields): 431 past it.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields in one request (hyper's own limit): 431 past it.
@@ -398,22 +400,16 @@ struct Head {
 /// A request refused before hyper sees it.
 #[derive(Debug, PartialEq, Eq)]
 struct Refusal {
-    status: Status,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl Refusal {
-    fn new(status: Status, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
         }
-    }
-
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(Status::BadRequest, code, message)
     }
 }
 
@@ -426,14 +422,13 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Refusal> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Refusal::new(
-                Status::RequestHeaderFieldsTooLarge,
-                "headers_too_large",
+                ErrorCode::HeadersTooLarge,
                 format!("a request may have at most {MAX_HEADERS} header fields"),
             ))
         }
         Err(e) => {
-            return Err(Refusal::bad(
-                "malformed_request",
+            return Err(Refusal::new(
+                ErrorCode::MalformedRequest,
                 format!("the request could not be parsed: {e}"),
             ))
         }
@@ -444,12 +439,14 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Refusal> {
     let (Some(method), Some(target), Some(version)) =
         (request.method, request.path, request.version)
     else {
-        return Err(Refusal::bad("malformed_request", "incomplete request line"));
+        return Err(Refusal::new(
+            ErrorCode::MalformedRequest,
+            "incomplete request line",
+        ));
     };
     if target.len() > MAX_TARGET_BYTES {
         return Err(Refusal::new(
-            Status::UriTooLong,
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             format!(
                 "the request target is {} bytes long; at most {MAX_TARGET_BYTES} are accepted",
                 target.len()
@@ -457,11 +454,11 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Refusal> {
         ));
     }
     if Method::from_bytes(method.as_bytes()).is_err() {
-        return Err(Refusal::bad("malformed_request", "invalid method"));
+        return Err(Refusal::new(ErrorCode::MalformedRequest, "invalid method"));
     }
     if let Err(e) = Uri::try_from(target) {
-        return Err(Refusal::bad(
-            "malformed_request",
+        return Err(Refusal::new(
+            ErrorCode::MalformedRequest,
             format!("the request target is not a valid URI ({e})"),
         ));
     }
@@ -471,21 +468,21 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Refusal> {
     for header in request.headers.iter() {
         if std::str::from_utf8(header.value).is_err() {
             let name: String = header.name.chars().take(64).collect();
-            return Err(Refusal::bad(
-                "invalid_header",
+            return Err(Refusal::new(
+                ErrorCode::InvalidHeader,
                 format!("the value of the {name} header is not valid UTF-8"),
             ));
         }
         if header.name.eq_ignore_ascii_case("content-length") {
             let n = decimal(header.value).ok_or_else(|| {
-                Refusal::bad(
-                    "malformed_content_length",
+                Refusal::new(
+                    ErrorCode::MalformedContentLength,
                     "Content-Length must be a decimal number of bytes",
                 )
             })?;
             if content_length.is_some_and(|m| m != n) {
-                return Err(Refusal::bad(
-                    "malformed_content_length",
+                return Err(Refusal::new(
+                    ErrorCode::MalformedContentLength,
                     "the request has several different Content-Length values",
                 ));
             }
@@ -499,20 +496,20 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Refusal> {
         (false, None | Some(0)) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
         (true, _) if version == 0 => {
-            return Err(Refusal::bad(
-                "malformed_request",
+            return Err(Refusal::new(
+                ErrorCode::MalformedRequest,
                 "an HTTP/1.0 request cannot have a Transfer-Encoding",
             ))
         }
         (true, Some(_)) => {
-            return Err(Refusal::bad(
-                "malformed_request",
+            return Err(Refusal::new(
+                ErrorCode::MalformedRequest,
                 "a request cannot have both Transfer-Encoding and Content-Length",
             ))
         }
         (true, None) if !chunked => {
-            return Err(Refusal::bad(
-                "malformed_request",
+            return Err(Refusal::new(
+                ErrorCode::MalformedRequest,
                 "the last Transfer-Encoding of a request must be chunked",
             ))
         }
@@ -528,8 +525,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Refusal> {
 
 fn head_too_large() -> Refusal {
     Refusal::new(
-        Status::RequestHeaderFieldsTooLarge,
-        "headers_too_large",
+        ErrorCode::HeadersTooLarge,
         format!(
             "the request's header section is larger than {} KiB",
             MAX_HEAD_BYTES / 1024
@@ -539,7 +535,8 @@ fn head_too_large() -> Refusal {
 
 /// Ferry's JSON error (the shape of [`crate::error::ApiError`]), as a whole
 /// `Connection: close` response.
-fn error_response(status: Status, code: &str, message: &str) -> Vec<u8> {
+fn error_response(code: ErrorCode, message: &str) -> Vec<u8> {
+    let status = code.status().unwrap_or(Status::BadRequest);
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
     format!(
@@ -697,8 +694,7 @@ impl<S> GuardedConnection<S> {
                 head_too_large()
             } else {
                 Refusal::new(
-                    Status::UriTooLong,
-                    "uri_too_long",
+                    ErrorCode::UriTooLong,
                     format!(
                         "the request line is longer than {} KiB",
                         MAX_HEAD_BYTES / 1024
@@ -767,8 +763,7 @@ impl<S> GuardedConnection<S> {
         tracing::debug!(peer = ?self.peer, phase = ?self.phase, answer, "request timeout: closing the connection");
         let response = answer.then(|| {
             error_response(
-                Status::RequestTimeout,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 &format!("the request was not received within {:?}", self.timeout),
             )
         });
@@ -1018,8 +1013,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuardedConnection<S> {
                 Phase::Head => match self.next_head() {
                     Next::Complete(head) => self.hand_over(head),
                     Next::Refused(refusal) => {
-                        tracing::debug!(peer = ?self.peer, status = refusal.status.code, code = refusal.code, message = %refusal.message, "request refused");
-                        let answer = error_response(refusal.status, refusal.code, &refusal.message);
+                        tracing::debug!(peer = ?self.peer, code = refusal.code.as_str(), message = %refusal.message, "request refused");
+                        let answer = error_response(refusal.code, &refusal.message);
                         self.close(Some(answer));
                     }
                     // The client left mid-head (or between requests).
@@ -1406,7 +1401,7 @@ mod tests {
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
         let refused = |head: &[u8]| {
             let r = parse_head(head).unwrap_err();
-            (r.status.code, r.code)
+            (r.code.status().unwrap().code, r.code.as_str())
         };
         let too_many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("x-{i}: {i}\r\n"))

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferry_core::config::CommonArgs;
+use ferry_core::cli::CommonArgs;
 
 /// Receives events as tasks and reports their status.
 #[derive(Debug, Parser)]
@@ -13,6 +13,7 @@ struct Args {
     common: CommonArgs,
     /// Run everything in this process: SQLite, an in-process queue and
     /// in-process workers. Nothing else is needed.
+    #[cfg(feature = "standalone")]
     #[arg(long)]
     standalone: bool,
     /// Port to listen on.
@@ -37,7 +38,12 @@ async fn main() -> ExitCode {
     if config.routes.is_empty() {
         tracing::warn!("no [[routes]] configured: every event will be refused with 422");
     }
-    match ferry_api::serve(config, args.standalone).await {
+    #[cfg(feature = "standalone")]
+    let standalone = args.standalone;
+    #[cfg(not(feature = "standalone"))]
+    let standalone = false;
+    let shutdown = ferry_core::runtime::shutdown_on_signals();
+    match ferry_api::serve(config, standalone, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry-api: {e:#}");

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use ferry_api::{rocket, AppState};
 use ferry_core::broker::Queue;
-use ferry_core::config::{HandlerSpec, Route, Routes};
 use ferry_core::retry::RetryPolicy;
+use ferry_core::routes::{HandlerSpec, Route, Routes};
 use ferry_core::{Config, Db};
 use rocket::http::{ContentType, Header, Status};
 use rocket::local::asynchronous::Client;

@@ -1,13 +1,18 @@
 //! `server.conf`: one TOML file, overridden by `FERRY_*` environment variables
-//! and then by command-line flags. Every error names the key that is wrong.
+//! and then by command-line flags ([`crate::cli`]). [`figment`] merges the
+//! layers; the result is checked once, after merging, so a later layer can
+//! replace a bad value of an earlier one. Every error names the key that is
+//! wrong (or the environment variable, for one that does not parse).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use figment::error::{Actual, Kind};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
 
-use crate::retry::RetryPolicy;
+use crate::routes::{RawRoute, Routes};
 
 /// Default HTTP port, the one pacifica's receivers listen on.
 pub const DEFAULT_PORT: u16 = 8069;
@@ -19,6 +24,8 @@ pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_QUEUE: &str = "ferry.tasks";
 /// Default limit on a `/receive` body.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "server.conf";
 
 /// A configuration error: the key (or environment variable) and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +38,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -91,243 +98,99 @@ impl Default for Config {
     }
 }
 
-/// What a route runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HandlerSpec {
-    /// The result is the event's `data`.
-    Echo,
-    /// Waits, then succeeds.
-    Sleep {
-        /// How long to wait.
-        duration: Duration,
-    },
-    /// Always fails, retryably.
-    Fail,
-    /// Runs a command with the event on stdin.
-    Exec {
-        /// Program and arguments.
-        command: Vec<String>,
-    },
-    /// POSTs the event to a URL.
-    Http {
-        /// Where to POST.
-        url: String,
-    },
-}
-
-impl HandlerSpec {
-    /// The handler's name as written in `server.conf`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Echo => "echo",
-            Self::Sleep { .. } => "sleep",
-            Self::Fail => "fail",
-            Self::Exec { .. } => "exec",
-            Self::Http { .. } => "http",
-        }
-    }
-}
-
-/// One `[[routes]]` entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Route {
-    /// Exact event type, or `"*"` for the fallback.
-    pub event_type: String,
-    /// What runs.
-    pub handler: HandlerSpec,
-    /// Longest one attempt may run.
-    pub timeout: Duration,
-    /// Attempts before a task is `failed` for good (`max_attempts`) and the
-    /// wait between them (`retry_backoff`, doubled for each later one, at
-    /// most an hour, ±25%).
-    pub retry: RetryPolicy,
-}
-
-/// The routing table.
-#[derive(Debug, Clone, Default)]
-pub struct Routes {
-    exact: HashMap<String, Route>,
-    fallback: Option<Route>,
-}
-
-impl Routes {
-    /// Builds the table; a type routed twice is an error.
-    pub fn new(routes: Vec<Route>) -> Result<Self, ConfigError> {
-        let mut table = Self::default();
-        for (i, route) in routes.into_iter().enumerate() {
-            let duplicate = if route.event_type == "*" {
-                table.fallback.replace(route).is_some()
-            } else {
-                let key = route.event_type.clone();
-                table.exact.insert(key, route).is_some()
-            };
-            if duplicate {
-                return Err(ConfigError::new(
-                    format!("routes[{i}].type"),
-                    "this type is already routed",
-                ));
-            }
-        }
-        Ok(table)
-    }
-
-    /// The route for an event type: the exact one, else the fallback.
-    pub fn get(&self, event_type: &str) -> Option<&Route> {
-        self.exact.get(event_type).or(self.fallback.as_ref())
-    }
-
-    /// Whether nothing is routed at all.
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.fallback.is_none()
-    }
-}
-
-#[derive(Debug, Deserialize)]
+/// One layer of configuration as written: the file, the environment or the
+/// flags. An absent key leaves the value of the layers below.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
-    database_url: Option<String>,
-    database_pool_size: Option<u32>,
-    broker_url: Option<String>,
-    queue: Option<String>,
-    address: Option<String>,
-    port: Option<u16>,
-    concurrency: Option<usize>,
-    max_body_bytes: Option<u64>,
-    lease: Option<String>,
-    relay_interval: Option<String>,
-    drain_timeout: Option<String>,
-    request_timeout: Option<String>,
-    #[serde(default)]
-    routes: Vec<RawRoute>,
+pub(crate) struct Layer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) database_pool_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) broker_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_body_bytes: Option<u64>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) lease: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) relay_interval: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) drain_timeout: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) request_timeout: Option<Duration>,
+    /// Only the file has routes.
+    #[serde(default, skip_serializing)]
+    pub(crate) routes: Vec<RawRoute>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    #[serde(rename = "type")]
-    event_type: String,
-    handler: String,
-    timeout: Option<String>,
-    max_attempts: Option<u32>,
-    retry_backoff: Option<String>,
-    duration: Option<String>,
-    command: Option<Vec<String>>,
-    url: Option<String>,
-}
-
-/// Parses `"250ms"`, `"2s"`, `"10m"`, `"1h 30m"`.
-pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value)
-        .map_err(|e| ConfigError::new(key, format!("{value:?} is not a duration ({e})")))
-}
-
-impl RawRoute {
-    fn into_route(self, i: usize) -> Result<Route, ConfigError> {
-        let key = |field: &str| format!("routes[{i}].{field}");
-        let missing = |field: &str| {
-            ConfigError::new(
-                key(field),
-                format!("required for handler {:?}", self.handler),
-            )
-        };
-        if self.event_type.is_empty() {
-            return Err(ConfigError::new(key("type"), "must not be empty"));
+impl Layer {
+    /// The `FERRY_*` variables read through `var`. A value that does not
+    /// parse is an error naming the variable.
+    fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value
+                .parse()
+                .map_err(|e| ConfigError::new(name, format!("{value:?}: {e}")))
         }
-        let handler = match self.handler.as_str() {
-            "echo" => HandlerSpec::Echo,
-            "fail" => HandlerSpec::Fail,
-            "sleep" => HandlerSpec::Sleep {
-                duration: parse_duration(
-                    &key("duration"),
-                    self.duration
-                        .as_deref()
-                        .ok_or_else(|| missing("duration"))?,
-                )?,
-            },
-            "exec" => {
-                let command = self.command.clone().ok_or_else(|| missing("command"))?;
-                if command.is_empty() || command[0].is_empty() {
-                    return Err(ConfigError::new(key("command"), "must name a program"));
-                }
-                HandlerSpec::Exec { command }
-            }
-            "http" => {
-                let url = self.url.clone().ok_or_else(|| missing("url"))?;
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(ConfigError::new(key("url"), "must be an http(s) URL"));
-                }
-                HandlerSpec::Http { url }
-            }
-            other => {
-                return Err(ConfigError::new(
-                    key("handler"),
-                    format!("unknown handler {other:?} (echo, sleep, fail, exec, http)"),
-                ))
-            }
-        };
-        let timeout = match &self.timeout {
-            Some(t) => parse_duration(&key("timeout"), t)?,
-            None => Duration::from_secs(600),
-        };
-        let max_attempts = self
-            .max_attempts
-            .unwrap_or(RetryPolicy::ROUTE_DEFAULT.attempts);
-        if max_attempts == 0 {
-            return Err(ConfigError::new(key("max_attempts"), "must be at least 1"));
-        }
-        let retry_backoff = match &self.retry_backoff {
-            Some(t) => parse_duration(&key("retry_backoff"), t)?,
-            None => RetryPolicy::ROUTE_DEFAULT.base,
-        };
-        Ok(Route {
-            event_type: self.event_type,
-            handler,
-            timeout,
-            retry: RetryPolicy {
-                attempts: max_attempts,
-                base: retry_backoff,
-                ..RetryPolicy::ROUTE_DEFAULT
-            },
+        let duration = |name: &str| var(name).map(|v| parse_duration(name, &v)).transpose();
+        Ok(Self {
+            database_url: var("FERRY_DATABASE_URL"),
+            broker_url: var("FERRY_BROKER_URL"),
+            queue: var("FERRY_QUEUE"),
+            address: var("FERRY_ADDRESS"),
+            port: var("FERRY_PORT")
+                .map(|v| parse("FERRY_PORT", &v))
+                .transpose()?,
+            concurrency: var("FERRY_CONCURRENCY")
+                .map(|v| parse("FERRY_CONCURRENCY", &v))
+                .transpose()?,
+            database_pool_size: var("FERRY_DATABASE_POOL_SIZE")
+                .map(|v| parse("FERRY_DATABASE_POOL_SIZE", &v))
+                .transpose()?,
+            max_body_bytes: var("FERRY_MAX_BODY_BYTES")
+                .map(|v| parse("FERRY_MAX_BODY_BYTES", &v))
+                .transpose()?,
+            lease: duration("FERRY_LEASE")?,
+            relay_interval: duration("FERRY_RELAY_INTERVAL")?,
+            drain_timeout: duration("FERRY_DRAIN_TIMEOUT")?,
+            request_timeout: duration("FERRY_REQUEST_TIMEOUT")?,
+            routes: Vec::new(),
         })
     }
-}
 
-impl Config {
-    /// Reads `path` if it exists (a missing default file means defaults), then
-    /// applies `FERRY_*` overrides from the process environment.
-    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
-            Err(e) => {
-                return Err(ConfigError::new(
-                    "--config",
-                    format!("cannot read {}: {e}", path.display()),
-                ))
-            }
-        };
-        let mut config = Self::from_toml(&text)?;
-        config.apply_env(|name| std::env::var(name).ok())?;
-        Ok(config)
-    }
-
-    /// Parses the TOML text of a `server.conf`.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let message = e.message().to_string();
-            // serde names an unknown or missing key in its message; for a
-            // value of the wrong type, the error's span points at the value.
-            let key = key_from_toml_error(&message)
-                .or_else(|| {
-                    let line = text[..e.span()?.start].rsplit('\n').next()?;
-                    Some(line.split_once('=')?.0.trim().to_string())
-                })
-                .unwrap_or_else(|| "server.conf".into());
-            ConfigError::new(key, message)
-        })?;
-        let mut config = Self::default();
+    /// Over the defaults, then checked.
+    fn into_config(self) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
         macro_rules! set {
-            ($($field:ident),*) => {$(if let Some(v) = raw.$field { config.$field = v; })*};
+            ($($field:ident),*) => {$(if let Some(v) = self.$field { config.$field = v; })*};
         }
         set!(
             database_url,
@@ -337,78 +200,72 @@ impl Config {
             address,
             port,
             concurrency,
-            max_body_bytes
+            max_body_bytes,
+            lease,
+            relay_interval,
+            drain_timeout,
+            request_timeout
         );
-        if let Some(v) = &raw.lease {
-            config.lease = parse_duration("lease", v)?;
-        }
-        if let Some(v) = &raw.relay_interval {
-            config.relay_interval = parse_duration("relay_interval", v)?;
-        }
-        if let Some(v) = &raw.drain_timeout {
-            config.drain_timeout = parse_duration("drain_timeout", v)?;
-        }
-        if let Some(v) = &raw.request_timeout {
-            config.request_timeout = parse_duration("request_timeout", v)?;
-        }
-        let routes = raw
-            .routes
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| r.into_route(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        config.routes = Routes::new(routes)?;
+        config.routes = Routes::from_raw(self.routes)?;
         config.validate()?;
         Ok(config)
     }
+}
 
-    /// Applies `FERRY_*` overrides read through `var`.
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value
-                .parse()
-                .map_err(|e| ConfigError::new(name, format!("{value:?}: {e}")))
+/// Parses `"250ms"`, `"2s"`, `"10m"`, `"1h 30m"`.
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value)
+        .map_err(|e| ConfigError::new(key, format!("{value:?} is not a duration ({e})")))
+}
+
+impl Config {
+    /// Reads `path`, or without one `./server.conf` if it exists (a missing
+    /// default file means defaults), then applies the `FERRY_*` environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = Self::read_file(path)?;
+        Self::from_layers(&file, |name| std::env::var(name).ok(), Layer::default())
+    }
+
+    /// Parses the TOML text of a `server.conf`, alone.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_layers(text, |_| None, Layer::default())
+    }
+
+    /// The text of the configuration file: `path`, which must exist, or the
+    /// default file, which may not.
+    pub(crate) fn read_file(path: Option<&Path>) -> Result<String, ConfigError> {
+        let required = path.is_some();
+        let path = path.unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(String::new()),
+            Err(e) => Err(ConfigError::new(
+                "--config",
+                format!("cannot read {}: {e}", path.display()),
+            )),
         }
-        if let Some(v) = var("FERRY_DATABASE_URL") {
-            self.database_url = v;
+    }
+
+    /// Merges the file's text, the environment read through `env` and the
+    /// flags, in that order, and checks the result.
+    pub(crate) fn from_layers(
+        file: &str,
+        env: impl Fn(&str) -> Option<String>,
+        flags: Layer,
+    ) -> Result<Self, ConfigError> {
+        // figment reports a TOML syntax error without its place: parse first,
+        // to name the key from the span.
+        if let Err(e) = file.parse::<toml::Table>() {
+            return Err(toml_syntax_error(file, &e));
         }
-        if let Some(v) = var("FERRY_BROKER_URL") {
-            self.broker_url = v;
-        }
-        if let Some(v) = var("FERRY_QUEUE") {
-            self.queue = v;
-        }
-        if let Some(v) = var("FERRY_ADDRESS") {
-            self.address = v;
-        }
-        if let Some(v) = var("FERRY_PORT") {
-            self.port = parse("FERRY_PORT", &v)?;
-        }
-        if let Some(v) = var("FERRY_CONCURRENCY") {
-            self.concurrency = parse("FERRY_CONCURRENCY", &v)?;
-        }
-        if let Some(v) = var("FERRY_DATABASE_POOL_SIZE") {
-            self.database_pool_size = parse("FERRY_DATABASE_POOL_SIZE", &v)?;
-        }
-        if let Some(v) = var("FERRY_MAX_BODY_BYTES") {
-            self.max_body_bytes = parse("FERRY_MAX_BODY_BYTES", &v)?;
-        }
-        if let Some(v) = var("FERRY_LEASE") {
-            self.lease = parse_duration("FERRY_LEASE", &v)?;
-        }
-        if let Some(v) = var("FERRY_RELAY_INTERVAL") {
-            self.relay_interval = parse_duration("FERRY_RELAY_INTERVAL", &v)?;
-        }
-        if let Some(v) = var("FERRY_DRAIN_TIMEOUT") {
-            self.drain_timeout = parse_duration("FERRY_DRAIN_TIMEOUT", &v)?;
-        }
-        if let Some(v) = var("FERRY_REQUEST_TIMEOUT") {
-            self.request_timeout = parse_duration("FERRY_REQUEST_TIMEOUT", &v)?;
-        }
-        self.validate()
+        let env = Layer::from_env(env)?;
+        let layer: Layer = Figment::new()
+            .merge(Toml::string(file))
+            .merge(Serialized::defaults(env))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(figment_error)?;
+        layer.into_config()
     }
 
     /// Checks values that parse but make no sense.
@@ -462,19 +319,86 @@ impl Config {
     }
 }
 
-fn key_from_toml_error(message: &str) -> Option<String> {
-    // "unknown field `prot`, expected one of …" / "missing field `handler`"
-    if !(message.starts_with("unknown field") || message.starts_with("missing field")) {
-        return None;
+/// A TOML syntax error, named by the key on the line where it is.
+fn toml_syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let key = e
+        .span()
+        .and_then(|span| {
+            let line = text[..span.start].rsplit('\n').next()?;
+            Some(line.split_once('=')?.0.trim().to_string())
+        })
+        .unwrap_or_else(|| DEFAULT_CONFIG_FILE.into());
+    ConfigError::new(key, e.message())
+}
+
+/// figment's error as Ferry says it: the key as written in `server.conf`
+/// (`routes[0].timeout`), and serde's words for what is wrong.
+fn figment_error(error: figment::Error) -> ConfigError {
+    let error = error.into_iter().next().expect("an error has one cause");
+    let mut key = String::new();
+    let mut push = |segment: &str| {
+        if segment.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{segment}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(segment);
+        }
+    };
+    error.path.iter().for_each(|segment| push(segment));
+    // figment puts an unknown field in the path, and not a missing one.
+    let named = |field: &str| error.path.last().is_some_and(|last| last == field);
+    let message = match &error.kind {
+        Kind::UnknownField(field, expected) => {
+            if !named(field) {
+                push(field);
+            }
+            let expected: Vec<String> = expected.iter().map(|e| format!("`{e}`")).collect();
+            format!(
+                "unknown field `{field}`, expected one of {}",
+                expected.join(", ")
+            )
+        }
+        Kind::MissingField(field) => {
+            if !named(field) {
+                push(field);
+            }
+            format!("missing field `{field}`")
+        }
+        // humantime-serde's refusal, in the words of `parse_duration`.
+        Kind::InvalidValue(Actual::Str(value), expected) if expected == "a duration" => {
+            match parse_duration("", value) {
+                Err(e) => e.message,
+                Ok(_) => error.kind.to_string(),
+            }
+        }
+        Kind::InvalidType(actual, expected) => {
+            format!("invalid type: {actual}, expected {expected}")
+        }
+        kind => kind.to_string(),
+    };
+    if key.is_empty() {
+        key = DEFAULT_CONFIG_FILE.into();
     }
-    let start = message.find('`')? + 1;
-    let end = start + message[start..].find('`')?;
-    Some(message[start..end].to_string())
+    ConfigError::new(key, message)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+    use crate::routes::HandlerSpec;
+
+    fn with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<&str, &str> = env.iter().copied().collect();
+        Config::from_layers(
+            text,
+            |k| env.get(k).map(|v| v.to_string()),
+            Layer::default(),
+        )
+    }
 
     #[test]
     fn defaults_without_a_file() {
@@ -491,17 +415,20 @@ mod tests {
     fn routes_and_fallback() {
         let config = Config::from_toml(
             r#"
+            lease = "1m 30s"
             [[routes]]
             type = "a"
             handler = "sleep"
             duration = "2s"
             max_attempts = 5
+            retry_backoff = "250ms"
             [[routes]]
             type = "*"
             handler = "echo"
             "#,
         )
         .unwrap();
+        assert_eq!(config.lease, Duration::from_secs(90));
         let a = config.routes.get("a").unwrap();
         assert_eq!(
             a.handler,
@@ -510,6 +437,8 @@ mod tests {
             }
         );
         assert_eq!(a.retry.attempts, 5);
+        assert_eq!(a.retry.base, Duration::from_millis(250));
+        assert_eq!(a.timeout, Duration::from_secs(600));
         assert_eq!(config.routes.get("b").unwrap().handler, HandlerSpec::Echo);
     }
 
@@ -519,14 +448,21 @@ mod tests {
             ("prot = 1", "prot"),
             ("port = \"x\"", "port"),
             ("port = [", "port"),
+            ("port = 70000", "port"),
             ("lease = \"soon\"", "lease"),
             ("request_timeout = \"never\"", "request_timeout"),
             ("request_timeout = \"10ms\"", "request_timeout"),
             ("[[routes]]\ntype = \"a\"\nhandler = \"exec\"", "routes[0].command"),
             ("[[routes]]\ntype = \"a\"\nhandler = \"nope\"", "routes[0].handler"),
+            ("[[routes]]\ntype = \"a\"", "routes[0].handler"),
+            ("[[routes]]\ntype = \"a\"\nhandler = \"echo\"\nhandlr = 1", "routes[0].handlr"),
             (
                 "[[routes]]\ntype = \"a\"\nhandler = \"sleep\"\nduration = \"x\"",
                 "routes[0].duration",
+            ),
+            (
+                "[[routes]]\ntype = \"a\"\nhandler = \"echo\"\n[[routes]]\ntype = \"b\"\nhandler = \"echo\"\ntimeout = \"abc\"",
+                "routes[1].timeout",
             ),
             (
                 "[[routes]]\ntype = \"a\"\nhandler = \"echo\"\n[[routes]]\ntype = \"a\"\nhandler = \"fail\"",
@@ -542,68 +478,99 @@ mod tests {
     }
 
     #[test]
-    fn environment_overrides_the_file() {
-        let mut config = Config::from_toml("port = 1000").unwrap();
-        let env: HashMap<&str, &str> = [
-            ("FERRY_PORT", "2000"),
-            ("FERRY_QUEUE", "q"),
-            ("FERRY_CONCURRENCY", "7"),
-        ]
-        .into();
-        config
-            .apply_env(|k| env.get(k).map(|v| v.to_string()))
-            .unwrap();
+    fn messages_say_what_is_wrong() {
+        let message = |text: &str| Config::from_toml(text).unwrap_err().to_string();
         assert_eq!(
-            (config.port, config.queue.as_str(), config.concurrency),
-            (2000, "q", 7)
+            message("[[routes]]\ntype = \"a\"\nhandler = \"echo\"\ntimeout = \"abc\""),
+            "routes[0].timeout: \"abc\" is not a duration (expected number at 0)"
         );
-        let err = config
-            .apply_env(|k| (k == "FERRY_PORT").then(|| "eighty".to_string()))
-            .unwrap_err();
-        assert_eq!(err.key, "FERRY_PORT");
+        assert!(
+            message("prot = 1")
+                .starts_with("prot: unknown field `prot`, expected one of `database_url`, "),
+            "{}",
+            message("prot = 1")
+        );
+        assert_eq!(
+            message("port = \"x\""),
+            "port: invalid type: string \"x\", expected u16"
+        );
     }
-}
 
-/// Command-line flags shared by `ferry-api` and `ferry-worker`; each one
-/// overrides `server.conf` and the environment.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CommonArgs {
-    /// Path of the configuration file.
-    #[arg(long, default_value = "server.conf")]
-    pub config: std::path::PathBuf,
-    /// Database URL (`sqlite://PATH` or `postgres://…`).
-    #[arg(long)]
-    pub database_url: Option<String>,
-    /// RabbitMQ URL.
-    #[arg(long)]
-    pub broker_url: Option<String>,
-    /// Queue name.
-    #[arg(long)]
-    pub queue: Option<String>,
-    /// Tasks run at once by this process's workers.
-    #[arg(long)]
-    pub concurrency: Option<usize>,
-}
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = with_env(
+            "port = 1000\nqueue = \"file\"",
+            &[
+                ("FERRY_PORT", "2000"),
+                ("FERRY_QUEUE", "q"),
+                ("FERRY_CONCURRENCY", "7"),
+                ("FERRY_LEASE", "1m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                config.port,
+                config.queue.as_str(),
+                config.concurrency,
+                config.lease
+            ),
+            (2000, "q", 7, Duration::from_secs(60))
+        );
+        // A string variable stays a string, whatever it looks like.
+        assert_eq!(
+            with_env("", &[("FERRY_QUEUE", "123")]).unwrap().queue,
+            "123"
+        );
+        let err = with_env("", &[("FERRY_PORT", "eighty")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FERRY_PORT: \"eighty\": invalid digit found in string"
+        );
+        let err = with_env("", &[("FERRY_REQUEST_TIMEOUT", "soon")]).unwrap_err();
+        assert_eq!(err.key, "FERRY_REQUEST_TIMEOUT");
+        // Parsed, but out of range: named by its key, as a file value would be.
+        let err = with_env("", &[("FERRY_REQUEST_TIMEOUT", "10ms")]).unwrap_err();
+        assert_eq!(err.key, "request_timeout");
+    }
 
-impl CommonArgs {
-    /// Loads the file (required only when `--config` was given explicitly),
-    /// the environment, then these flags.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        let explicit = self.config != Path::new("server.conf");
-        let mut config = Config::load(&self.config, explicit)?;
-        if let Some(v) = &self.database_url {
-            config.database_url = v.clone();
-        }
-        if let Some(v) = &self.broker_url {
-            config.broker_url = v.clone();
-        }
-        if let Some(v) = &self.queue {
-            config.queue = v.clone();
-        }
-        if let Some(v) = self.concurrency {
-            config.concurrency = v;
-        }
-        config.validate()?;
-        Ok(config)
+    #[test]
+    fn the_environment_can_fix_a_bad_file_value() {
+        let file = "database_url = \"mysql://x\"";
+        assert_eq!(Config::from_toml(file).unwrap_err().key, "database_url");
+        let config = with_env(file, &[("FERRY_DATABASE_URL", "sqlite://fixed.db")]).unwrap();
+        assert_eq!(config.database_url, "sqlite://fixed.db");
+    }
+
+    #[test]
+    fn flags_override_the_environment() {
+        let env: HashMap<&str, &str> = [("FERRY_QUEUE", "env"), ("FERRY_CONCURRENCY", "0")].into();
+        let flags = Layer {
+            queue: Some("flag".into()),
+            concurrency: Some(3),
+            ..Layer::default()
+        };
+        let config = Config::from_layers(
+            "queue = \"file\"",
+            |k| env.get(k).map(|v| v.to_string()),
+            flags,
+        )
+        .unwrap();
+        assert_eq!((config.queue.as_str(), config.concurrency), ("flag", 3));
+    }
+
+    #[test]
+    fn a_named_file_is_required_and_the_default_is_not() {
+        let missing = Path::new("/nonexistent/ferry.conf");
+        assert_eq!(
+            Config::read_file(Some(missing)).unwrap_err().key,
+            "--config"
+        );
+        let dir = std::env::temp_dir().join(format!("ferry-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ferry.conf");
+        std::fs::write(&file, "port = 1234").unwrap();
+        assert_eq!(Config::read_file(Some(&file)).unwrap(), "port = 1234");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,8 @@
 //! Ferry's core, shared by the API and the workers.
 //!
-//! - [`config`]: `server.conf`, environment overrides, routes.
+//! - [`config`]: `server.conf` and its environment overrides, merged and checked.
+//! - [`routes`]: the routing table, event type → handler.
+//! - [`cli`]: the command-line flags both binaries take.
 //! - [`event`]: CloudEvents as `/receive` takes them.
 //! - [`storable`]: what both databases can hold, checked before a transaction.
 //! - [`task`]: task ids, states and the status report.
@@ -11,14 +13,19 @@
 //! - [`retry`]: one retry policy for route retries and reconnect loops.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
 //!   tasks whose worker died.
+//! - [`runtime`]: what every process does at start and stop: connect to the
+//!   database, turn signals into a shutdown token.
 
 pub mod batch;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod event;
 pub mod relay;
 pub mod retry;
+pub mod routes;
+pub mod runtime;
 pub mod storable;
 pub mod task;
 

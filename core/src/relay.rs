@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Queue;
@@ -48,6 +49,18 @@ pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
             }
         }
     }
+}
+
+/// Starts this process's relay, rounds every `interval` until `shutdown` is
+/// cancelled; await the handle after cancelling to let a round finish. The
+/// one way both binaries start it.
+pub fn spawn(
+    db: Db,
+    queue: Queue,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(run(db, queue, interval, shutdown))
 }
 
 /// Runs relay rounds every `interval` until `shutdown` is cancelled.

@@ -272,9 +272,7 @@ impl Worker {
         let handler =
             std::panic::AssertUnwindSafe(self.handlers.run(&route.handler, route.timeout, ctx))
                 .catch_unwind()
-                .map(|r| {
-                    r.unwrap_or_else(|_| Err(HandlerError::permanent("the handler panicked")))
-                });
+                .map(|r| r.unwrap_or_else(|_| Err(HandlerError::fatal("the handler panicked"))));
         let result = tokio::select! {
             result = handler => result,
             () = self.keep_lease(id.attempt(claimed.attempt)) => return None,
@@ -288,14 +286,19 @@ impl Worker {
                     output: storable::escape_value(value),
                 },
             },
-            Err(e) if e.retryable && claimed.attempt < claimed.max_attempts => Outcome::Retry {
-                run_after: Utc::now()
-                    + route
-                        .retry
-                        .delay(u32::try_from(claimed.attempt).unwrap_or(1)),
-                error: storable::escape_text(&e.message).into_owned(),
-            },
-            Err(e) => Outcome::Failed(storable::escape_text(&e.message).into_owned()),
+            Err(HandlerError::Retryable(message)) if claimed.attempt < claimed.max_attempts => {
+                Outcome::Retry {
+                    run_after: Utc::now()
+                        + route
+                            .retry
+                            .delay(u32::try_from(claimed.attempt).unwrap_or(1)),
+                    error: storable::escape_text(&message).into_owned(),
+                }
+            }
+            // Fatal, or retryable with no attempt left.
+            Err(HandlerError::Retryable(message) | HandlerError::Fatal(message)) => {
+                Outcome::Failed(storable::escape_text(&message).into_owned())
+            }
         })
     }
 
@@ -374,46 +377,4 @@ fn settle(result: Result<(), ferry_core::broker::BrokerError>) {
         // compare-and-set keeps the task from running twice.
         tracing::warn!(error = %e, "could not settle a message");
     }
-}
-
-/// Connects to the database and applies migrations, retrying while it is
-/// unreachable (replicas often start before their database).
-pub async fn connect_db(config: &Config, give_up_after: Duration) -> anyhow::Result<Db> {
-    let deadline = tokio::time::Instant::now() + give_up_after;
-    let mut backoff = RetryPolicy::RECONNECT.backoff();
-    loop {
-        let url = config.database_url.clone();
-        let size = config.database_pool_size;
-        let attempt = tokio::task::spawn_blocking(move || {
-            let db = Db::connect(&url, size)?;
-            db.migrate()?;
-            Ok::<_, DbError>(db)
-        })
-        .await?;
-        match attempt {
-            Ok(db) => return Ok(db),
-            Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
-                let wait = backoff.next_wait();
-                tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// A token cancelled on SIGTERM or Ctrl-C.
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let trigger = token.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("can install a SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-        }
-        trigger.cancel();
-    });
-    token
 }

@@ -1,11 +1,11 @@
 //! `ferry-worker`: one worker replica. Run as many as the load needs.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use ferry_core::broker::Queue;
-use ferry_core::config::CommonArgs;
+use ferry_core::cli::CommonArgs;
+use ferry_core::{relay, runtime};
 
 /// Consumes Ferry's task queue and runs each task's handler.
 #[derive(Debug, Parser)]
@@ -36,15 +36,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
-    let shutdown = ferry_worker::shutdown_on_signals();
-    let db = ferry_worker::connect_db(&config, Duration::from_secs(60)).await?;
+    let shutdown = runtime::shutdown_on_signals();
+    let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT).await?;
     let queue = Queue::amqp(&config.broker_url, &config.queue);
-    let relay = tokio::spawn(ferry_core::relay::run(
+    let relay = relay::spawn(
         db.clone(),
         queue.clone(),
         config.relay_interval,
         shutdown.clone(),
-    ));
+    );
     ferry_worker::run(config, db, queue, shutdown.clone()).await?;
     shutdown.cancel();
     relay.await?;

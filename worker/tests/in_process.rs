@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ferry_core::broker::Queue;
-use ferry_core::config::{HandlerSpec, Route, Routes};
 use ferry_core::relay::relay_once;
 use ferry_core::retry::RetryPolicy;
+use ferry_core::routes::{HandlerSpec, Route, Routes};
 use ferry_core::task::NewTask;
 use ferry_core::task::TaskView;
 use ferry_core::{Config, Db, TaskId, TaskStatus};

@@ -13,7 +13,7 @@ use ferry_core::event::{decode_header_value, Event};
 use ferry_core::task::{NewTask, Stored};
 use ferry_core::TaskId;
 
-use crate::error::{ApiError, JsonResponse};
+use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::AppState;
 
 /// The routes of this module.
@@ -76,8 +76,7 @@ fn mode(headers: &EventHeaders) -> Result<Mode, ApiError> {
         Some("application/json" | "application/cloudevents+json") => Ok(Mode::Structured),
         Some("application/cloudevents-batch+json") => Ok(Mode::Batch),
         Some(other) => Err(ApiError::new(
-            Status::UnsupportedMediaType,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "Content-Type {other:?} is not accepted; send application/json, \
                  application/cloudevents+json or application/cloudevents-batch+json \
@@ -85,29 +84,26 @@ fn mode(headers: &EventHeaders) -> Result<Mode, ApiError> {
             ),
         )),
         None => Err(ApiError::new(
-            Status::UnsupportedMediaType,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "a Content-Type header is required (application/json or application/cloudevents+json)",
         )),
     }
 }
 
 fn invalid_event(message: impl Into<String>) -> ApiError {
-    ApiError::new(Status::UnprocessableEntity, "invalid_event", message)
+    ApiError::new(ErrorCode::InvalidEvent, message)
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
-            Status::BadRequest,
-            "empty_body",
+            ErrorCode::EmptyBody,
             "the request body is empty",
         ));
     }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
-            Status::BadRequest,
-            "malformed_json",
+            ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {e}"),
         )
     })
@@ -120,7 +116,7 @@ fn task_json(stored: &Stored) -> Value {
         "status_url": format!("/status/{}", stored.id),
     });
     if stored.conflict {
-        task["error"] = "event_conflict".into();
+        task["error"] = ErrorCode::EventConflict.as_str().into();
     }
     task
 }
@@ -135,15 +131,13 @@ async fn receive(
     let limit = state.config.max_body_bytes;
     let body = body.open(limit.bytes()).into_bytes().await.map_err(|e| {
         ApiError::new(
-            Status::BadRequest,
-            "unreadable_body",
+            ErrorCode::UnreadableBody,
             format!("cannot read the body: {e}"),
         )
     })?;
     if !body.is_complete() {
         return Err(ApiError::new(
-            Status::PayloadTooLarge,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the body is larger than the limit of {limit} bytes"),
         ));
     }
@@ -159,8 +153,7 @@ async fn receive(
             for (name, value) in headers.attributes {
                 let decoded = decode_header_value(&value).map_err(|reason| {
                     ApiError::new(
-                        Status::BadRequest,
-                        "invalid_header",
+                        ErrorCode::InvalidHeader,
                         format!("the header ce-{name} {reason}"),
                     )
                 })?;
@@ -176,8 +169,7 @@ async fn receive(
     for event in events {
         let Some(route) = state.config.routes.get(&event.event_type) else {
             return Err(ApiError::new(
-                Status::UnprocessableEntity,
-                "unrouted_event",
+                ErrorCode::UnroutedEvent,
                 format!(
                     "no route handles events of type {:?} (and there is no \"*\" route)",
                     event.event_type
@@ -216,7 +208,7 @@ async fn receive(
              and this one differs from it; send a new id for a new event"
         );
         let mut body = json!({
-            "error": "event_conflict",
+            "error": ErrorCode::EventConflict,
             "message": message,
             "task": task,
             "status_url": format!("/status/{task}"),

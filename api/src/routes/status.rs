@@ -6,7 +6,7 @@ use serde_json::json;
 
 use ferry_core::TaskId;
 
-use crate::error::{ApiError, JsonResponse};
+use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::AppState;
 
 /// The routes of this module.
@@ -18,8 +18,7 @@ pub fn routes() -> Vec<Route> {
 async fn status(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
     let id: TaskId = id.parse().map_err(|_| {
         ApiError::new(
-            Status::BadRequest,
-            "invalid_id",
+            ErrorCode::InvalidId,
             format!("{id:?} is not a task id (a UUID)"),
         )
     })?;
@@ -27,8 +26,7 @@ async fn status(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiEr
     match view {
         Some(view) => Ok(JsonResponse::new(Status::Ok, view)),
         None => Err(ApiError::new(
-            Status::NotFound,
-            "task_not_found",
+            ErrorCode::TaskNotFound,
             format!("no task has id {id}"),
         )),
     }

@@ -30,7 +30,7 @@ pub(crate) fn tail(text: &str, max: usize) -> &str {
 
 pub(super) async fn run(command: &[String], ctx: TaskContext<'_>) -> Result<Value, HandlerError> {
     let input = serde_json::to_vec(ctx.event)
-        .map_err(|e| HandlerError::permanent(format!("cannot serialize the event: {e}")))?;
+        .map_err(|e| HandlerError::fatal(format!("cannot serialize the event: {e}")))?;
     let mut child = Command::new(&command[0])
         .args(&command[1..])
         .env("FERRY_TASK_ID", ctx.id.to_string())
@@ -41,7 +41,7 @@ pub(super) async fn run(command: &[String], ctx: TaskContext<'_>) -> Result<Valu
         // A timed-out or abandoned attempt must not leave its process behind.
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| HandlerError::permanent(format!("cannot start {:?}: {e}", command[0])))?;
+        .map_err(|e| HandlerError::fatal(format!("cannot start {:?}: {e}", command[0])))?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let writer = async move {
         // A command that does not read its stdin closes the pipe early; that is its business.
@@ -57,7 +57,11 @@ pub(super) async fn run(command: &[String], ctx: TaskContext<'_>) -> Result<Valu
             None => ("killed by a signal".to_string(), true),
         };
         let message = format!("{} failed with {what}: {}", command[0], tail(&stderr, 2000));
-        return Err(HandlerError { message, retryable });
+        return Err(if retryable {
+            HandlerError::Retryable(message)
+        } else {
+            HandlerError::Fatal(message)
+        });
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     Ok(serde_json::from_str(&stdout)
@@ -99,14 +103,21 @@ mod tests {
     #[tokio::test]
     async fn exit_codes_decide_retries() {
         let err = exec("echo boom >&2; exit 3").await.unwrap_err();
-        assert!(!err.retryable);
+        let HandlerError::Fatal(message) = &err else {
+            panic!("exit 3 is fatal: {err:?}");
+        };
         assert!(
-            err.message.contains("exit code 3") && err.message.contains("boom"),
-            "{}",
-            err.message
+            message.contains("exit code 3") && message.contains("boom"),
+            "{message}"
         );
-        assert!(exec("exit 75").await.unwrap_err().retryable);
-        assert!(exec("kill -9 $$").await.unwrap_err().retryable);
+        assert!(matches!(
+            exec("exit 75").await,
+            Err(HandlerError::Retryable(_))
+        ));
+        assert!(matches!(
+            exec("kill -9 $$").await,
+            Err(HandlerError::Retryable(_))
+        ));
     }
 
     #[test]

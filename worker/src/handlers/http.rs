@@ -38,6 +38,6 @@ pub(super) async fn run(
     if status.is_server_error() {
         Err(HandlerError::retryable(message))
     } else {
-        Err(HandlerError::permanent(message))
+        Err(HandlerError::fatal(message))
     }
 }

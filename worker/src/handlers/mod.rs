@@ -8,7 +8,7 @@ mod sleep;
 
 use std::time::Duration;
 
-use ferry_core::config::HandlerSpec;
+use ferry_core::routes::HandlerSpec;
 use ferry_core::TaskId;
 use serde_json::Value;
 
@@ -24,29 +24,38 @@ pub struct TaskContext<'a> {
 }
 
 /// Why an attempt failed, and whether another attempt may help.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerError {
-    /// What went wrong, as the status report shows it.
-    pub message: String,
-    /// Whether the task should be retried (if it has attempts left).
-    pub retryable: bool,
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// A failure another attempt may get past: the task is retried if its
+    /// route allows more attempts.
+    #[error("{0}")]
+    Retryable(String),
+    /// A failure no attempt will get past: the task fails for good.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 impl HandlerError {
     /// A failure another attempt may get past.
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-        }
+        Self::Retryable(message.into())
     }
 
     /// A failure no attempt will get past.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::Fatal(message.into())
+    }
+
+    /// What went wrong, as the status report shows it.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Retryable(message) | Self::Fatal(message) => message,
         }
+    }
+
+    /// Whether another attempt may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
     }
 }
 

@@ -1,0 +1,42 @@
+//! Command-line flags shared by `ferry-api` and `ferry-worker`.
+
+use std::path::PathBuf;
+
+use crate::config::{Config, ConfigError, Layer};
+
+/// Command-line flags shared by `ferry-api` and `ferry-worker`; each one
+/// overrides `server.conf` and the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Path of the configuration file [default: ./server.conf, if it exists].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Database URL (`sqlite://PATH` or `postgres://…`).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// RabbitMQ URL.
+    #[arg(long)]
+    pub broker_url: Option<String>,
+    /// Queue name.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Tasks run at once by this process's workers.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+impl CommonArgs {
+    /// Loads the file (required only when `--config` was given), the
+    /// environment, then these flags, and checks the result once.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let file = Config::read_file(self.config.as_deref())?;
+        let flags = Layer {
+            database_url: self.database_url.clone(),
+            broker_url: self.broker_url.clone(),
+            queue: self.queue.clone(),
+            concurrency: self.concurrency,
+            ..Layer::default()
+        };
+        Config::from_layers(&file, |name| std::env::var(name).ok(), flags)
+    }
+}

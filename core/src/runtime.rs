@@ -1,0 +1,58 @@
+//! What every Ferry process does around its work: connect to the database
+//! (waiting for it if it is not up yet) and turn SIGTERM or Ctrl-C into a
+//! [`CancellationToken`] that the caller owns and passes down.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Db, DbError};
+use crate::retry::RetryPolicy;
+use crate::Config;
+
+/// How long a starting process waits for its database before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects to the database and applies migrations, retrying while it is
+/// unreachable (replicas often start before their database), for at most
+/// `give_up_after`.
+pub async fn connect_db(config: &Config, give_up_after: Duration) -> anyhow::Result<Db> {
+    let deadline = tokio::time::Instant::now() + give_up_after;
+    let mut backoff = RetryPolicy::RECONNECT.backoff();
+    loop {
+        let url = config.database_url.clone();
+        let size = config.database_pool_size;
+        let attempt = tokio::task::spawn_blocking(move || {
+            let db = Db::connect(&url, size)?;
+            db.migrate()?;
+            Ok::<_, DbError>(db)
+        })
+        .await?;
+        match attempt {
+            Ok(db) => return Ok(db),
+            Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C. Call it once, from `main`, inside
+/// the Tokio runtime.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+        trigger.cancel();
+    });
+    token
+}
