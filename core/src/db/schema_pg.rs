@@ -1,5 +1,9 @@
 //! The PostgreSQL schema: native uuid, jsonb and timestamptz columns.
 
+// The table! macro writes one item per column; the columns are
+// documented in the migrations.
+#![allow(missing_docs)]
+
 diesel::table! {
     tasks (id) {
         id -> Uuid,

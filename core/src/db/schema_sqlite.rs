@@ -1,5 +1,9 @@
 //! The SQLite schema: the same columns as text, read into the same Rust types.
 
+// The table! macro writes one item per column; the columns are
+// documented in the migrations.
+#![allow(missing_docs)]
+
 diesel::table! {
     tasks (id) {
         id -> Text,
