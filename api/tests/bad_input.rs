@@ -1,25 +1,13 @@
 //! Bad input gets a JSON error with the right status, never an HTML page,
 //! a panic or a task.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Api, Deployment};
+use ferry_testkit::{require, test_file, Api, Deployment, Reply};
 
-async fn assert_error(api: &Api, r: common::Reply, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{:?}", r.body);
-    assert_eq!(r.body["error"], code, "{:?}", r.body);
-    assert!(
-        r.body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{:?}",
-        r.body
-    );
-    assert!(r.headers["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/json"));
-    // The API is still serving.
+/// Ferry's JSON error, and the API still serving after it.
+async fn assert_error(api: &Api, r: Reply, status: u16, code: &str) {
+    r.assert_error(status, code);
     assert_eq!(api.get("/health").await.status, 200);
 }
 
@@ -29,16 +17,12 @@ async fn every_bad_request_gets_a_json_error() {
     let api = deployment.standalone().await;
     let json = [("content-type", "application/json")];
 
-    let r = api
-        .post(common::test_file("malformed/not-json.txt"), &json)
-        .await;
+    let r = api.post(test_file("malformed/not-json.txt"), &json).await;
     assert_error(&api, r, 400, "malformed_json").await;
-    let r = api
-        .post(common::test_file("malformed/empty.json"), &json)
-        .await;
+    let r = api.post(test_file("malformed/empty.json"), &json).await;
     assert_error(&api, r, 400, "empty_body").await;
 
-    let event = common::test_file("echo/event.json");
+    let event = test_file("echo/event.json");
     let r = api.post(event.clone(), &[]).await;
     assert_error(&api, r, 415, "unsupported_media_type").await;
     let r = api
@@ -83,7 +67,9 @@ async fn every_bad_request_gets_a_json_error() {
     let r = api.get("/no/such/route").await;
     assert_error(&api, r, 404, "not_found").await;
 
-    // None of the refused requests became a task: a good one is the first.
+    // None of the refused requests became a task: the database holds none,
+    // and a good request after them is stored and run.
+    assert_eq!(deployment.task_rows(""), 0);
     let id = api
         .submit("org.ferry.echo", "after-errors", serde_json::Value::Null)
         .await;
@@ -91,6 +77,7 @@ async fn every_bad_request_gets_a_json_error() {
         .wait_for(&id, "succeeded", Duration::from_secs(30))
         .await;
     assert_eq!(task["attempts"], 1);
+    assert_eq!(deployment.task_rows(""), 1);
 }
 
 /// With the database gone, `/receive` and `/status` answer 503 with
@@ -99,7 +86,8 @@ async fn every_bad_request_gets_a_json_error() {
 async fn unreachable_database_is_503() {
     require!(postgres);
     let mut admin =
-        <diesel::PgConnection as diesel::Connection>::establish(common::POSTGRES_URL).unwrap();
+        <diesel::PgConnection as diesel::Connection>::establish(ferry_testkit::POSTGRES_URL)
+            .unwrap();
     let name = format!("ferry_gone_{}", uuid::Uuid::new_v4().simple());
     diesel::connection::SimpleConnection::batch_execute(
         &mut admin,
@@ -121,13 +109,30 @@ async fn unreachable_database_is_503() {
     assert_eq!(r.body["error"], "database_unavailable");
     assert_eq!(r.headers["retry-after"], "5");
     let r = api.status(&uuid::Uuid::new_v4().to_string()).await;
-    assert_eq!(r.status, 503, "{:?}", r.body);
+    r.assert_error(503, "database_unavailable");
+    assert_eq!(r.headers["retry-after"], "5");
+    // /health says the database does not answer, and the API keeps serving.
+    api.get("/health")
+        .await
+        .assert_error(503, "database_unavailable");
+}
+
+/// `binary --config <config>` with `env` exits 2, naming `key` on stderr.
+fn fails_at_start_naming(binary: &str, config: &str, env: &[(&str, &str)], key: &str) {
+    let (code, stderr) = ferry_testkit::run_bin(binary, &["--config", config], env);
+    assert_eq!(
+        code,
+        Some(2),
+        "{binary} --config {config} {env:?}: {stderr}"
+    );
+    assert!(stderr.contains(key), "{binary} --config {config}: {stderr}");
 }
 
 #[test]
 fn a_bad_config_fails_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("server.conf");
+    let config = config.to_str().unwrap();
     for (text, key) in [
         ("port = \"eighty\"", "port"),
         (
@@ -136,26 +141,18 @@ fn a_bad_config_fails_at_start_naming_the_key() {
         ),
         ("colour = \"blue\"", "colour"),
     ] {
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(config, text).unwrap();
         for binary in ["ferry-api", "ferry-worker"] {
-            let out = std::process::Command::new(common::bin(binary))
-                .args(["--config", config.to_str().unwrap()])
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{binary} {text}: {stderr}");
-            assert!(stderr.contains(key), "{binary} {text}: {stderr}");
+            fails_at_start_naming(binary, config, &[], key);
         }
     }
-    let out = std::process::Command::new(common::bin("ferry-worker"))
-        .args(["--config", "/nonexistent/server.conf"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
-    let out = std::process::Command::new(common::bin("ferry-api"))
-        .env("FERRY_PORT", "-1")
-        .args(["--config", "/dev/null"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("FERRY_PORT"));
+    // A missing file and a bad environment value fail the start alike.
+    let missing = "/nonexistent/server.conf";
+    fails_at_start_naming("ferry-worker", missing, &[], "--config");
+    fails_at_start_naming(
+        "ferry-api",
+        "/dev/null",
+        &[("FERRY_PORT", "-1")],
+        "FERRY_PORT",
+    );
 }

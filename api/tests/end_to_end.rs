@@ -2,18 +2,17 @@
 //! `ferry-worker` (or the standalone process) runs its handler, and
 //! `/status` reports the outcome.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Api, Deployment};
+use ferry_testkit::{layout_tests, test_file, Deployment, Layout, Stack};
 use serde_json::{json, Value};
 
 const DONE: Duration = Duration::from_secs(60);
 
 /// Every test_files event reaches `succeeded` with its handler's result.
-async fn every_event_succeeds(api: &Api) {
+async fn every_event_succeeds(stack: &Stack) {
+    let api = &stack.api;
     // The pacifica event (CloudEvents 0.1) runs handlers/ingest.py.
     let r = api.post_file("C234-1234-1234/event.json").await;
     assert_eq!(r.status, 202, "{:?}", r.body);
@@ -49,7 +48,7 @@ async fn every_event_succeeds(api: &Api) {
     // CloudEvents 1.0, structured, as application/cloudevents+json.
     let r = api
         .post(
-            common::test_file("cloudevents-1.0/event.json"),
+            test_file("cloudevents-1.0/event.json"),
             &[(
                 "content-type",
                 "application/cloudevents+json; charset=utf-8",
@@ -73,7 +72,7 @@ async fn every_event_succeeds(api: &Api) {
     // A batch: one task per event.
     let r = api
         .post(
-            common::test_file("batch/events.json"),
+            test_file("batch/events.json"),
             &[("content-type", "application/cloudevents-batch+json")],
         )
         .await;
@@ -108,44 +107,24 @@ async fn every_event_succeeds(api: &Api) {
     assert_eq!(task["source"], "/ferry/tests/binary");
 }
 
-#[tokio::test]
-async fn sqlite_api_and_worker_processes() {
-    require!(rabbitmq);
-    let deployment = Deployment::sqlite();
-    let api = deployment.api().await;
-    let _worker = deployment.worker("worker");
-    every_event_succeeds(&api).await;
-}
-
-#[tokio::test]
-async fn postgres_api_and_worker_processes() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _worker = deployment.worker("worker");
-    every_event_succeeds(&api).await;
-}
-
-#[tokio::test]
-async fn standalone_needs_nothing_else() {
-    // No broker URL that works: standalone must not touch RabbitMQ.
-    let deployment =
-        Deployment::sqlite().env("FERRY_BROKER_URL", "amqp://guest:guest@127.0.0.1:1/%2f");
-    let api = deployment.standalone().await;
-    every_event_succeeds(&api).await;
-}
+// The production layout on each database, and standalone, which must not
+// touch RabbitMQ (its broker URL does not answer).
+layout_tests!(every_event_succeeds:
+    Sqlite => sqlite_api_and_worker_processes,
+    Postgres => postgres_api_and_worker_processes,
+    Standalone => standalone_needs_nothing_else);
 
 #[tokio::test]
 async fn postgres_uses_native_types() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _worker = deployment.worker("worker");
+    let Some(stack) = Stack::start(Layout::Postgres).await else {
+        return;
+    };
+    let api = &stack.api;
     let id = api
         .submit("org.ferry.echo", "native-1", json!({"k": 1}))
         .await;
     api.wait_for(&id, "succeeded", DONE).await;
-    let schema = deployment.pg.as_ref().unwrap();
+    let schema = stack.deployment.pg.as_ref().unwrap();
     // Fails (and the test with it) unless the columns have these types.
     schema.execute(&format!(
         "DO $$ BEGIN
@@ -163,11 +142,10 @@ async fn postgres_uses_native_types() {
 /// Two worker replicas share one queue; every task runs exactly once.
 #[tokio::test]
 async fn two_worker_replicas_run_each_task_once() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _a = deployment.worker("worker-a");
-    let _b = deployment.worker("worker-b");
+    let Some(stack) = Stack::start_with(Layout::Postgres, 2, |d| d).await else {
+        return;
+    };
+    let api = &stack.api;
     const N: usize = 200;
     let mut ids = Vec::with_capacity(N);
     for i in 0..N {
@@ -177,8 +155,7 @@ async fn two_worker_replicas_run_each_task_once() {
         );
     }
     let mut workers = HashMap::<String, usize>::new();
-    for id in &ids {
-        let task = api.wait_for(id, "succeeded", DONE).await;
+    for task in api.wait_all(&ids, "succeeded", DONE).await {
         assert_eq!(task["attempts"], 1, "{task:#}");
         let worker = task["attempt_history"][0]["worker"]
             .as_str()
@@ -186,20 +163,7 @@ async fn two_worker_replicas_run_each_task_once() {
             .to_string();
         *workers.entry(worker).or_default() += 1;
     }
-    let runs = deployment.runs();
-    let mut per_task = HashMap::<&str, usize>::new();
-    for (id, _) in &runs {
-        *per_task.entry(id.as_str()).or_default() += 1;
-    }
-    assert_eq!(runs.len(), N, "handler runs: {runs:?}");
-    for id in &ids {
-        assert_eq!(
-            per_task.get(id.as_str()),
-            Some(&1),
-            "task {id} ran {:?} times",
-            per_task.get(id.as_str())
-        );
-    }
+    stack.deployment.assert_each_ran_once(&ids);
     assert_eq!(
         workers.len(),
         2,

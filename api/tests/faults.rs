@@ -5,13 +5,10 @@
 //! their own nextest profile (`--profile faults`), and each restores the
 //! service it stopped even when it fails.
 
-mod common;
-
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Api, Deployment};
+use ferry_testkit::{Api, Deployment, Layout, Proc, Stack, POSTGRES, RABBITMQ};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(180);
@@ -46,7 +43,7 @@ struct BrokerStopped;
 impl BrokerStopped {
     fn new() -> Self {
         run("rabbitmqctl", &["stop_app"]);
-        wait_port(common::RABBITMQ, false, Duration::from_secs(60));
+        wait_port(RABBITMQ, false, Duration::from_secs(60));
         Self
     }
 }
@@ -55,7 +52,7 @@ impl Drop for BrokerStopped {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").arg("start_app").status();
         let _ = Command::new("rabbitmqctl").args(["await_startup"]).status();
-        wait_port(common::RABBITMQ, true, Duration::from_secs(120));
+        wait_port(RABBITMQ, true, Duration::from_secs(120));
     }
 }
 
@@ -83,7 +80,7 @@ struct PostgresRestored;
 impl Drop for PostgresRestored {
     fn drop(&mut self) {
         let _ = pg_cluster("start");
-        wait_port(common::POSTGRES, true, Duration::from_secs(60));
+        wait_port(POSTGRES, true, Duration::from_secs(60));
     }
 }
 
@@ -112,36 +109,59 @@ async fn submit_many(api: &Api, event_type: &str, prefix: &str, n: usize) -> Vec
     ids
 }
 
-async fn all_succeed(api: &Api, ids: &[String]) -> Vec<Value> {
-    let mut tasks = Vec::with_capacity(ids.len());
-    for id in ids {
-        tasks.push(api.wait_for(id, "succeeded", LONG).await);
-    }
+/// A PostgreSQL deployment with `workers` replicas, and `n` counting tasks
+/// submitted to it; `None` when skipped.
+async fn counting_load(workers: usize, prefix: &str, n: usize) -> Option<(Stack, Vec<String>)> {
+    let stack = Stack::start_with(Layout::Postgres, workers, |d| d).await?;
+    let ids = submit_many(&stack.api, "org.ferry.count", prefix, n).await;
+    assert_eq!(ids.len(), n);
+    Some((stack, ids))
+}
+
+/// Waits for every task to succeed; then each counting handler ran exactly
+/// once (README, Guarantees: a handler runs again only when a worker stops
+/// or loses its database for longer than a lease).
+async fn all_succeed_once(stack: &Stack, ids: &[String]) -> Vec<Value> {
+    let tasks = stack.api.wait_all(ids, "succeeded", LONG).await;
+    stack.deployment.assert_each_ran_once(ids);
     tasks
 }
 
-/// Each task's handler ran, and ran `expected` times in all.
-fn runs_per_task(deployment: &Deployment) -> HashMap<String, usize> {
-    let mut runs = HashMap::new();
-    for (id, _) in deployment.runs() {
-        *runs.entry(id).or_default() += 1;
-    }
-    runs
+/// A deployment on PostgreSQL, its API, and one worker (`worker-1`) running
+/// a sleep task (3 s); returns them and the task's id.
+async fn sleep_task_running(
+    setup: impl FnOnce(Deployment) -> Deployment,
+) -> Option<(Stack, String)> {
+    let mut stack = Stack::start_with(Layout::Postgres, 0, setup).await?;
+    stack.workers.push(stack.deployment.worker("worker-1"));
+    let id = stack
+        .api
+        .submit(
+            "org.ferry.sleep",
+            &ferry_testkit::unique("sleep"),
+            Value::Null,
+        )
+        .await;
+    stack.api.wait_for(&id, "running", LONG).await;
+    Some((stack, id))
+}
+
+/// Sends `signal` to a worker and waits (at most `timeout`) for it to exit.
+fn stop(worker: &mut Proc, signal: &str, timeout: Duration) -> std::process::ExitStatus {
+    worker.signal(signal);
+    worker
+        .wait_exit(timeout)
+        .unwrap_or_else(|| panic!("{} did not exit after SIG{signal}", worker.name))
 }
 
 #[tokio::test]
 async fn worker_killed_mid_task() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres().env("FERRY_LEASE", "2s");
-    let api = deployment.api().await;
-    let mut first = deployment.worker("worker-1");
-    let id = api.submit("org.ferry.sleep", "killed-1", Value::Null).await;
-    api.wait_for(&id, "running", LONG).await;
-    first.signal("KILL");
-    first
-        .wait_exit(Duration::from_secs(10))
-        .expect("worker died");
-    let _second = deployment.worker("worker-2");
+    let Some((mut stack, id)) = sleep_task_running(|d| d.env("FERRY_LEASE", "2s")).await else {
+        return;
+    };
+    stop(&mut stack.workers[0], "KILL", Duration::from_secs(10));
+    stack.workers.push(stack.deployment.worker("worker-2"));
+    let api = &stack.api;
     let task = api.wait_for(&id, "succeeded", LONG).await;
     assert_eq!(task["attempts"], 2, "{task:#}");
     let history = task["attempt_history"].as_array().unwrap();
@@ -154,32 +174,27 @@ async fn worker_killed_mid_task() {
 
 #[tokio::test]
 async fn broker_restart_under_load() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _a = deployment.worker("worker-a");
-    let _b = deployment.worker("worker-b");
-    let ids = submit_many(&api, "org.ferry.count", "restart", 500).await;
+    let Some((stack, mut ids)) = counting_load(2, "restart", 500).await else {
+        return;
+    };
+    let api = &stack.api;
     {
         let _stopped = BrokerStopped::new();
-        // Submissions keep being accepted while the broker is down.
-        let more = submit_many(&api, "org.ferry.count", "restart-down", 20).await;
-        assert_eq!(more.len(), 20);
+        // Submissions keep being accepted while the broker is down...
+        ids.extend(submit_many(api, "org.ferry.count", "restart-down", 20).await);
     }
-    let tasks = all_succeed(&api, &ids).await;
-    assert!(tasks.iter().all(|t| t["status"] == "succeeded"));
-    let runs = runs_per_task(&deployment);
-    for id in &ids {
-        assert!(runs.get(id).is_some_and(|&n| n >= 1), "task {id} never ran");
-    }
+    // ...and every task accepted, before or during the outage, succeeds.
+    // No worker stopped and no database went away: each handler ran once
+    // (a message redelivered after the restart is not run again).
+    all_succeed_once(&stack, &ids).await;
 }
 
 #[tokio::test]
 async fn broker_down_at_submit() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _worker = deployment.worker("worker");
+    let Some(stack) = Stack::start(Layout::Postgres).await else {
+        return;
+    };
+    let api = &stack.api;
     let ids = {
         let _stopped = BrokerStopped::new();
         let mut ids = Vec::new();
@@ -191,20 +206,19 @@ async fn broker_down_at_submit() {
         }
         ids
     };
-    all_succeed(&api, &ids).await;
-    let runs = runs_per_task(&deployment);
-    for id in &ids {
-        assert_eq!(runs.get(id), Some(&1), "task {id}");
-    }
+    all_succeed_once(&stack, &ids).await;
 }
 
 #[tokio::test]
 async fn api_dies_between_commit_and_publish() {
-    require!(rabbitmq, postgres);
+    if !Layout::Postgres.available() {
+        return;
+    }
     let deployment = Deployment::postgres();
-    let doomed = deployment.clone_env("FERRY_FAILPOINT", "abort-after-commit");
-    let mut dying = doomed.api().await;
-    let event = common::test_file("echo/event.json");
+    let mut dying = deployment
+        .api_with(&[], &[("FERRY_FAILPOINT", "abort-after-commit")])
+        .await;
+    let event = ferry_testkit::test_file("echo/event.json");
     let sent = dying
         .client
         .post(format!("{}/receive", dying.base))
@@ -233,17 +247,17 @@ async fn api_dies_between_commit_and_publish() {
 
 #[tokio::test]
 async fn database_restart() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _a = deployment.worker("worker-a");
-    let _b = deployment.worker("worker-b");
-    let ids = submit_many(&api, "org.ferry.count", "pg-restart", 200).await;
+    let Some((stack, ids)) = counting_load(2, "pg-restart", 200).await else {
+        return;
+    };
+    let api = &stack.api;
     {
         let _restored = PostgresRestored;
         assert!(pg_cluster("restart").success());
     }
-    let tasks = all_succeed(&api, &ids).await;
+    // The restart was far shorter than a lease (30 s): no attempt was taken
+    // back, so each handler ran once.
+    let tasks = all_succeed_once(&stack, &ids).await;
     for task in &tasks {
         let successes = task["attempt_history"]
             .as_array()
@@ -253,16 +267,20 @@ async fn database_restart() {
             .count();
         assert_eq!(successes, 1, "{task:#}");
     }
-    // While the database is up again, the API answers normally.
-    assert_eq!(api.get("/health").await.status, 200);
+    // The API and the workers reconnected: a task submitted now runs.
+    let id = api
+        .submit("org.ferry.echo", "after-pg-restart", json!({"n": 1}))
+        .await;
+    let task = api.wait_for(&id, "succeeded", LONG).await;
+    assert_eq!(task["result"], json!({"n": 1}), "{task:#}");
 }
 
 #[tokio::test]
 async fn retries_then_failed() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _worker = deployment.worker("worker");
+    let Some(stack) = Stack::start(Layout::Postgres).await else {
+        return;
+    };
+    let api = &stack.api;
     let id = api.submit("org.ferry.fail", "retries-1", Value::Null).await;
     let task = api.wait_for(&id, "failed", LONG).await;
     assert_eq!(task["attempts"], 3, "{task:#}");
@@ -282,10 +300,10 @@ async fn retries_then_failed() {
 
 #[tokio::test]
 async fn graceful_sigterm() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let mut worker = deployment.worker("worker");
+    let Some(mut stack) = Stack::start(Layout::Postgres).await else {
+        return;
+    };
+    let api = &stack.api;
     let mut ids = Vec::new();
     for i in 0..4 {
         ids.push(
@@ -296,54 +314,62 @@ async fn graceful_sigterm() {
     for id in &ids {
         api.wait_for(id, "running", LONG).await;
     }
-    worker.signal("TERM");
-    let status = worker
-        .wait_exit(Duration::from_secs(30))
-        .expect("the worker drained and exited");
+    let worker = &mut stack.workers[0];
+    let pid = worker.pid();
+    let status = stop(worker, "TERM", Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
+    assert!(
+        worker
+            .log_text()
+            .contains("waiting for running tasks to finish"),
+        "the worker did not drain:\n{}",
+        worker.log_text()
+    );
+    // No other worker ever ran: the terminated one finished every task in
+    // its one attempt before it exited.
     for id in &ids {
         let task = api.status(id).await.body;
         assert_eq!(task["status"], "succeeded", "{task:#}");
         assert_eq!(task["attempts"], 1, "{task:#}");
+        let attempt = &task["attempt_history"][0];
+        assert!(
+            attempt["worker"]
+                .as_str()
+                .is_some_and(|w| w.contains(&format!("-{pid}-"))),
+            "{task:#}"
+        );
+        assert!(attempt["error"].is_null(), "{task:#}");
+        assert!(attempt["finished_at"].is_string(), "{task:#}");
     }
-    // Nothing was handed back: a new worker finds nothing to run.
-    assert!(!worker.log_text().contains("handing running tasks back"));
 }
 
 #[tokio::test]
 async fn two_replicas_exactly_once() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _workers: Vec<_> = (0..3)
-        .map(|i| deployment.worker(&format!("worker-{i}")))
-        .collect();
-    let ids = submit_many(&api, "org.ferry.count", "exactly-once", 2000).await;
-    all_succeed(&api, &ids).await;
-    let runs = runs_per_task(&deployment);
-    assert_eq!(runs.len(), 2000);
-    for id in &ids {
-        assert_eq!(runs.get(id), Some(&1), "task {id}");
-    }
+    let Some((stack, ids)) = counting_load(3, "exactly-once", 2000).await else {
+        return;
+    };
+    all_succeed_once(&stack, &ids).await;
 }
 
 /// A message that is not a task id goes to the dead-letter queue.
 #[tokio::test]
 async fn poison_messages_are_dead_lettered() {
     use lapin::options::{BasicGetOptions, BasicPublishOptions};
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _worker = deployment.worker("worker");
+    let Some(stack) = Stack::start(Layout::Postgres).await else {
+        return;
+    };
+    let (api, deployment) = (&stack.api, &stack.deployment);
     // Once a task has run, the queue exists and the worker consumes it.
     let id = api
         .submit("org.ferry.echo", "before-poison", Value::Null)
         .await;
     api.wait_for(&id, "succeeded", LONG).await;
-    let connection =
-        lapin::Connection::connect(common::BROKER_URL, lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
+    let connection = lapin::Connection::connect(
+        &deployment.broker_url,
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_publish(
@@ -360,7 +386,7 @@ async fn poison_messages_are_dead_lettered() {
         .submit("org.ferry.echo", "after-poison", Value::Null)
         .await;
     api.wait_for(&id, "succeeded", LONG).await;
-    let dead = format!("{}.dead", deployment.queue);
+    let dead = deployment.dead_queue();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = channel
@@ -412,18 +438,23 @@ impl Drop for ConsumerTimeout {
 /// once and its outcome is recorded once.
 #[tokio::test]
 async fn task_longer_than_consumer_timeout() {
-    require!(rabbitmq, postgres);
+    if !Layout::Postgres.available() {
+        return;
+    }
     let _timeout = ConsumerTimeout::set(1000);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let worker = deployment.worker("worker");
+    let Some(stack) = Stack::start(Layout::Postgres).await else {
+        return;
+    };
+    let api = &stack.api;
     let id = api
         .submit("org.ferry.slow-count", "long-1", Value::Null)
         .await;
     let task = api.wait_for(&id, "succeeded", LONG).await;
     assert_eq!(task["attempts"], 1, "{task:#}");
-    assert_eq!(runs_per_task(&deployment).get(&id), Some(&1));
-    let log = worker.log_text();
+    stack
+        .deployment
+        .assert_each_ran_once(std::slice::from_ref(&id));
+    let log = stack.workers[0].log_text();
     assert!(
         log.contains("reconnecting"),
         "the broker should have closed the channel:\n{log}"
@@ -439,17 +470,13 @@ async fn task_longer_than_consumer_timeout() {
 /// not left running, and the interrupted attempt does not count.
 #[tokio::test]
 async fn drain_timeout_hands_running_tasks_back() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres().env("FERRY_DRAIN_TIMEOUT", "1s");
-    let api = deployment.api().await;
-    let mut first = deployment.worker("worker-1");
-    let id = api.submit("org.ferry.sleep", "drain-1", Value::Null).await;
-    api.wait_for(&id, "running", LONG).await;
-    first.signal("TERM");
-    let status = first
-        .wait_exit(Duration::from_secs(30))
-        .expect("the worker exited after its drain timeout");
+    let Some((mut stack, id)) = sleep_task_running(|d| d.env("FERRY_DRAIN_TIMEOUT", "1s")).await
+    else {
+        return;
+    };
+    let status = stop(&mut stack.workers[0], "TERM", Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
+    let api = &stack.api;
     let task = api.status(&id).await.body;
     assert_eq!(task["status"], "retrying", "{task:#}");
     assert_eq!(
@@ -463,7 +490,7 @@ async fn drain_timeout_hands_running_tasks_back() {
             .contains("shut down"),
         "{task:#}"
     );
-    let _second = deployment.worker("worker-2");
-    let task = api.wait_for(&id, "succeeded", LONG).await;
+    stack.workers.push(stack.deployment.worker("worker-2"));
+    let task = stack.api.wait_for(&id, "succeeded", LONG).await;
     assert_eq!(task["attempts"], 2, "{task:#}");
 }

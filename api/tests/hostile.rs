@@ -9,13 +9,9 @@
 //! - the same (source, id) with other content is a 409 conflict;
 //! - random requests never get a 5xx or a body that is not a JSON error.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Api, Deployment, Reply};
-use diesel::connection::SimpleConnection;
-use diesel::prelude::*;
+use ferry_testkit::{layout_tests, require, Api, Deployment, Reply, Stack};
 use futures_util::stream::{self, StreamExt};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -28,65 +24,11 @@ const BATCH: (&str, &str) = ("content-type", "application/cloudevents-batch+json
 // ---------------------------------------------------------------------------
 // The test's own database, read and changed behind the API's back.
 
-#[derive(QueryableByName)]
-struct TextRow {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    v: String,
-}
-
-/// The SQLite file of an SQLite deployment.
-fn sqlite_path(deployment: &Deployment) -> &str {
-    deployment
-        .database_url
-        .strip_prefix("sqlite://")
-        .expect("an SQLite deployment")
-}
-
-fn sqlite_conn(deployment: &Deployment) -> SqliteConnection {
-    let mut conn = SqliteConnection::establish(sqlite_path(deployment)).unwrap();
-    conn.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
-    conn
-}
-
-/// Runs SQL statements in the deployment's database.
-fn db_execute(deployment: &Deployment, sql: &str) {
-    match &deployment.pg {
-        Some(schema) => schema.execute(sql),
-        None => sqlite_conn(deployment).batch_execute(sql).unwrap(),
-    }
-}
-
-/// The text column `v` of each row a query returns.
-fn db_texts(deployment: &Deployment, sql: &str) -> Vec<String> {
-    let rows = match &deployment.pg {
-        Some(schema) => {
-            let mut conn = PgConnection::establish(&schema.url()).unwrap();
-            diesel::sql_query(sql).load::<TextRow>(&mut conn)
-        }
-        None => diesel::sql_query(sql).load::<TextRow>(&mut sqlite_conn(deployment)),
-    };
-    rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .map(|row| row.v)
-        .collect()
-}
-
-/// How many task rows match `filter` (a WHERE clause, or empty).
-fn task_rows(deployment: &Deployment, filter: &str) -> usize {
-    db_texts(
-        deployment,
-        &format!("SELECT CAST(COUNT(*) AS TEXT) AS v FROM tasks {filter}"),
-    )[0]
-    .parse()
-    .unwrap()
-}
-
 /// The stored event of the one task whose event id is `event_id`.
 fn stored_event(deployment: &Deployment, event_id: &str) -> Value {
-    let rows = db_texts(
-        deployment,
-        &format!("SELECT CAST(event AS TEXT) AS v FROM tasks WHERE event_id = '{event_id}'"),
-    );
+    let rows = deployment.texts(&format!(
+        "SELECT CAST(event AS TEXT) AS v FROM tasks WHERE event_id = '{event_id}'"
+    ));
     assert_eq!(rows.len(), 1, "tasks with event id {event_id:?}: {rows:?}");
     serde_json::from_str(&rows[0]).unwrap()
 }
@@ -142,32 +84,6 @@ async fn get_text(api: &Api, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-fn task_id(r: &Reply) -> String {
-    r.body["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no task id: {:?}", r.body))
-        .to_string()
-}
-
-/// A JSON error with this status and code, and a message.
-fn assert_error(r: &Reply, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{:?}", r.body);
-    assert_eq!(r.body["error"], code, "{:?}", r.body);
-    assert!(
-        r.body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{:?}",
-        r.body
-    );
-    assert!(
-        r.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json"),
-        "{:?}",
-        r.headers
-    );
-}
-
 // ---------------------------------------------------------------------------
 // 1. Group commit isolation, with a real refusal from the database.
 
@@ -183,8 +99,13 @@ const POSTGRES_POISON: &str = "CREATE FUNCTION poison() RETURNS trigger LANGUAGE
 /// 400 valid events and 4 that the database refuses (a trigger installed
 /// once the API migrated), 50 requests in flight: the valid ones are all
 /// stored and answered 202, each poisoned one alone gets a 500.
-async fn poison_hurts_only_its_own_request(deployment: &Deployment, api: &Api, trigger: &str) {
-    db_execute(deployment, trigger);
+async fn poison_hurts_only_its_own_request(stack: &Stack) {
+    let (deployment, api) = (&stack.deployment, &stack.api);
+    deployment.execute(if deployment.pg.is_some() {
+        POSTGRES_POISON
+    } else {
+        SQLITE_POISON
+    });
     let poisoned = |i: usize| i % 101 == 50;
     let answers: Vec<(String, Reply)> = stream::iter(0..404)
         .map(|i| async move {
@@ -204,10 +125,10 @@ async fn poison_hurts_only_its_own_request(deployment: &Deployment, api: &Api, t
     for (event_id, r) in &answers {
         if event_id.starts_with("poison") {
             // The door could not foresee the trigger: a database refusal.
-            assert_error(r, 500, "internal");
+            r.assert_error(500, "internal");
         } else {
             assert_eq!(r.status, 202, "{event_id}: {:?}", r.body);
-            stored.push((event_id.clone(), task_id(r)));
+            stored.push((event_id.clone(), r.task_id()));
         }
     }
     assert_eq!(stored.len(), 400);
@@ -220,8 +141,8 @@ async fn poison_hurts_only_its_own_request(deployment: &Deployment, api: &Api, t
         assert_eq!(view.status, 200, "{event_id}: {:?}", view.body);
         assert_eq!(view.body["event_id"], event_id.as_str());
     }
-    assert_eq!(task_rows(deployment, ""), 400);
-    assert_eq!(task_rows(deployment, "WHERE event_id LIKE 'poison%'"), 0);
+    assert_eq!(deployment.task_rows(""), 400);
+    assert_eq!(deployment.task_rows("WHERE event_id LIKE 'poison%'"), 0);
     // The poison did share batches with valid requests (4 of them, 50 in
     // flight): the batch failed and its items were run one at a time.
     let log = api.proc.log_text();
@@ -236,7 +157,7 @@ async fn poison_hurts_only_its_own_request(deployment: &Deployment, api: &Api, t
             &[STRUCTURED],
         )
         .await;
-    assert_error(&r, 500, "internal");
+    r.assert_error(500, "internal");
     let r = api
         .post(
             event("ok-0", json!({"data": {"i": 0}})).to_string(),
@@ -247,28 +168,10 @@ async fn poison_hurts_only_its_own_request(deployment: &Deployment, api: &Api, t
     assert_eq!(api.get("/health").await.status, 200);
 }
 
-#[tokio::test]
-async fn group_commit_isolates_a_poisoned_insert_sqlite() {
-    require!(rabbitmq);
-    let deployment = Deployment::sqlite();
-    let api = deployment.api().await;
-    poison_hurts_only_its_own_request(&deployment, &api, SQLITE_POISON).await;
-}
-
-#[tokio::test]
-async fn group_commit_isolates_a_poisoned_insert_postgres() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    poison_hurts_only_its_own_request(&deployment, &api, POSTGRES_POISON).await;
-}
-
-#[tokio::test]
-async fn group_commit_isolates_a_poisoned_insert_standalone() {
-    let deployment = Deployment::sqlite();
-    let api = deployment.standalone().await;
-    poison_hurts_only_its_own_request(&deployment, &api, SQLITE_POISON).await;
-}
+layout_tests!(poison_hurts_only_its_own_request:
+    Sqlite => group_commit_isolates_a_poisoned_insert_sqlite,
+    Postgres => group_commit_isolates_a_poisoned_insert_postgres,
+    Standalone => group_commit_isolates_a_poisoned_insert_standalone);
 
 // ---------------------------------------------------------------------------
 // 2. Refused at the door: what the database cannot store is a 422 naming it.
@@ -762,7 +665,7 @@ async fn unstorable_events_are_refused_at_the_door_alike_on_every_backend() {
         (&postgres, &postgres_api),
         (&standalone, &standalone_api),
     ] {
-        assert_eq!(task_rows(deployment, ""), accepted + 1);
+        assert_eq!(deployment.task_rows(""), accepted + 1);
         // The valid events of the refused batches were not stored.
         for id in ["batch-ok-0", "batch-ok-1", "batch-ok-2", "batch-ok-4"] {
             let r = api
@@ -779,7 +682,8 @@ async fn unstorable_events_are_refused_at_the_door_alike_on_every_backend() {
 
 const EXACT: &str = r#"{"big":12345678901234567890123456789,"frac":0.1000000000000000055511151231257827,"neg":-98765432109876543210987654321}"#;
 
-async fn numbers_keep_every_digit(api: &Api) {
+async fn numbers_keep_every_digit(stack: &Stack) {
+    let api = &stack.api;
     // Structured, and the same data in binary mode.
     let text = format!(
         r#"{{"specversion":"1.0","type":"org.ferry.echo","source":"/ferry/hostile","id":"exact-1","data":{EXACT}}}"#
@@ -791,7 +695,7 @@ async fn numbers_keep_every_digit(api: &Api) {
     let binary = api.post(EXACT, &header_refs(&headers)).await;
     assert_eq!(binary.status, 202, "{:?}", binary.body);
     for r in [structured, binary] {
-        let id = task_id(&r);
+        let id = r.task_id();
         api.wait_for(&id, "succeeded", DONE).await;
         let (status, text) = get_text(api, &format!("/status/{id}")).await;
         assert_eq!(status, 200, "{text}");
@@ -802,42 +706,23 @@ async fn numbers_keep_every_digit(api: &Api) {
     }
 }
 
-#[tokio::test]
-async fn exact_numbers_round_trip_sqlite() {
-    require!(rabbitmq);
-    let deployment = Deployment::sqlite();
-    let api = deployment.api().await;
-    let _worker = deployment.worker("worker");
-    numbers_keep_every_digit(&api).await;
-}
-
-#[tokio::test]
-async fn exact_numbers_round_trip_postgres() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    let _worker = deployment.worker("worker");
-    numbers_keep_every_digit(&api).await;
-}
-
-#[tokio::test]
-async fn exact_numbers_round_trip_standalone() {
-    let deployment = Deployment::sqlite();
-    let api = deployment.standalone().await;
-    numbers_keep_every_digit(&api).await;
-}
+layout_tests!(numbers_keep_every_digit:
+    Sqlite => exact_numbers_round_trip_sqlite,
+    Postgres => exact_numbers_round_trip_postgres,
+    Standalone => exact_numbers_round_trip_standalone);
 
 // ---------------------------------------------------------------------------
 // 4. Binary mode: bytes, and percent-encoded attributes.
 
-async fn binary_mode_carries_bytes_and_decodes_headers(deployment: &Deployment, api: &Api) {
+async fn binary_mode_carries_bytes_and_decodes_headers(stack: &Stack) {
+    let (deployment, api) = (&stack.deployment, &stack.api);
     // Bytes that are not UTF-8 become `data_base64`.
     let mut headers = ce("/ferry/hostile/bytes", "bytes-1");
     headers.push(("content-type".into(), "application/octet-stream".into()));
     let bytes = vec![0u8, 0xff, 0xfe, 0x80];
     let r = api.post(bytes.clone(), &header_refs(&headers)).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = task_id(&r);
+    let id = r.task_id();
     assert_eq!(r.headers["location"], format!("/status/{id}"));
     let view = api.status(&id).await;
     assert_eq!(view.status, 200, "{:?}", view.body);
@@ -851,7 +736,7 @@ async fn binary_mode_carries_bytes_and_decodes_headers(deployment: &Deployment, 
     // The same bytes again are the same event.
     let again = api.post(bytes, &header_refs(&headers)).await;
     assert_eq!(again.status, 200, "{:?}", again.body);
-    assert_eq!(task_id(&again), id);
+    assert_eq!(again.task_id(), id);
 
     // `ce-source: %2Fa%20b%2F%C3%BC` is "/a b/ü": structured then binary,
     // and binary then structured, are one event each.
@@ -872,15 +757,15 @@ async fn binary_mode_carries_bytes_and_decodes_headers(deployment: &Deployment, 
     assert_eq!(first.status, 202, "{:?}", first.body);
     let second = api.post(data, &header_refs(&binary("pct-1"))).await;
     assert_eq!(second.status, 200, "{:?}", second.body);
-    assert_eq!(task_id(&second), task_id(&first));
-    let view = api.status(&task_id(&first)).await;
+    assert_eq!(second.task_id(), first.task_id());
+    let view = api.status(&first.task_id()).await;
     assert_eq!(view.body["source"], "/a b/ü", "{:?}", view.body);
 
     let first = api.post(data, &header_refs(&binary("pct-2"))).await;
     assert_eq!(first.status, 202, "{:?}", first.body);
     let second = api.post(structured("pct-2"), &[STRUCTURED]).await;
     assert_eq!(second.status, 200, "{:?}", second.body);
-    assert_eq!(task_id(&second), task_id(&first));
+    assert_eq!(second.task_id(), first.task_id());
     assert_eq!(stored_event(deployment, "pct-2")["source"], "/a b/ü");
 
     // Bad percent-encoding is the header's fault, and named.
@@ -890,37 +775,19 @@ async fn binary_mode_carries_bytes_and_decodes_headers(deployment: &Deployment, 
         "application/json",
     );
     let r = api.post("{}", &header_refs(&bad)).await;
-    assert_error(&r, 400, "invalid_header");
+    r.assert_error(400, "invalid_header");
     assert!(
         r.body["message"].as_str().unwrap().contains("ce-id"),
         "{:?}",
         r.body
     );
-    assert_eq!(task_rows(deployment, ""), 3);
+    assert_eq!(deployment.task_rows(""), 3);
 }
 
-#[tokio::test]
-async fn binary_mode_bytes_and_percent_encoding_sqlite() {
-    require!(rabbitmq);
-    let deployment = Deployment::sqlite();
-    let api = deployment.api().await;
-    binary_mode_carries_bytes_and_decodes_headers(&deployment, &api).await;
-}
-
-#[tokio::test]
-async fn binary_mode_bytes_and_percent_encoding_postgres() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    binary_mode_carries_bytes_and_decodes_headers(&deployment, &api).await;
-}
-
-#[tokio::test]
-async fn binary_mode_bytes_and_percent_encoding_standalone() {
-    let deployment = Deployment::sqlite();
-    let api = deployment.standalone().await;
-    binary_mode_carries_bytes_and_decodes_headers(&deployment, &api).await;
-}
+layout_tests!(binary_mode_carries_bytes_and_decodes_headers:
+    Sqlite => binary_mode_bytes_and_percent_encoding_sqlite,
+    Postgres => binary_mode_bytes_and_percent_encoding_postgres,
+    Standalone => binary_mode_bytes_and_percent_encoding_standalone);
 
 /// An `application/octet-stream` body is bytes, whatever they look like:
 /// bytes that happen to be valid UTF-8 (NULs included, as in most binary
@@ -976,7 +843,8 @@ fn base64_decode(text: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // 5. The same (source, id) with other content is a conflict.
 
-async fn conflicting_events_are_refused(deployment: &Deployment, api: &Api) {
+async fn conflicting_events_are_refused(stack: &Stack) {
+    let (deployment, api) = (&stack.deployment, &stack.api);
     let first = api
         .post(
             event("conflict-1", json!({"data": {"v": 1}})).to_string(),
@@ -984,14 +852,14 @@ async fn conflicting_events_are_refused(deployment: &Deployment, api: &Api) {
         )
         .await;
     assert_eq!(first.status, 202, "{:?}", first.body);
-    let task = task_id(&first);
+    let task = first.task_id();
 
     // The same content, in another key order and spacing: the same event.
     let same = r#"{ "data" : {"v": 1}, "id": "conflict-1", "source": "/ferry/hostile",
                     "type": "org.ferry.echo", "specversion": "1.0" }"#;
     let r = api.post(same, &[STRUCTURED]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(task_id(&r), task);
+    assert_eq!(r.task_id(), task);
     assert!(r.body.get("error").is_none(), "{:?}", r.body);
 
     // Other content: a conflict naming the task that holds the event.
@@ -1006,12 +874,12 @@ async fn conflicting_events_are_refused(deployment: &Deployment, api: &Api) {
                 &[STRUCTURED],
             )
             .await;
-        assert_error(&r, 409, "event_conflict");
+        r.assert_error(409, "event_conflict");
         assert_eq!(r.body["task"], task.as_str(), "{other}: {:?}", r.body);
         assert_eq!(r.body["status_url"], format!("/status/{task}"));
     }
     // The stored task is unchanged.
-    assert_eq!(task_rows(deployment, "WHERE event_id = 'conflict-1'"), 1);
+    assert_eq!(deployment.task_rows("WHERE event_id = 'conflict-1'"), 1);
     let stored = stored_event(deployment, "conflict-1");
     assert_eq!(stored["data"], json!({"v": 1}), "{stored}");
     assert!(stored.get("subject").is_none(), "{stored}");
@@ -1028,7 +896,7 @@ async fn conflicting_events_are_refused(deployment: &Deployment, api: &Api) {
     ])
     .to_string();
     let r = api.post(body, &[BATCH]).await;
-    assert_error(&r, 409, "event_conflict");
+    r.assert_error(409, "event_conflict");
     assert_eq!(r.body["task"], task.as_str(), "{:?}", r.body);
     let tasks = r.body["tasks"].as_array().expect("tasks").clone();
     assert_eq!(tasks.len(), 3, "{:?}", r.body);
@@ -1046,37 +914,19 @@ async fn conflicting_events_are_refused(deployment: &Deployment, api: &Api) {
             .post(event(event_id, json!({})).to_string(), &[STRUCTURED])
             .await;
         assert_eq!(again.status, 200, "{:?}", again.body);
-        assert_eq!(task_id(&again), id);
+        assert_eq!(again.task_id(), id);
     }
     assert_eq!(
         stored_event(deployment, "conflict-1")["data"],
         json!({"v": 1})
     );
-    assert_eq!(task_rows(deployment, ""), 3);
+    assert_eq!(deployment.task_rows(""), 3);
 }
 
-#[tokio::test]
-async fn event_conflicts_sqlite() {
-    require!(rabbitmq);
-    let deployment = Deployment::sqlite();
-    let api = deployment.api().await;
-    conflicting_events_are_refused(&deployment, &api).await;
-}
-
-#[tokio::test]
-async fn event_conflicts_postgres() {
-    require!(rabbitmq, postgres);
-    let deployment = Deployment::postgres();
-    let api = deployment.api().await;
-    conflicting_events_are_refused(&deployment, &api).await;
-}
-
-#[tokio::test]
-async fn event_conflicts_standalone() {
-    let deployment = Deployment::sqlite();
-    let api = deployment.standalone().await;
-    conflicting_events_are_refused(&deployment, &api).await;
-}
+layout_tests!(conflicting_events_are_refused:
+    Sqlite => event_conflicts_sqlite,
+    Postgres => event_conflicts_postgres,
+    Standalone => event_conflicts_standalone);
 
 // ---------------------------------------------------------------------------
 // 6. Random requests: never a 5xx, always a JSON error, and still serving.

@@ -3,14 +3,11 @@
 //! runs twice: whether the worker sees it coming (a NUL, a number too long
 //! to store) or the database refuses it (here, a trigger of the test's own).
 
-mod common;
-
-use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
-use common::{Api, Deployment};
+use ferry_testkit::{require, Api, Deployment};
 use serde_json::json;
-use std::future::Future;
 
 /// Tasks per run: enough that outcomes share group commits.
 const TASKS: usize = 160;
@@ -30,18 +27,16 @@ async fn unstorable_outputs_fail_alone(deployment: Deployment) {
     refuse_marked_results(&deployment);
     let _workers = [deployment.worker("w1"), deployment.worker("w2")];
     let ids = futures_util::future::join_all(submits_in_order(&api)).await;
-    let mut finals = HashMap::new();
+    let mut finals = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
         let expected = if output_for(i).is_some() {
             "failed"
         } else {
             "succeeded"
         };
-        let view = api.wait_for(id, expected, Duration::from_secs(120)).await;
-        finals.insert(id.clone(), view);
+        finals.push(api.wait_for(id, expected, Duration::from_secs(120)).await);
     }
-    for (i, id) in ids.iter().enumerate() {
-        let view = &finals[id];
+    for (i, view) in finals.iter().enumerate() {
         match output_for(i) {
             Some(kind) => {
                 let error = view["error"].as_str().unwrap();
@@ -66,45 +61,23 @@ async fn unstorable_outputs_fail_alone(deployment: Deployment) {
     }
     // Every task ran exactly once: none was run again because another
     // task's output failed the batch it shared.
-    let runs = deployment.runs();
-    let mut per_task: HashMap<&str, usize> = HashMap::new();
-    for (id, _) in &runs {
-        *per_task.entry(id.as_str()).or_default() += 1;
-    }
-    for id in &ids {
-        assert_eq!(
-            per_task.get(id.as_str()),
-            Some(&1),
-            "task {id} runs: {runs:?}"
-        );
-    }
-    assert_eq!(runs.len(), TASKS);
+    deployment.assert_each_ran_once(&ids);
 }
 
 /// Installs a trigger that refuses any task update whose result holds the
 /// marker the `refused` output prints: a refusal no check foresees.
 fn refuse_marked_results(deployment: &Deployment) {
-    match &deployment.pg {
-        Some(schema) => schema.execute(
-            "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN IF NEW.result::text LIKE '%refused-by-trigger%' THEN \
-             RAISE EXCEPTION 'refused by trigger'; END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_marked BEFORE UPDATE ON tasks \
-             FOR EACH ROW EXECUTE FUNCTION refuse_marked();",
-        ),
-        None => {
-            use diesel::connection::SimpleConnection;
-            use diesel::Connection;
-            let path = deployment.database_url.strip_prefix("sqlite://").unwrap();
-            let mut conn = diesel::SqliteConnection::establish(path).unwrap();
-            conn.batch_execute(
-                "CREATE TRIGGER refuse_marked BEFORE UPDATE ON tasks \
-                 WHEN NEW.result LIKE '%refused-by-trigger%' \
-                 BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END;",
-            )
-            .unwrap();
-        }
-    }
+    deployment.execute(if deployment.pg.is_some() {
+        "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.result::text LIKE '%refused-by-trigger%' THEN \
+         RAISE EXCEPTION 'refused by trigger'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_marked BEFORE UPDATE ON tasks \
+         FOR EACH ROW EXECUTE FUNCTION refuse_marked();"
+    } else {
+        "CREATE TRIGGER refuse_marked BEFORE UPDATE ON tasks \
+         WHEN NEW.result LIKE '%refused-by-trigger%' \
+         BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END;"
+    });
 }
 
 /// One submit per task; awaited together, they answer in order.

@@ -3,11 +3,9 @@
 //! `ferry-api --standalone` whose `request_timeout` is two seconds. Nothing
 //! here asserts a timing; waits are bounded only so a failure cannot hang.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Api, Deployment};
+use ferry_testkit::{Api, Deployment};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

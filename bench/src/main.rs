@@ -19,21 +19,19 @@
 //! server closed the stalled connections.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use diesel::connection::SimpleConnection;
-use diesel::Connection;
+use ferry_core::broker::{AmqpQueue, Queue};
 use ferry_core::{Db, TaskStatus};
+use ferry_testkit::{Api, Database, Proc};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection as AmqpConnection, ConnectionProperties};
@@ -149,19 +147,21 @@ fn task_message() -> Vec<u8> {
 }
 
 /// RabbitMQ alone: persistent messages published with confirms (pipelined,
-/// or one confirm at a time) and consumed with acks, on a queue of its own.
+/// or one confirm at a time) and consumed with acks, on a queue of its own
+/// that Ferry declares as it declares its own (durable, dead-lettered).
 async fn broker_ceiling(url: &str, n: usize, pipelined: bool) -> anyhow::Result<f64> {
     let queue = format!("ferry.bench.ceiling.{}", uuid::Uuid::new_v4().simple());
+    // Publishing nothing declares the queue and its dead-letter twin.
+    Queue::amqp(url, &queue).publish(&[]).await?;
+    let rate = ceiling_on(url, &queue, n, pipelined).await;
+    ferry_testkit::delete_queues(url, &[&queue, &AmqpQueue::dead_letter_name(&queue)]);
+    rate
+}
+
+async fn ceiling_on(url: &str, queue: &str, n: usize, pipelined: bool) -> anyhow::Result<f64> {
     let publisher = AmqpConnection::connect(url, ConnectionProperties::default()).await?;
     let consumer_conn = AmqpConnection::connect(url, ConnectionProperties::default()).await?;
     let pub_channel = publisher.create_channel().await?;
-    pub_channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
     pub_channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -171,7 +171,7 @@ async fn broker_ceiling(url: &str, n: usize, pipelined: bool) -> anyhow::Result<
         .await?;
     let mut consumer = sub_channel
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "ceiling".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -194,7 +194,7 @@ async fn broker_ceiling(url: &str, n: usize, pipelined: bool) -> anyhow::Result<
         let confirm = pub_channel
             .basic_publish(
                 "".into(),
-                queue.as_str().into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 &task_message(),
                 BasicProperties::default().with_delivery_mode(2),
@@ -214,108 +214,45 @@ async fn broker_ceiling(url: &str, n: usize, pipelined: bool) -> anyhow::Result<
         confirm.await?;
     }
     consume.await??;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    pub_channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
-    Ok(rate)
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-/// A Ferry process, stopped when dropped.
-struct Proc {
-    child: Child,
-    name: String,
-}
+/// The one route the bench runs.
+const ECHO_ONLY: &str = "[[routes]]\ntype = \"org.ferry.echo\"\nhandler = \"echo\"\n";
 
-impl Proc {
-    /// Peak resident memory so far, in MiB.
-    fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One backend's fresh deployment: database, queue, processes.
+/// One backend's fresh deployment (database, queue, config) and its
+/// processes; dropped processes first, then the queues, schema and files.
 struct Deployment {
-    _dir: tempfile::TempDir,
-    database_url: String,
-    pg_schema: Option<(String, String)>,
-    api: Proc,
+    api: Api,
     workers: Vec<Proc>,
+    database_url: String,
     base: String,
+    _deployment: ferry_testkit::Deployment,
 }
 
 impl Deployment {
     async fn start(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let (database_url, pg_schema) = match backend {
-            "sqlite" => (
-                format!("sqlite://{}", dir.path().join("ferry.db").display()),
-                None,
-            ),
-            "postgres" => {
-                let schema = format!("ferry_bench_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = diesel::PgConnection::establish(&args.postgres_url)
-                    .context("connecting to PostgreSQL")?;
-                admin.batch_execute(&format!("CREATE SCHEMA {schema}"))?;
-                let sep = if args.postgres_url.contains('?') {
-                    '&'
-                } else {
-                    '?'
-                };
-                (
-                    format!("{}{sep}options=-csearch_path%3D{schema}", args.postgres_url),
-                    Some((args.postgres_url.clone(), schema)),
-                )
-            }
+        let database = match backend {
+            "sqlite" => Database::Sqlite,
+            "postgres" => Database::Postgres(args.postgres_url.clone()),
             other => bail!("unknown backend {other:?} (sqlite, postgres)"),
         };
-        let config = dir.path().join("server.conf");
-        std::fs::write(
-            &config,
-            "[[routes]]\ntype = \"org.ferry.echo\"\nhandler = \"echo\"\n",
-        )?;
-        let queue = format!("ferry.bench.{}", uuid::Uuid::new_v4().simple());
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let spawn = |binary: &str, name: String| -> anyhow::Result<Proc> {
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
-            let child = Command::new(bin_dir.join(binary))
-                .args(["--config", config.to_str().expect("utf-8 path")])
-                .env("FERRY_DATABASE_URL", &database_url)
-                .env("FERRY_BROKER_URL", &args.broker_url)
-                .env("FERRY_QUEUE", &queue)
-                .env("FERRY_PORT", port.to_string())
-                .env("FERRY_CONCURRENCY", args.worker_concurrency.to_string())
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting {}", bin_dir.join(binary).display()))?;
-            Ok(Proc { child, name })
-        };
-        let api = spawn("ferry-api", "api".into())?;
-        let base = format!("http://127.0.0.1:{port}");
-        wait_healthy(&base, dir.path()).await?;
+        let deployment = ferry_testkit::Deployment::new(database, "bench")
+            .config(ECHO_ONLY)
+            .broker(&args.broker_url)
+            .bins(bin_dir)
+            .env("FERRY_CONCURRENCY", &args.worker_concurrency.to_string())
+            .env("RUST_LOG", "warn");
+        let api = deployment.api().await;
         let workers = (0..args.workers)
-            .map(|i| spawn("ferry-worker", format!("worker-{i}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|i| deployment.worker(&format!("worker-{i}")))
+            .collect();
         Ok(Self {
-            _dir: dir,
-            database_url,
-            pg_schema,
+            database_url: deployment.database_url.clone(),
+            base: api.base.clone(),
             api,
             workers,
-            base,
+            _deployment: deployment,
         })
     }
 
@@ -325,36 +262,7 @@ impl Deployment {
             .iter()
             .map(|w| json!({"name": w.name, "peak_rss_mib": w.peak_rss_mib()}))
             .collect();
-        json!({"api_peak_rss_mib": self.api.peak_rss_mib(), "workers": workers})
-    }
-}
-
-/// Waits until the API at `base` answers `/health` (its log is in `dir`).
-async fn wait_healthy(base: &str, dir: &Path) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if Instant::now() > deadline {
-            bail!("ferry-api did not start; see its log in {}", dir.display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        self.workers.clear();
-        if let Some((url, schema)) = &self.pg_schema {
-            if let Ok(mut admin) = diesel::PgConnection::establish(url) {
-                let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-            }
-        }
+        json!({"api_peak_rss_mib": self.api.proc.peak_rss_mib(), "workers": workers})
     }
 }
 
@@ -676,41 +584,16 @@ async fn wait_closed(mut stalled: Stalled, patience: Duration) -> Option<(Durati
 /// a second alone, then while `plan.connections` connections stall (half
 /// mid-head, half mid-body) until the server has closed them all.
 async fn stall(plan: &Stall, bin_dir: &Path) -> anyhow::Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("server.conf");
-    std::fs::write(
-        &config,
-        "[[routes]]\ntype = \"org.ferry.echo\"\nhandler = \"echo\"\n",
-    )?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let log = std::fs::File::create(dir.path().join("api.log"))?;
-    let child = Command::new(bin_dir.join("ferry-api"))
-        .args([
-            "--standalone",
-            "--config",
-            config.to_str().expect("utf-8 path"),
-        ])
-        .env(
-            "FERRY_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("ferry.db").display()),
-        )
-        .env("FERRY_PORT", port.to_string())
+    let deployment = ferry_testkit::Deployment::new(Database::Sqlite, "bench")
+        .config(ECHO_ONLY)
+        .bins(bin_dir)
         .env(
             "FERRY_REQUEST_TIMEOUT",
-            humantime::format_duration(plan.limit).to_string(),
+            &humantime::format_duration(plan.limit).to_string(),
         )
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting ferry-api")?;
-    let api = Proc {
-        child,
-        name: "api".into(),
-    };
-    let base = format!("http://127.0.0.1:{port}");
-    wait_healthy(&base, dir.path()).await?;
+        .env("RUST_LOG", "warn");
+    let api = deployment.standalone().await;
+    let base = api.base.clone();
     let client = reqwest::Client::new();
     let id = submit(&client, &base, event("stall", 0)).await?;
 
@@ -737,7 +620,7 @@ async fn stall(plan: &Stall, bin_dir: &Path) -> anyhow::Result<Value> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let stall_start = Instant::now();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = base.trim_start_matches("http://").to_string();
     let half_head: &[u8] = b"GET /health HTTP/1.1\r\nHost: ferry\r\nUser-Ag";
     let half_body: &[u8] = b"POST /receive HTTP/1.1\r\nHost: ferry\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n0123456789";
     let mut stalled = Vec::with_capacity(plan.connections);
@@ -801,7 +684,7 @@ async fn stall(plan: &Stall, bin_dir: &Path) -> anyhow::Result<Value> {
         "probes": plan.probes.max(1),
         "status_before": summary(before),
         "status_during": summary(during),
-        "api_peak_rss_mib": api.peak_rss_mib(),
+        "api_peak_rss_mib": api.proc.peak_rss_mib(),
     });
     drop(api);
     Ok(result)
@@ -940,10 +823,7 @@ fn print_table(results: &Value) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("no directory")?
-        .to_path_buf();
+    let bin_dir = ferry_testkit::bin_dir();
     for binary in ["ferry-api", "ferry-worker"] {
         if !bin_dir.join(binary).exists() {
             bail!(

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use ferry_core::db::DbError;
 use ferry_core::task::{AttemptRef, NewTask, Outcome};
 use ferry_core::{Db, TaskId, TaskStatus};
+use ferry_testkit::PgSchema;
 use serde_json::json;
-
-const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 fn new_task(event_id: &str, max_attempts: i32) -> NewTask {
     NewTask {
@@ -25,47 +24,44 @@ fn new_task(event_id: &str, max_attempts: i32) -> NewTask {
     }
 }
 
-/// Runs `check` against a fresh SQLite file and, when PostgreSQL answers
-/// (always under CI), against a fresh schema.
-fn on_both_backends(check: impl Fn(&Db)) {
+/// A migrated SQLite database in a fresh file (kept while the directory
+/// lives), and the file's path.
+fn sqlite() -> (tempfile::TempDir, Db, String) {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Db::connect(
-        &format!("sqlite://{}", dir.path().join("t.db").display()),
-        4,
-    )
-    .unwrap();
-    sqlite.migrate().unwrap();
-    check(&sqlite);
+    let path = dir.path().join("t.db").display().to_string();
+    let db = Db::connect(&format!("sqlite://{path}"), 4).unwrap();
+    db.migrate().unwrap();
+    (dir, db, path)
+}
+
+/// Runs `check` against a fresh SQLite file and, when PostgreSQL answers
+/// (under CI it must), against a fresh schema.
+fn on_both_backends(check: impl Fn(&Db)) {
+    let (_dir, db, _) = sqlite();
+    check(&db);
     on_postgres(|db, _| check(db));
 }
 
 /// Runs `check` on a fresh PostgreSQL schema (given with its URL), when
-/// PostgreSQL answers; under CI it must.
+/// PostgreSQL answers; the test kit's CI rule decides when it does not. The
+/// schema is dropped when the check ends, passed or failed.
 fn on_postgres(check: impl Fn(&Db, &str)) {
-    let schema = format!("ferry_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = match diesel::PgConnection::establish(POSTGRES_URL) {
-        Ok(conn) => conn,
-        Err(e) if std::env::var("CI").is_err() => {
-            eprintln!("SKIPPED the PostgreSQL half: {e}");
-            return;
-        }
-        Err(e) => panic!("PostgreSQL is not reachable and CI is set: {e}"),
-    };
-    admin
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .unwrap();
-    let url = format!("{POSTGRES_URL}?options=-csearch_path%3D{schema}");
+    if !ferry_testkit::services::require_named("postgres") {
+        return;
+    }
+    let schema = PgSchema::new();
+    let url = schema.url();
     let pg = Db::connect(&url, 4).unwrap();
     // Migrating twice (a second replica starting) is harmless.
     pg.migrate().unwrap();
     pg.migrate().unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&pg, &url)));
-    admin
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .unwrap();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    check(&pg, &url);
+}
+
+/// Inserts the tasks at `at`; returns their ids in order.
+fn insert_ids(db: &Db, tasks: &[NewTask], at: DateTime<Utc>) -> Vec<TaskId> {
+    let stored = db.insert_tasks(tasks, at).unwrap();
+    stored.iter().map(|s| s.id).collect()
 }
 
 /// Claims the task and fails its first attempt with a retry that is due now.
@@ -78,7 +74,7 @@ fn fail_first_attempt_retry_due_now(db: &Db, id: TaskId) {
     assert!(db.finish(id.attempt(1), &retry).unwrap());
 }
 
-fn lease() -> chrono::DateTime<Utc> {
+fn lease() -> DateTime<Utc> {
     Utc::now() + Duration::from_secs(30)
 }
 
@@ -220,12 +216,7 @@ fn the_relay_publishes_what_the_broker_never_confirmed() {
 #[test]
 fn expired_leases_are_taken_back() {
     on_both_backends(|db| {
-        let ids: Vec<TaskId> = db
-            .insert_tasks(&[new_task("retry", 2), new_task("last", 1)], Utc::now())
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids = insert_ids(db, &[new_task("retry", 2), new_task("last", 1)], Utc::now());
         db.mark_enqueued(&ids).unwrap();
         let expired = Utc::now() - Duration::from_secs(1);
         for id in &ids {
@@ -275,10 +266,12 @@ fn a_late_publish_confirm_does_not_hide_a_retry() {
 #[test]
 fn unfinished_tasks_are_owed_again_when_the_queue_is_lost() {
     on_both_backends(|db| {
-        let stored = db
-            .insert_tasks(&[new_task("queued", 3), new_task("done", 3)], Utc::now())
-            .unwrap();
-        let (queued, done) = (stored[0].id, stored[1].id);
+        let ids = insert_ids(
+            db,
+            &[new_task("queued", 3), new_task("done", 3)],
+            Utc::now(),
+        );
+        let (queued, done) = (ids[0], ids[1]);
         db.mark_enqueued(&[queued, done]).unwrap();
         db.claim(done, "w1", lease()).unwrap().unwrap();
         db.finish(done.attempt(1), &Outcome::Succeeded(json!(null)))
@@ -346,12 +339,7 @@ fn batches_keep_one_answer_per_caller() {
 fn relays_skip_rows_another_relay_holds() {
     on_postgres(|db, url| {
         let past = Utc::now() - Duration::from_secs(1);
-        let ids: Vec<TaskId> = db
-            .insert_tasks(&[new_task("a", 3), new_task("b", 3)], past)
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids = insert_ids(db, &[new_task("a", 3), new_task("b", 3)], past);
         let mut other = diesel::PgConnection::establish(url).unwrap();
         other
             .transaction(|conn| {
@@ -376,10 +364,8 @@ fn relays_skip_rows_another_relay_holds() {
 #[test]
 fn status_reads_of_many_tasks_in_one_query_answer_each_in_order() {
     on_both_backends(|db| {
-        let stored = db
-            .insert_tasks(&[new_task("e1", 3), new_task("e2", 3)], Utc::now())
-            .unwrap();
-        let (twice, fresh) = (stored[0].id, stored[1].id);
+        let ids = insert_ids(db, &[new_task("e1", 3), new_task("e2", 3)], Utc::now());
+        let (twice, fresh) = (ids[0], ids[1]);
         fail_first_attempt_retry_due_now(db, twice);
         db.claim(twice, "w2", lease()).unwrap().unwrap();
         let unknown = TaskId::new();
@@ -411,12 +397,7 @@ fn status_reads_of_many_tasks_in_one_query_answer_each_in_order() {
 fn a_batch_of_mixed_outcomes_records_each_that_holds_its_task() {
     on_both_backends(|db| {
         let tasks: Vec<NewTask> = (0..4).map(|i| new_task(&format!("e{i}"), 3)).collect();
-        let ids: Vec<TaskId> = db
-            .insert_tasks(&tasks, Utc::now())
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids = insert_ids(db, &tasks, Utc::now());
         for &id in &ids {
             db.claim(id, "w1", lease()).unwrap().unwrap();
         }
@@ -547,11 +528,8 @@ fn a_refused_item_fails_only_itself_in_every_batch() {
         assert_eq!(db.status(ids[3]).unwrap(), Some(TaskStatus::Running));
         assert_eq!(db.status(ids[2]).unwrap(), Some(TaskStatus::Pending));
     };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let sqlite = Db::connect(&format!("sqlite://{}", path.display()), 4).unwrap();
-    sqlite.migrate().unwrap();
-    diesel::SqliteConnection::establish(path.to_str().unwrap())
+    let (_dir, sqlite, path) = sqlite();
+    diesel::SqliteConnection::establish(&path)
         .unwrap()
         .batch_execute(POISON_SQLITE)
         .unwrap();
