@@ -128,6 +128,17 @@ impl Bench {
     }
 }
 
+/// Cancels a worker's shutdown token and expects `run` to return `Ok`
+/// within 5 s.
+async fn stop(shutdown: CancellationToken, run: JoinHandle<anyhow::Result<()>>, expected: &str) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect(expected)
+        .expect("the worker task did not panic")
+        .expect("the worker returned Ok");
+}
+
 /// Shutdown while tasks run: no new task starts, the running ones finish
 /// and are recorded, each in one attempt.
 #[tokio::test]
@@ -139,12 +150,7 @@ async fn a_worker_drains_its_running_tasks_on_shutdown() {
     let running = bench.submit("org.ferry.sleep", 2).await;
     bench.wait_for(&running, TaskStatus::Running).await;
     let waiting = bench.submit("org.ferry.echo", 3).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .expect("the worker stops once its tasks finish")
-        .unwrap()
-        .unwrap();
+    stop(shutdown, run, "the worker stops once its tasks finish").await;
     for id in running {
         let task = bench.view(id);
         assert_eq!(task.status, TaskStatus::Succeeded, "{task:#?}");
@@ -168,12 +174,7 @@ async fn a_worker_hands_back_what_outlasts_the_drain_timeout() {
     let (shutdown, run) = bench.worker(&config);
     let ids = bench.submit("org.ferry.sleep", 2).await;
     bench.wait_for(&ids, TaskStatus::Running).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .expect("the worker stops after its drain timeout")
-        .unwrap()
-        .unwrap();
+    stop(shutdown, run, "the worker stops after its drain timeout").await;
     for &id in &ids {
         let task = bench.view(id);
         assert_eq!(task.status, TaskStatus::Retrying, "{task:#?}");
@@ -203,8 +204,7 @@ async fn a_worker_hands_back_what_outlasts_the_drain_timeout() {
         relay_once(&bench.db, &bench.queue).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    stop(shutdown, run, "the worker stops").await;
     for id in ids {
         let task = bench.view(id);
         assert_eq!(task.attempt_history.len(), 2, "{task:#?}");
@@ -252,8 +252,7 @@ async fn a_worker_lets_go_of_an_attempt_whose_lease_it_lost() {
         took < RUN + Duration::from_secs(2),
         "the lost attempt held the worker's only slot: {took:?}"
     );
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    stop(shutdown, run, "the worker stops").await;
     let task = bench.view(ids[0]);
     assert_eq!(task.attempts, 2, "{task:#?}");
     let [lost, won] = &task.attempt_history[..] else {

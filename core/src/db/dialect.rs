@@ -34,6 +34,25 @@ macro_rules! owed {
     };
 }
 
+/// The rows of `ids` still locked for publishing, and the marks that
+/// record the broker's confirm on them, on either schema.
+macro_rules! publishing {
+    ($t:ident, $ids:expr) => {
+        $t::tasks
+            .filter($t::id.eq_any($ids))
+            .filter($t::enqueued_at.is_null())
+            .filter($t::publish_lock_until.is_not_null())
+    };
+}
+macro_rules! confirmed {
+    ($t:ident, $now:expr) => {
+        (
+            $t::enqueued_at.eq($now),
+            $t::publish_lock_until.eq(None::<DateTime<Utc>>),
+        )
+    };
+}
+
 /// Statements whose row locking differs by backend.
 pub(super) trait RowLocking {
     /// Marks those of `ids` still locked for publishing as enqueued at
@@ -57,20 +76,14 @@ impl RowLocking for PgConnection {
         // waiting deadlocked against outcome batches that lock in another
         // order.
         self.transaction(|conn| {
-            let free: Vec<TaskId> = t::tasks
+            let free: Vec<TaskId> = publishing!(t, ids)
                 .select(t::id)
-                .filter(t::id.eq_any(ids))
-                .filter(t::enqueued_at.is_null())
-                .filter(t::publish_lock_until.is_not_null())
                 .order(t::id)
                 .for_update()
                 .skip_locked()
                 .load(conn)?;
             diesel::update(t::tasks.filter(t::id.eq_any(&free)))
-                .set((
-                    t::enqueued_at.eq(now),
-                    t::publish_lock_until.eq(None::<DateTime<Utc>>),
-                ))
+                .set(confirmed!(t, now))
                 .execute(conn)?;
             Ok(())
         })
@@ -105,17 +118,9 @@ impl RowLocking for PgConnection {
 impl RowLocking for SqliteConnection {
     fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()> {
         use schema_sqlite::tasks::dsl as t;
-        diesel::update(
-            t::tasks
-                .filter(t::id.eq_any(ids))
-                .filter(t::enqueued_at.is_null())
-                .filter(t::publish_lock_until.is_not_null()),
-        )
-        .set((
-            t::enqueued_at.eq(now),
-            t::publish_lock_until.eq(None::<DateTime<Utc>>),
-        ))
-        .execute(self)?;
+        diesel::update(publishing!(t, ids))
+            .set(confirmed!(t, now))
+            .execute(self)?;
         Ok(())
     }
 
