@@ -201,6 +201,7 @@ pub async fn serve(
         db.clone(),
         queue.clone(),
         config.relay_interval,
+        config.retention,
         background.clone(),
     );
     let workers = standalone.then(|| spawn_workers(&config, &db, &queue, &background));

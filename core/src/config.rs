@@ -24,6 +24,8 @@ pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_QUEUE: &str = "ferry.tasks";
 /// Default limit on a `/receive` body.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Default retention of final tasks: 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "server.conf";
 
@@ -74,6 +76,9 @@ pub struct Config {
     /// How long the API waits for a request's headers, and separately for
     /// its body, before it answers 408 and closes the connection.
     pub request_timeout: Duration,
+    /// How long a final task (succeeded, failed, cancelled) is kept after
+    /// it finished before the relay deletes it; `None` keeps every task.
+    pub retention: Option<Duration>,
     /// Event type → handler.
     pub routes: Routes,
 }
@@ -93,6 +98,7 @@ impl Default for Config {
             relay_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
+            retention: Some(DEFAULT_RETENTION),
             routes: Routes::default(),
         }
     }
@@ -143,6 +149,8 @@ pub(crate) struct Layer {
         skip_serializing_if = "Option::is_none"
     )]
     pub(crate) request_timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) retention: Option<Retention>,
     /// Only the file has routes.
     #[serde(default, skip_serializing)]
     pub(crate) routes: Vec<RawRoute>,
@@ -182,6 +190,12 @@ impl Layer {
             relay_interval: duration("FERRY_RELAY_INTERVAL")?,
             drain_timeout: duration("FERRY_DRAIN_TIMEOUT")?,
             request_timeout: duration("FERRY_REQUEST_TIMEOUT")?,
+            retention: var("FERRY_RETENTION")
+                .map(|v| {
+                    let value = Retention::Text(v);
+                    value.parse("FERRY_RETENTION").map(|_| value)
+                })
+                .transpose()?,
             routes: Vec::new(),
         })
     }
@@ -206,9 +220,39 @@ impl Layer {
             drain_timeout,
             request_timeout
         );
+        if let Some(retention) = self.retention {
+            config.retention = retention.parse("retention")?;
+        }
         config.routes = Routes::from_raw(self.routes)?;
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// `retention` as written: a duration (`"7d"`, `"12h"`), `"off"`, or a
+/// number of seconds (`0` is off).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Retention {
+    Seconds(u64),
+    Text(String),
+}
+
+impl Retention {
+    /// The retention it asks for; `None` keeps every task. Errors name `key`.
+    fn parse(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        let duration = match self {
+            Self::Seconds(secs) => Duration::from_secs(*secs),
+            Self::Text(text) if text.trim().eq_ignore_ascii_case("off") => return Ok(None),
+            Self::Text(text) if text.trim() == "0" => Duration::ZERO,
+            Self::Text(text) => parse_duration(key, text).map_err(|e| {
+                ConfigError::new(
+                    key,
+                    format!("{} (or \"off\" to keep every task)", e.message),
+                )
+            })?,
+        };
+        Ok((!duration.is_zero()).then_some(duration))
     }
 }
 
@@ -409,6 +453,38 @@ mod tests {
         assert_eq!(config.max_body_bytes, 1024 * 1024);
         assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn retention_is_a_duration_or_off() {
+        let retention = |text: &str, env: &[(&str, &str)]| with_env(text, env).map(|c| c.retention);
+        assert_eq!(retention("", &[]).unwrap(), Some(DEFAULT_RETENTION));
+        assert_eq!(
+            retention("retention = \"1h 30m\"", &[]).unwrap(),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            retention("retention = 60", &[]).unwrap(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(retention("retention = \"off\"", &[]).unwrap(), None);
+        assert_eq!(retention("retention = \"0\"", &[]).unwrap(), None);
+        assert_eq!(retention("retention = 0", &[]).unwrap(), None);
+        assert_eq!(retention("retention = \"0s\"", &[]).unwrap(), None);
+        assert_eq!(
+            retention("retention = \"off\"", &[("FERRY_RETENTION", "1s")]).unwrap(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(retention("", &[("FERRY_RETENTION", "off")]).unwrap(), None);
+        let e = retention("retention = \"a week\"", &[]).unwrap_err();
+        assert_eq!(e.key, "retention");
+        assert!(e.message.contains("off"), "{}", e.message);
+        let e = retention("", &[("FERRY_RETENTION", "soon")]).unwrap_err();
+        assert_eq!(e.key, "FERRY_RETENTION");
+        let e = retention("retention = -1", &[]).unwrap_err();
+        assert_eq!(e.key, "retention");
+        let e = retention("retention = true", &[]).unwrap_err();
+        assert_eq!(e.key, "retention");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! the broker never confirmed (publish failed, process died after commit,
 //! broker down) and retries that are due, and it takes back running tasks
 //! whose worker stopped renewing its lease. Every API and worker process runs
-//! one; their claims on rows exclude each other.
+//! one; their claims on rows exclude each other. It also deletes final
+//! tasks older than `retention`, a bounded number per round.
 
 use std::time::Duration;
 
@@ -16,6 +17,34 @@ use crate::db::Db;
 const BATCH: i64 = 500;
 /// How long a relay owns a publish before another relay may take it over.
 const PUBLISH_LOCK: Duration = Duration::from_secs(30);
+/// Tasks deleted per retention statement.
+const DELETE_BATCH: i64 = 1000;
+/// Retention statements per round at most: a backlog is worked off over
+/// rounds, so one round never holds the database for long.
+const DELETE_BATCHES_PER_ROUND: usize = 5;
+
+/// Deletes final tasks that finished more than `retention` ago, at most
+/// [`DELETE_BATCHES_PER_ROUND`] batches of [`DELETE_BATCH`]; returns how
+/// many were deleted.
+pub async fn expire_finished(db: &Db, retention: Duration) -> anyhow::Result<usize> {
+    let Ok(retention) = chrono::Duration::from_std(retention) else {
+        return Ok(0); // Longer than any task has existed.
+    };
+    let Some(cutoff) = chrono::Utc::now().checked_sub_signed(retention) else {
+        return Ok(0);
+    };
+    let mut deleted = 0;
+    for _ in 0..DELETE_BATCHES_PER_ROUND {
+        let n = db
+            .run_blocking(move |db| db.delete_finished_before(cutoff, DELETE_BATCH))
+            .await?;
+        deleted += n;
+        if (n as i64) < DELETE_BATCH {
+            break;
+        }
+    }
+    Ok(deleted)
+}
 
 /// One round: returns how many tasks were published.
 pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
@@ -53,19 +82,38 @@ pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
 
 /// Starts this process's relay, rounds every `interval` until `shutdown` is
 /// cancelled; await the handle after cancelling to let a round finish. The
-/// one way both binaries start it.
+/// one way both binaries start it. `retention`: how long final tasks are
+/// kept (`None`: for ever).
 pub fn spawn(
     db: Db,
     queue: Queue,
     interval: Duration,
+    retention: Option<Duration>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(run(db, queue, interval, shutdown))
+    tokio::spawn(run(db, queue, interval, retention, shutdown))
 }
 
 /// Runs relay rounds every `interval` until `shutdown` is cancelled.
-pub async fn run(db: Db, queue: Queue, interval: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    db: Db,
+    queue: Queue,
+    interval: Duration,
+    retention: Option<Duration>,
+    shutdown: CancellationToken,
+) {
     loop {
+        if let Some(retention) = retention {
+            match expire_finished(&db, retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    tasks = n,
+                    retention = %humantime::format_duration(retention),
+                    "deleted final tasks older than the retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention round failed; will retry"),
+            }
+        }
         match relay_once(&db, &queue).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(tasks = n, "relay published tasks"),

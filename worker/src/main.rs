@@ -43,6 +43,7 @@ async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
         db.clone(),
         queue.clone(),
         config.relay_interval,
+        config.retention,
         shutdown.clone(),
     );
     ferry_worker::run(config, db, queue, shutdown.clone()).await?;

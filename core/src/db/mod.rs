@@ -16,6 +16,7 @@
 //! - `attempts.rs`: workers claim tasks, hold leases and record how
 //!   attempts ended; lost leases are taken back.
 //! - `status.rs`: what `GET /status` and monitoring read.
+//! - `retention.rs`: final tasks are deleted once older than `retention`.
 //!
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
@@ -67,6 +68,7 @@ mod attempts;
 mod dialect;
 mod error;
 mod outbox;
+mod retention;
 mod status;
 mod submit;
 
