@@ -82,6 +82,8 @@ pub enum ErrorCode {
     InvalidEvent,
     /// 422: no route for the event's type.
     UnroutedEvent,
+    /// 422: the `Idempotency-Key` is held by a task with another event.
+    IdempotencyKeyReused,
     /// 500: an unexpected error (also any 5xx Rocket answers with).
     Internal,
     /// 503: the database cannot be reached.
@@ -110,7 +112,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of README.md's tables.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::EmptyBody,
         Self::MalformedJson,
         Self::UnreadableBody,
@@ -123,6 +125,7 @@ impl ErrorCode {
         Self::EventConflict,
         Self::InvalidEvent,
         Self::UnroutedEvent,
+        Self::IdempotencyKeyReused,
         Self::Internal,
         Self::DatabaseUnavailable,
         Self::BadRequest,
@@ -152,6 +155,7 @@ impl ErrorCode {
             Self::EventConflict => "event_conflict",
             Self::InvalidEvent => "invalid_event",
             Self::UnroutedEvent => "unrouted_event",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Internal => "internal",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::BadRequest => "bad_request",
@@ -186,9 +190,10 @@ impl ErrorCode {
             Self::PayloadTooLarge => Status::PayloadTooLarge,
             Self::UriTooLong => Status::UriTooLong,
             Self::UnsupportedMediaType => Status::UnsupportedMediaType,
-            Self::InvalidEvent | Self::UnroutedEvent | Self::UnprocessableEntity => {
-                Status::UnprocessableEntity
-            }
+            Self::InvalidEvent
+            | Self::UnroutedEvent
+            | Self::IdempotencyKeyReused
+            | Self::UnprocessableEntity => Status::UnprocessableEntity,
             Self::HeadersTooLarge => Status::RequestHeaderFieldsTooLarge,
             Self::Internal => Status::InternalServerError,
             Self::DatabaseUnavailable | Self::Unavailable => Status::ServiceUnavailable,

@@ -96,6 +96,12 @@ fn binary(headers: &[(&'static str, &str)], body: &str) -> Request {
     request
 }
 
+/// `request` with an `Idempotency-Key` header.
+fn keyed(mut request: Request, key: &str) -> Request {
+    request.headers.push(("idempotency-key", key.to_owned()));
+    request
+}
+
 /// Sends `request`; returns the status and the JSON body (the test fails
 /// if the body is not JSON).
 async fn send(app: &App, request: Request) -> (Status, Value) {
@@ -181,9 +187,45 @@ refusals! {
     a_number_of_absurd_length: post_json(format!(r#"{{"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","data":1{}}}"#, "0".repeat(1500))) => 422 "invalid_event";
     a_ce_header_with_a_bad_percent_escape: binary(&[("ce-id", "a%zz")], "{}") => 400 "invalid_header";
     a_binary_event_without_id: binary(&[], "{}") => 422 "invalid_event";
+    an_empty_idempotency_key: keyed(post_json(event("k", json!(1)).to_string()), "") => 400 "invalid_header";
+    an_idempotency_key_with_a_space: keyed(post_json(event("k", json!(1)).to_string()), "a b") => 400 "invalid_header";
+    an_idempotency_key_not_ascii: keyed(post_json(event("k", json!(1)).to_string()), "clé") => 400 "invalid_header";
+    an_overlong_idempotency_key: keyed(post_json(event("k", json!(1)).to_string()), &"k".repeat(256)) => 400 "invalid_header";
+    an_idempotency_key_on_a_batch: keyed(post(Some("application/cloudevents-batch+json"), format!("[{}]", event("k", json!(1)))), "k") => 400 "invalid_header";
+    a_notbefore_that_is_not_a_time: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","notbefore":"tomorrow"}).to_string()) => 422 "invalid_event";
+    a_notbefore_that_is_a_number: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","notbefore":60}).to_string()) => 422 "invalid_event";
+    a_ce_notbefore_that_is_not_a_time: binary(&[("ce-id", "1"), ("ce-notbefore", "soon")], "{}") => 422 "invalid_event";
     a_status_id_that_is_not_a_uuid: get("/status/not-a-uuid") => 400 "invalid_id";
     a_status_of_no_task: get("/status/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11") => 404 "task_not_found";
     an_unknown_path: get("/no/such/route") => 404 "not_found";
+}
+
+/// The same `Idempotency-Key` with the same event is the same task (200);
+/// with another event it is a 422 naming the task that holds the key, and
+/// nothing is stored.
+#[tokio::test]
+async fn an_idempotency_key_sent_again_with_another_event_is_refused() {
+    let app = app().await;
+    let first = keyed(post_json(event("key-1", json!(1)).to_string()), "order-17");
+    let (status, first) = send(&app, first).await;
+    assert_eq!(status, Status::Accepted, "{first}");
+    let again = keyed(post_json(event("key-1", json!(1)).to_string()), "order-17");
+    let (status, again) = send(&app, again).await;
+    assert_eq!(status, Status::Ok, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let other = keyed(post_json(event("key-2", json!(1)).to_string()), "order-17");
+    let (status, other) = send(&app, other).await;
+    assert_eq!(status, Status::UnprocessableEntity, "{other}");
+    assert_eq!(other["error"], "idempotency_key_reused");
+    assert_eq!(other["task"], first["id"]);
+    let id = first["id"].as_str().unwrap();
+    assert!(other["message"].as_str().unwrap().contains(id), "{other}");
+    let db = &app.client.rocket().state::<AppState>().unwrap().db;
+    assert_eq!(
+        db.count_with_status(ferry_core::TaskStatus::Pending)
+            .unwrap(),
+        1
+    );
 }
 
 /// The same (`source`, `id`) with other content is a 409 naming the task

@@ -4,6 +4,7 @@
 //! what reaches a transaction cannot fail it.
 
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -20,6 +21,32 @@ pub struct Event {
     pub id: String,
     /// The whole event, in the shape it arrived in (binary mode: as structured JSON).
     pub body: Value,
+    /// Its [`NOT_BEFORE`] extension: the task is not run before this time.
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// The CloudEvents extension attribute that delays a task: an RFC 3339
+/// time (`"2026-12-03T21:00:00Z"`) before which it does not run. On a 1.x
+/// event it is a top-level attribute (`ce-notbefore` in binary mode); on a
+/// 0.1 event it is in `extensions`.
+pub const NOT_BEFORE: &str = "notbefore";
+
+/// The event's [`NOT_BEFORE`] time, if it has one.
+fn not_before(value: Option<&Value>) -> Result<Option<DateTime<Utc>>, EventError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => DateTime::parse_from_rfc3339(text)
+            .map(|at| Some(at.with_timezone(&Utc)))
+            .map_err(|e| {
+                EventError(format!(
+                    "`{NOT_BEFORE}` {text:?} is not an RFC 3339 time such as \
+                     \"2026-12-03T21:00:00Z\" ({e})"
+                ))
+            }),
+        Some(_) => Err(EventError(format!(
+            "`{NOT_BEFORE}` must be a string, an RFC 3339 time"
+        ))),
+    }
 }
 
 /// Why a JSON document is not an event.
@@ -42,7 +69,7 @@ impl Event {
         let Value::Object(object) = &value else {
             return Err(EventError("the body is not a JSON object".into()));
         };
-        let (type_key, id_key) = if object.contains_key("specversion") {
+        let (type_key, id_key, not_before_at) = if object.contains_key("specversion") {
             match object.get("specversion") {
                 Some(Value::String(v)) if v.starts_with("1.") => {}
                 other => {
@@ -52,9 +79,14 @@ impl Event {
                     )))
                 }
             }
-            ("type", "id")
+            ("type", "id", object.get(NOT_BEFORE))
         } else if object.contains_key("cloudEventsVersion") {
-            ("eventType", "eventID")
+            let extensions = object.get("extensions").and_then(Value::as_object);
+            (
+                "eventType",
+                "eventID",
+                extensions.and_then(|e| e.get(NOT_BEFORE)),
+            )
         } else {
             return Err(EventError(
                 "not a CloudEvent: no `specversion` or `cloudEventsVersion`".into(),
@@ -64,11 +96,13 @@ impl Event {
         let source = required_string(object, "source")?;
         let id = required_string(object, id_key)?;
         check_storable(object, [type_key, "source", id_key])?;
+        let not_before = not_before(not_before_at)?;
         Ok(Self {
             event_type,
             source,
             id,
             body: value,
+            not_before,
         })
     }
 
@@ -360,6 +394,42 @@ mod tests {
             serde_json::to_string(binary.data()).unwrap(),
             r#"{"n":12345678901234567890123}"#
         );
+    }
+
+    #[test]
+    fn not_before_is_an_rfc3339_time() {
+        let at = |v: Value| {
+            Event::from_json(json!({
+                "specversion": "1.0", "type": "t", "source": "/s", "id": "1", "notbefore": v
+            }))
+            .map(|e| e.not_before)
+        };
+        let due = "2026-12-03T21:00:00+01:00"
+            .parse::<DateTime<Utc>>()
+            .unwrap();
+        assert_eq!(at(json!("2026-12-03T21:00:00+01:00")), Ok(Some(due)));
+        assert_eq!(at(Value::Null), Ok(None));
+        assert!(at(json!("tomorrow")).unwrap_err().0.contains("`notbefore`"));
+        assert!(at(json!(5)).unwrap_err().0.contains("`notbefore`"));
+        let old = Event::from_json(json!({
+            "cloudEventsVersion": "0.1", "eventType": "t", "source": "/s", "eventID": "1",
+            "extensions": {"notbefore": "2026-12-03T20:00:00Z"}
+        }))
+        .unwrap();
+        assert_eq!(old.not_before, Some(due));
+        let binary = Event::from_binary(
+            [
+                ("specversion".into(), "1.0".into()),
+                ("type".into(), "t".into()),
+                ("source".into(), "/s".into()),
+                ("id".into(), "1".into()),
+                ("notbefore".into(), "2026-12-03T20:00:00Z".into()),
+            ],
+            None,
+            b"",
+        )
+        .unwrap();
+        assert_eq!(binary.not_before, Some(due));
     }
 
     #[test]

@@ -208,6 +208,11 @@ pub struct NewTask {
     pub digest: String,
     /// Attempts its route allows.
     pub max_attempts: i32,
+    /// The request's `Idempotency-Key`: at most one task holds a key.
+    pub idempotency_key: Option<String>,
+    /// Not run before this (the event's `notbefore`); a task due later is
+    /// not published on receipt but by the relay once due.
+    pub run_after: Option<DateTime<Utc>>,
 }
 
 /// What storing a task did.
@@ -222,6 +227,9 @@ pub struct Stored {
     /// True when that existing task holds a different event under the
     /// same (source, id): nothing was stored.
     pub conflict: bool,
+    /// True when this request's `Idempotency-Key` is held by that existing
+    /// task and its event differs from this one: nothing was stored.
+    pub key_conflict: bool,
 }
 
 /// A task a worker has claimed: what it needs to run the attempt.
@@ -301,6 +309,9 @@ pub struct TaskView {
     pub max_attempts: i32,
     /// When it was received.
     pub created_at: DateTime<Utc>,
+    /// Not run before this: a delayed task's due time while it waits, or a
+    /// retry's; null when there is nothing to wait for.
+    pub due_at: Option<DateTime<Utc>>,
     /// When its first attempt started.
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.

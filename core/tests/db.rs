@@ -21,6 +21,8 @@ fn new_task(event_id: &str, max_attempts: i32) -> NewTask {
         event: json!({"specversion": "1.0", "data": {"n": 1}}),
         digest: format!("digest of {event_id}"),
         max_attempts,
+        idempotency_key: None,
+        run_after: None,
     }
 }
 

@@ -72,6 +72,8 @@ impl Bench {
                 event: json!({"specversion": "1.0", "data": i}),
                 digest: format!("digest {i}"),
                 max_attempts: 3,
+                idempotency_key: None,
+                run_after: None,
             })
             .collect();
         let ids = tasks.iter().map(|t| t.id).collect();

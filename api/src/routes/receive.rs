@@ -2,6 +2,12 @@
 //! committed before the answer, then the task ids are published with
 //! confirms; a publish that fails is left to the relay, so a 202 always
 //! means the task is recorded and will run.
+//!
+//! An `Idempotency-Key` header names the task as the (source, id) pair
+//! does: the same key with the same event is the stored task again (200),
+//! with another event a `422 idempotency_key_reused`. An event with a
+//! `notbefore` time still to come is stored but not published: the relay
+//! publishes it once due.
 
 use rocket::data::{Data, ToByteUnit};
 use rocket::http::Status;
@@ -27,6 +33,36 @@ pub struct EventHeaders {
     media_type: Option<String>,
     full_content_type: Option<String>,
     attributes: Vec<(String, String)>,
+    idempotency_keys: Vec<String>,
+}
+
+/// The header that names a task for producers whose event ids are not
+/// stable across retries.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// The longest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// The request's `Idempotency-Key`, if it sent one: one header of 1 to
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`] visible ASCII characters (no spaces).
+fn idempotency_key(values: &[String]) -> Result<Option<String>, ApiError> {
+    let bad = |reason: &str| {
+        ApiError::new(
+            ErrorCode::InvalidHeader,
+            format!("the header {IDEMPOTENCY_KEY} {reason}"),
+        )
+    };
+    match values {
+        [] => Ok(None),
+        [key] if key.is_empty() => Err(bad("is empty")),
+        [key] if key.len() > MAX_IDEMPOTENCY_KEY_BYTES => Err(bad(&format!(
+            "is longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
+        ))),
+        [key] if !key.bytes().all(|b| b.is_ascii_graphic()) => Err(bad(
+            "must be visible ASCII characters only (no spaces or control characters)",
+        )),
+        [key] => Ok(Some(key.clone())),
+        _ => Err(bad("is sent more than once")),
+    }
 }
 
 #[rocket::async_trait]
@@ -54,10 +90,16 @@ impl<'r> FromRequest<'r> for EventHeaders {
                 Some((attribute, h.value().to_string()))
             })
             .collect();
+        let idempotency_keys = request
+            .headers()
+            .get(IDEMPOTENCY_KEY)
+            .map(str::to_string)
+            .collect();
         request::Outcome::Success(Self {
             media_type,
             full_content_type,
             attributes,
+            idempotency_keys,
         })
     }
 }
@@ -128,6 +170,16 @@ async fn receive(
     state: &State<AppState>,
 ) -> Result<JsonResponse, ApiError> {
     let mode = mode(&headers)?;
+    let key = idempotency_key(&headers.idempotency_keys)?;
+    if key.is_some() && matches!(mode, Mode::Batch) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidHeader,
+            format!(
+                "the header {IDEMPOTENCY_KEY} is not accepted with a batch: \
+                 send the events one per request, or rely on their (source, id)"
+            ),
+        ));
+    }
     let limit = state.config.max_body_bytes;
     let body = body.open(limit.bytes()).into_bytes().await.map_err(|e| {
         ApiError::new(
@@ -178,6 +230,9 @@ async fn receive(
         };
         tasks.push(NewTask {
             id: TaskId::new(),
+            // A batch never has one (refused above): one event, one key.
+            idempotency_key: key.clone(),
+            run_after: event.not_before,
             digest: event.digest(),
             max_attempts: i32::try_from(route.retry.attempts).unwrap_or(i32::MAX),
             event_type: event.event_type,
@@ -190,15 +245,38 @@ async fn receive(
         .iter()
         .map(|t| (t.source.clone(), t.event_id.clone()))
         .collect();
+    let due: Vec<_> = tasks.iter().map(|t| t.run_after).collect();
     let stored = state.store(tasks).await?;
     // Committed: from here on the task exists whatever happens to the publish.
     #[cfg(feature = "failpoints")]
     if std::env::var("FERRY_FAILPOINT").as_deref() == Ok("abort-after-commit") {
         std::process::abort();
     }
-    let new: Vec<TaskId> = stored.iter().filter(|s| s.created).map(|s| s.id).collect();
+    // A delayed task is published by the relay once due.
+    let now = chrono::Utc::now();
+    let new: Vec<TaskId> = stored
+        .iter()
+        .zip(&due)
+        .filter(|(s, due)| s.created && due.is_none_or(|at| at <= now))
+        .map(|(s, _)| s.id)
+        .collect();
     if !new.is_empty() {
         state.publish(new).await;
+    }
+    if let Some(held) = stored.iter().find(|s| s.key_conflict) {
+        let task = held.id;
+        let key = key.unwrap_or_default();
+        let message = format!(
+            "task {task} already holds the {IDEMPOTENCY_KEY} {key:?} for another event; \
+             send a new key for a new event"
+        );
+        let body = json!({
+            "error": ErrorCode::IdempotencyKeyReused,
+            "message": message,
+            "task": task,
+            "status_url": format!("/status/{task}"),
+        });
+        return Ok(JsonResponse::new(Status::UnprocessableEntity, body));
     }
     if let Some(i) = stored.iter().position(|s| s.conflict) {
         let (source, id) = &events[i];

@@ -26,6 +26,7 @@ struct TaskRow {
     finished_at: Option<DateTime<Utc>>,
     result: Option<Value>,
     error: Option<String>,
+    run_after: Option<DateTime<Utc>>,
 }
 
 impl Db {
@@ -89,6 +90,7 @@ impl Db {
                         t::finished_at,
                         t::result,
                         t::error,
+                        t::run_after,
                     ),
                     (
                         a::attempt,
@@ -116,6 +118,10 @@ impl Db {
                     attempts: row.attempts,
                     max_attempts: row.max_attempts,
                     created_at: row.created_at,
+                    // Only a task waiting to be claimed waits for it.
+                    due_at: row
+                        .run_after
+                        .filter(|_| TaskStatus::CLAIMABLE.contains(&row.status)),
                     started_at: row.started_at,
                     finished_at: row.finished_at,
                     result: row.result,

@@ -4,7 +4,10 @@
 //! gets the existing task back, or a conflict if it carries other content.
 //! New tasks come with a publish lock for their caller, who publishes them
 //! right after the commit; the relay (`outbox.rs`) takes over only if that
-//! lock runs out.
+//! lock runs out. A request's `Idempotency-Key` names at most one task
+//! too: the same key with the same event is that task again, with another
+//! event a key conflict. A delayed task (`run_after` in the future) gets no
+//! publish lock: the relay publishes it once due.
 
 use std::collections::HashSet;
 
@@ -14,7 +17,7 @@ use diesel::prelude::*;
 use super::{Db, DbResult};
 use crate::task::{NewTask, Stored, TaskId, TaskStatus};
 
-/// Rows per multi-row insert: 10 bind parameters each, well under SQLite's
+/// Rows per multi-row insert: 13 bind parameters each, well under SQLite's
 /// and PostgreSQL's limits.
 const INSERT_CHUNK: usize = 500;
 
@@ -22,7 +25,10 @@ impl Db {
     /// Stores tasks in one transaction. An event already stored (same source
     /// and id) is not stored again: its existing task is returned. New tasks
     /// are marked as being published by the caller until `publish_lock_until`,
-    /// after which the relay takes them over.
+    /// after which the relay takes them over; those not yet due (`run_after`
+    /// later than now) are left to the relay from the start. A task whose
+    /// `idempotency_key` is already held returns the holder, marked
+    /// `key_conflict` if its event differs.
     pub fn insert_tasks(
         &self,
         tasks: &[NewTask],
@@ -58,7 +64,10 @@ impl Db {
                                 t::event_digest.eq(&task.digest),
                                 t::status.eq(TaskStatus::Pending),
                                 t::max_attempts.eq(task.max_attempts),
-                                t::publish_lock_until.eq(publish_lock_until),
+                                t::idempotency_key.eq(&task.idempotency_key),
+                                t::run_after.eq(task.run_after),
+                                t::publish_lock_until
+                                    .eq(is_due(task, now).then_some(publish_lock_until)),
                                 t::created_at.eq(now),
                                 t::updated_at.eq(now),
                             )
@@ -80,8 +89,29 @@ impl Db {
                             status: TaskStatus::Pending,
                             created: true,
                             conflict: false,
+                            key_conflict: false,
                         });
                         continue;
+                    }
+                    // The key is held (by a task stored earlier, or earlier
+                    // in this batch): the holder answers, whatever the
+                    // (source, id) says.
+                    if let Some(key) = &task.idempotency_key {
+                        let holder = t::tasks
+                            .select((t::id, t::status, t::event_digest))
+                            .filter(t::idempotency_key.eq(key))
+                            .first::<(TaskId, TaskStatus, Option<String>)>(conn)
+                            .optional()?;
+                        if let Some((id, status, digest)) = holder {
+                            stored.push(Stored {
+                                id,
+                                status,
+                                created: false,
+                                conflict: false,
+                                key_conflict: digest.as_deref() != Some(task.digest.as_str()),
+                            });
+                            continue;
+                        }
                     }
                     // The same event was already a task (or came twice in this batch).
                     let (id, status, digest) = t::tasks
@@ -95,10 +125,16 @@ impl Db {
                         created: false,
                         // Tasks stored before digests were kept have none.
                         conflict: digest.is_some_and(|d| d != task.digest),
+                        key_conflict: false,
                     });
                 }
                 Ok(stored)
             })
         })
     }
+}
+
+/// Whether `task` may run now: not delayed, or its `run_after` has passed.
+fn is_due(task: &NewTask, now: DateTime<Utc>) -> bool {
+    task.run_after.is_none_or(|at| at <= now)
 }
