@@ -16,6 +16,8 @@
 //! - `attempts.rs`: workers claim tasks, hold leases and record how
 //!   attempts ended; lost leases are taken back.
 //! - `status.rs`: what `GET /status` and monitoring read.
+//! - `control.rs`: what a client asks afterwards: cancel a task, run a
+//!   finished one again.
 //!
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
@@ -64,12 +66,14 @@ macro_rules! with_conn {
 
 // After the macro: the query files use it.
 mod attempts;
+mod control;
 mod dialect;
 mod error;
 mod outbox;
 mod status;
 mod submit;
 
+pub use control::{CancelAnswer, Lease, RetryAnswer};
 pub use error::{DbError, DbResult};
 
 #[derive(Debug)]
