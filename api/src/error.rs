@@ -64,7 +64,8 @@ pub enum ErrorCode {
     MalformedJson,
     /// 400: the body could not be read from the connection.
     UnreadableBody,
-    /// 400: `/status/<id>` with an id that is not a UUID.
+    /// 400: a task id in the path (`/status/<id>`, `/tasks/<id>/…`) that is
+    /// not a UUID.
     InvalidId,
     /// 400: a header value Ferry cannot read.
     InvalidHeader,
@@ -78,6 +79,10 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 409: the (`source`, `id`) is a task with another event.
     EventConflict,
+    /// 409: cancel of a task that already `succeeded` or `failed`.
+    TaskFinished,
+    /// 409: retry of a task that is neither `failed` nor `cancelled`.
+    TaskNotRetryable,
     /// 422: valid JSON that is not an event Ferry can store.
     InvalidEvent,
     /// 422: no route for the event's type.
@@ -112,7 +117,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of README.md's tables.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 27] = [
         Self::EmptyBody,
         Self::MalformedJson,
         Self::UnreadableBody,
@@ -123,6 +128,8 @@ impl ErrorCode {
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::EventConflict,
+        Self::TaskFinished,
+        Self::TaskNotRetryable,
         Self::InvalidEvent,
         Self::UnroutedEvent,
         Self::IdempotencyKeyReused,
@@ -153,6 +160,8 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::EventConflict => "event_conflict",
+            Self::TaskFinished => "task_finished",
+            Self::TaskNotRetryable => "task_not_retryable",
             Self::InvalidEvent => "invalid_event",
             Self::UnroutedEvent => "unrouted_event",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
@@ -186,7 +195,7 @@ impl ErrorCode {
             Self::TaskNotFound | Self::NotFound => Status::NotFound,
             Self::MethodNotAllowed => Status::MethodNotAllowed,
             Self::RequestTimeout => Status::RequestTimeout,
-            Self::EventConflict => Status::Conflict,
+            Self::EventConflict | Self::TaskFinished | Self::TaskNotRetryable => Status::Conflict,
             Self::PayloadTooLarge => Status::PayloadTooLarge,
             Self::UriTooLong => Status::UriTooLong,
             Self::UnsupportedMediaType => Status::UnsupportedMediaType,

@@ -1,5 +1,6 @@
 //! Ferry's HTTP API: `POST /receive` stores an event as a task and queues
-//! it; `GET /status/<id>` reports where the task is. Built by [`rocket`] so
+//! it; `GET /status/<id>` reports where the task is;
+//! `POST /tasks/<id>/cancel` and `/retry` steer it. Built by [`rocket`] so
 //! tests and `main` assemble the same application.
 
 pub mod error;
@@ -27,7 +28,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the API owns the publish of a task it just stored; past that the
 /// relay takes it over (the API died between commit and publish).
-const PUBLISH_LOCK: Duration = Duration::from_secs(10);
+pub(crate) const PUBLISH_LOCK: Duration = Duration::from_secs(10);
 
 /// Requests whose rows share one insert transaction, at most.
 const INSERT_BATCH: usize = 256;
@@ -166,6 +167,7 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .manage(state)
         .mount("/", routes::receive::routes())
         .mount("/", routes::status::routes())
+        .mount("/", routes::control::routes())
         .register("/", catchers![error::default_catcher])
 }
 

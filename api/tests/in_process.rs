@@ -72,6 +72,15 @@ fn post_json(body: impl Into<Vec<u8>>) -> Request {
     post(Some("application/json"), body)
 }
 
+/// A POST with an empty body and no headers (the control routes).
+fn post_to(path: &str) -> Request {
+    Request {
+        path: path.into(),
+        body: Some(Vec::new()),
+        headers: Vec::new(),
+    }
+}
+
 fn get(path: &str) -> Request {
     Request {
         path: path.into(),
@@ -198,6 +207,64 @@ refusals! {
     a_status_id_that_is_not_a_uuid: get("/status/not-a-uuid") => 400 "invalid_id";
     a_status_of_no_task: get("/status/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11") => 404 "task_not_found";
     an_unknown_path: get("/no/such/route") => 404 "not_found";
+    a_cancel_of_an_id_that_is_not_a_uuid: post_to("/tasks/not-a-uuid/cancel") => 400 "invalid_id";
+    a_retry_of_an_id_that_is_not_a_uuid: post_to("/tasks/not-a-uuid/retry") => 400 "invalid_id";
+    a_cancel_of_no_task: post_to("/tasks/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11/cancel") => 404 "task_not_found";
+    a_retry_of_no_task: post_to("/tasks/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11/retry") => 404 "task_not_found";
+}
+
+/// Cancel and retry answer by the task's status: 409 with the status for
+/// what they cannot do, the same answer for a repeated cancel.
+#[tokio::test]
+async fn cancel_and_retry_answer_by_status() {
+    let app = app().await;
+    let (status, task) = send(&app, post_json(event("steer", json!(1)).to_string())).await;
+    assert_eq!(status, Status::Accepted, "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+    let parsed: ferry_core::TaskId = id.parse().unwrap();
+    // Pending: not retryable; cancelled at once, twice the same answer.
+    let (status, body) = send(&app, post_to(&format!("/tasks/{id}/retry"))).await;
+    assert_eq!(status, Status::Conflict, "{body}");
+    assert_eq!(body["error"], "task_not_retryable");
+    assert_eq!(body["status"], "pending");
+    for _ in 0..2 {
+        let (status, body) = send(&app, post_to(&format!("/tasks/{id}/cancel"))).await;
+        assert_eq!(status, Status::Ok, "{body}");
+        assert_eq!(
+            body,
+            json!({"id": id, "status": "cancelled", "status_url": format!("/status/{id}")})
+        );
+    }
+    // Cancelled: retried, with the route's budget.
+    let (status, body) = send(&app, post_to(&format!("/tasks/{id}/retry"))).await;
+    assert_eq!(status, Status::Accepted, "{body}");
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["max_attempts"], 3);
+    // Running: the stop is requested (202); the worker records it.
+    let db = app.client.rocket().state::<AppState>().unwrap().db.clone();
+    let until = chrono::Utc::now() + chrono::Duration::seconds(30);
+    let claimed = db.claim(parsed, "test-worker", until).unwrap().unwrap();
+    let (status, body) = send(&app, post_to(&format!("/tasks/{id}/cancel"))).await;
+    assert_eq!(status, Status::Accepted, "{body}");
+    assert_eq!(body["cancel_requested"], true);
+    assert_eq!(body["status"], "running");
+    let attempt = parsed.attempt(claimed.attempt);
+    assert_eq!(
+        db.renew_lease_or_cancel(attempt, until).unwrap(),
+        ferry_core::db::Lease::CancelRequested
+    );
+    // It finished before the stop reached it: a success stands, and a
+    // finished task is not cancelled.
+    assert!(db
+        .finish(attempt, &ferry_core::task::Outcome::Succeeded(json!(1)))
+        .unwrap());
+    let (status, body) = send(&app, post_to(&format!("/tasks/{id}/cancel"))).await;
+    assert_eq!(status, Status::Conflict, "{body}");
+    assert_eq!(body["error"], "task_finished");
+    assert_eq!(body["status"], "succeeded");
+    let (status, body) = send(&app, post_to(&format!("/tasks/{id}/retry"))).await;
+    assert_eq!(status, Status::Conflict, "{body}");
+    assert_eq!(body["status"], "succeeded");
 }
 
 /// The same `Idempotency-Key` with the same event is the same task (200);

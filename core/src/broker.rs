@@ -58,6 +58,7 @@ impl Queue {
         Self::Local(LocalQueue {
             sender,
             receiver: Arc::new(Mutex::new(receiver)),
+            control: crate::control::local_channel(),
         })
     }
 
@@ -91,8 +92,8 @@ impl Queue {
 /// A durable RabbitMQ queue with a dead-letter queue beside it.
 #[derive(Debug)]
 pub struct AmqpQueue {
-    url: String,
-    name: String,
+    pub(crate) url: String,
+    pub(crate) name: String,
     publisher: Mutex<Option<(Connection, Channel)>>,
 }
 
@@ -135,7 +136,7 @@ impl AmqpQueue {
     }
 
     /// The shared publishing channel, reconnecting if it broke.
-    async fn publisher(&self) -> Result<Channel, BrokerError> {
+    pub(crate) async fn publisher(&self) -> Result<Channel, BrokerError> {
         let mut slot = self.publisher.lock().await;
         if let Some((connection, channel)) = slot.as_ref() {
             if connection.status().connected() && channel.status().connected() {
@@ -223,6 +224,8 @@ impl AmqpQueue {
 pub struct LocalQueue {
     sender: mpsc::UnboundedSender<Vec<u8>>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
+    /// Control messages (cancels) to this process's workers.
+    pub(crate) control: tokio::sync::broadcast::Sender<TaskId>,
 }
 
 /// A stream of deliveries.

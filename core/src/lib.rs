@@ -10,6 +10,8 @@
 //!   compare-and-set.
 //! - [`batch`]: group commit of concurrent database writes.
 //! - [`broker`]: the RabbitMQ queue, or the in-process one for `--standalone`.
+//! - [`control`]: cancels for running tasks, from the api to every worker
+//!   (a RabbitMQ fanout exchange, or an in-process broadcast).
 //! - [`retry`]: one retry policy for route retries and reconnect loops.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
 //!   tasks whose worker died.
@@ -20,6 +22,7 @@ pub mod batch;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod db;
 pub mod event;
 pub mod relay;

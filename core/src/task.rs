@@ -272,6 +272,10 @@ pub enum Outcome {
     /// drain timeout): the task is retried now, and this attempt does not
     /// count against `max_attempts`.
     HandedBack(String),
+    /// A client cancelled the task while this attempt ran
+    /// (`POST /tasks/<id>/cancel`): the handler was stopped and the task is
+    /// `cancelled`; the string is the attempt's error.
+    Cancelled(String),
 }
 
 /// One attempt at running a task, as the status report shows it.

@@ -55,6 +55,14 @@ command = ["python3", "testkit/fixtures/count_output.py", '{runs}']
 type = "org.ferry.slow-count"
 handler = "exec"
 command = ["sh", "-c", "cat >/dev/null; echo \"$FERRY_TASK_ID $FERRY_ATTEMPT\" >> '{runs}'; sleep 8; echo '{}'"]
+
+# Counts its run, starts a grandchild, writes both pids, and runs until killed
+# (Deployment::hang_pids reads the pids).
+[[routes]]
+type = "org.ferry.hang"
+handler = "exec"
+command = ["sh", "testkit/fixtures/hang.sh", '{runs}']
+timeout = "5m"
 "#;
 
 /// Where a deployment keeps its tasks.
@@ -254,6 +262,14 @@ impl Deployment {
             assert_eq!(runs.get(id), Some(&1), "task {id}: runs {runs:?}");
         }
         assert_eq!(runs.values().sum::<usize>(), ids.len(), "runs: {runs:?}");
+    }
+
+    /// The pids an `org.ferry.hang` task wrote (its command's, then its
+    /// grandchild's), once it wrote them.
+    pub fn hang_pids(&self, task: &str) -> Option<(u32, u32)> {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("pids-{task}"))).ok()?;
+        let (command, grandchild) = text.trim().split_once(' ')?;
+        Some((command.parse().ok()?, grandchild.parse().ok()?))
     }
 
     /// The SQLite file of an SQLite deployment.

@@ -131,6 +131,17 @@ impl Api {
         reply(response.await.unwrap_or_else(|e| panic!("GET {path}: {e}"))).await
     }
 
+    /// POSTs to a path with no body.
+    pub async fn post_path(&self, path: &str) -> Reply {
+        let response = self.client.post(format!("{}{path}", self.base)).send();
+        reply(
+            response
+                .await
+                .unwrap_or_else(|e| panic!("POST {path}: {e}")),
+        )
+        .await
+    }
+
     /// GETs /status/<id>.
     pub async fn status(&self, id: &str) -> Reply {
         self.get(&format!("/status/{id}")).await

@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{Delivery, Queue};
-use ferry_core::db::{DbError, DbResult};
+use ferry_core::db::{DbError, DbResult, Lease};
 use ferry_core::retry::RetryPolicy;
 use ferry_core::task::{AttemptRef, Claimed, Outcome};
 use ferry_core::{storable, Config, Db, TaskId};
@@ -41,8 +41,9 @@ struct Worker {
     claims: Batcher<TaskId, DbResult<Option<Claimed>>>,
     /// Group commit of outcomes.
     outcomes: Batcher<(AttemptRef, Outcome), DbResult<bool>>,
-    /// Attempts running now, handed back if the drain timeout passes.
-    attempts: std::sync::Mutex<std::collections::HashMap<TaskId, i32>>,
+    /// Attempts running now, handed back if the drain timeout passes; each
+    /// with the token a cancel of its task cancels.
+    attempts: std::sync::Mutex<std::collections::HashMap<TaskId, (i32, CancellationToken)>>,
     config: Config,
     db: Db,
     name: String,
@@ -97,6 +98,11 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
     tracing::info!(worker = %worker.name, concurrency, "worker started");
+    let control = tokio::spawn(listen_for_cancels(
+        worker.clone(),
+        queue.clone(),
+        shutdown.clone(),
+    ));
     let mut backoff = RetryPolicy::RECONNECT.backoff();
     // The consumer stays open while running tasks drain, so they can still ack.
     let mut draining = None;
@@ -185,7 +191,7 @@ pub async fn run(
             .lock()
             .expect("not poisoned")
             .drain()
-            .map(|(id, attempt)| id.attempt(attempt))
+            .map(|(id, (attempt, _))| id.attempt(attempt))
             .collect();
         tracing::warn!(
             tasks = abandoned.len(),
@@ -200,7 +206,63 @@ pub async fn run(
         }
     }
     drop(draining);
+    control.abort();
     Ok(())
+}
+
+/// Set (to anything but empty or `0`) in tests only: the worker does not
+/// subscribe to control messages, so a cancel reaches it only through its
+/// lease renewal (the fallback path).
+pub const IGNORE_CONTROL_ENV: &str = "FERRY_TEST_IGNORE_CONTROL";
+
+/// How often a running attempt renews its lease, and so how long a cancel
+/// whose control message was lost takes to stop it: a third of the lease,
+/// at most this.
+pub const CANCEL_CHECK: Duration = Duration::from_secs(1);
+
+/// Hears cancels (control messages) until `shutdown`, resubscribing when the
+/// subscription breaks, and cancels the attempt of each cancelled task this
+/// worker runs.
+async fn listen_for_cancels(worker: Arc<Worker>, queue: Queue, shutdown: CancellationToken) {
+    if std::env::var(IGNORE_CONTROL_ENV).is_ok_and(|v| !v.is_empty() && v != "0") {
+        tracing::warn!(
+            "{IGNORE_CONTROL_ENV} is set: cancels reach this worker only at lease renewals"
+        );
+        return;
+    }
+    let mut backoff = RetryPolicy::RECONNECT.backoff();
+    while !shutdown.is_cancelled() {
+        let mut cancels = match queue
+            .subscribe_cancels(&format!("{}-control", worker.name))
+            .await
+        {
+            Ok(cancels) => {
+                backoff.reset();
+                cancels
+            }
+            Err(e) => {
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot subscribe to cancels; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = cancels.next() => next,
+            };
+            match next {
+                Ok(id) => worker.cancel(id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cancel subscription broke; resubscribing");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn log_join(done: Result<(), tokio::task::JoinError>) {
@@ -235,11 +297,12 @@ impl Worker {
             }
         };
         let attempt = id.attempt(claimed.attempt);
+        let cancelled = CancellationToken::new();
         self.attempts
             .lock()
             .expect("not poisoned")
-            .insert(id, attempt.attempt);
-        let outcome = self.run_attempt(id, claimed).await;
+            .insert(id, (attempt.attempt, cancelled.clone()));
+        let outcome = self.run_attempt(id, claimed, cancelled).await;
         self.attempts.lock().expect("not poisoned").remove(&id);
         match outcome {
             Some(outcome) => {
@@ -254,9 +317,26 @@ impl Worker {
         }
     }
 
+    /// A control message: task `id` was cancelled. Stops its attempt if this
+    /// worker runs it.
+    fn cancel(&self, id: TaskId) {
+        if let Some((attempt, token)) = self.attempts.lock().expect("not poisoned").get(&id) {
+            tracing::info!(task = %id, attempt, "cancel requested; stopping the attempt");
+            token.cancel();
+        }
+    }
+
     /// Runs the attempt while renewing its lease. `None` if the lease was
     /// lost (the task was taken back); the outcome is then not ours to record.
-    async fn run_attempt(&self, id: TaskId, claimed: Claimed) -> Option<Outcome> {
+    /// A cancel (`cancelled`, or the flag seen at a lease renewal) drops the
+    /// handler — an `exec` command's whole process group is killed — and
+    /// ends the attempt as [`Outcome::Cancelled`].
+    async fn run_attempt(
+        &self,
+        id: TaskId,
+        claimed: Claimed,
+        cancelled: CancellationToken,
+    ) -> Option<Outcome> {
         let Some(route) = self.config.routes.get(&claimed.event_type).cloned() else {
             return Some(Outcome::Failed(format!(
                 "no route for event type {:?} in this worker's configuration",
@@ -273,9 +353,17 @@ impl Worker {
             std::panic::AssertUnwindSafe(self.handlers.run(&route.handler, route.timeout, ctx))
                 .catch_unwind()
                 .map(|r| r.unwrap_or_else(|_| Err(HandlerError::fatal("the handler panicked"))));
+        let stopped = Outcome::Cancelled("cancelled at a client's request".into());
         let result = tokio::select! {
             result = handler => result,
-            () = self.keep_lease(id.attempt(claimed.attempt)) => return None,
+            () = cancelled.cancelled() => return Some(stopped),
+            lease = self.keep_lease(id.attempt(claimed.attempt)) => match lease {
+                LeaseEnd::Lost => return None,
+                LeaseEnd::CancelRequested => {
+                    tracing::info!(task = %id, "cancel found at lease renewal; stopping the attempt");
+                    return Some(stopped);
+                }
+            },
         };
         Some(match result {
             Ok(value) => match storable::check_value("result", &value) {
@@ -302,21 +390,24 @@ impl Worker {
         })
     }
 
-    /// Renews the lease every third of its length; returns only if it was lost.
-    async fn keep_lease(&self, attempt: AttemptRef) {
+    /// Renews the lease every third of its length, at most every
+    /// [`CANCEL_CHECK`]; returns only if it was lost or the task's cancel
+    /// was requested.
+    async fn keep_lease(&self, attempt: AttemptRef) -> LeaseEnd {
         let lease = self.config.lease;
         loop {
-            tokio::time::sleep(lease / 3).await;
+            tokio::time::sleep((lease / 3).min(CANCEL_CHECK)).await;
             let until = Utc::now() + lease;
             match self
                 .db
-                .run_blocking(move |db| db.renew_lease(attempt, until))
+                .run_blocking(move |db| db.renew_lease_or_cancel(attempt, until))
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Lease::Held) => {}
+                Ok(Lease::CancelRequested) => return LeaseEnd::CancelRequested,
+                Ok(Lease::Lost) => {
                     tracing::warn!(task = %attempt.task, attempt = attempt.attempt, "lease lost; abandoning the attempt");
-                    return;
+                    return LeaseEnd::Lost;
                 }
                 Err(e) => {
                     tracing::warn!(task = %attempt.task, error = %e, "cannot renew lease; will retry")
@@ -365,6 +456,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// Why [`Worker::keep_lease`] stopped holding an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseEnd {
+    /// The task was taken back: the outcome is not ours to record.
+    Lost,
+    /// A client cancelled the task.
+    CancelRequested,
 }
 
 fn batch_lost<T>() -> DbResult<T> {

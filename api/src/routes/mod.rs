@@ -1,4 +1,5 @@
 //! HTTP routes, one module per feature.
 
+pub mod control;
 pub mod receive;
 pub mod status;

@@ -51,6 +51,25 @@ macro_rules! owed_again {
     };
 }
 
+/// Those of `$ids` that went back to `retrying` although a client asked to
+/// cancel them while they ran: they become `cancelled` instead (the attempt
+/// ended before the cancel reached its worker).
+macro_rules! cancel_requested_retries {
+    ($t:ident, $ids:expr, $now:expr) => {
+        diesel::update(
+            $t::tasks
+                .filter($t::id.eq_any($ids))
+                .filter($t::status.eq(TaskStatus::Retrying))
+                .filter($t::cancel_requested_at.is_not_null()),
+        )
+        .set((
+            $t::status.eq(TaskStatus::Cancelled),
+            $t::finished_at.eq($now),
+            $t::run_after.eq(None::<DateTime<Utc>>),
+        ))
+    };
+}
+
 /// Indexes of `ids` in id order: batches lock rows in one global order.
 pub(super) fn order_by_id(ids: impl Iterator<Item = TaskId>) -> Vec<usize> {
     let mut order: Vec<(TaskId, usize)> = ids.zip(0..).collect();
@@ -228,6 +247,15 @@ impl Db {
                     .set((a::finished_at.eq(now), a::error.eq(error)))
                     .execute(conn)?;
                 }
+                // An attempt that ended in a retry after a client asked to
+                // cancel it: the task is cancelled, not run again.
+                let ended: Vec<TaskId> = attempts
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(_, recorded)| **recorded)
+                    .map(|((attempt, _), _)| attempt.task)
+                    .collect();
+                cancel_requested_retries!(t, &ended, now).execute(conn)?;
                 // A task's only unfinished attempt row is the one that just
                 // ended (a lost attempt's row is closed when it is taken back).
                 if !succeeded.is_empty() {
@@ -280,6 +308,8 @@ impl Db {
                     ))
                     .returning((t::id, t::attempts))
                     .get_results::<AttemptRef>(conn)?;
+                let retried_ids: Vec<TaskId> = retried.iter().map(|a| a.task).collect();
+                cancel_requested_retries!(t, &retried_ids, now).execute(conn)?;
                 for attempt in retried.iter().chain(&failed) {
                     diesel::update(
                         a::task_attempts
@@ -336,6 +366,13 @@ fn ending(outcome: &Outcome, now: DateTime<Utc>) -> Ending<'_> {
             Some(error.as_str()),
             None,
             Some(now),
+        ),
+        Outcome::Cancelled(error) => (
+            TaskStatus::Cancelled,
+            None,
+            Some(error.as_str()),
+            Some(now),
+            None,
         ),
     }
 }

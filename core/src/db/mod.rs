@@ -17,6 +17,8 @@
 //!   attempts ended; lost leases are taken back.
 //! - `status.rs`: what `GET /status` and monitoring read.
 //! - `retention.rs`: final tasks are deleted once older than `retention`.
+//! - `control.rs`: what a client asks afterwards: cancel a task, run a
+//!   finished one again.
 //!
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
@@ -65,6 +67,7 @@ macro_rules! with_conn {
 
 // After the macro: the query files use it.
 mod attempts;
+mod control;
 mod dialect;
 mod error;
 mod outbox;
@@ -72,6 +75,7 @@ mod retention;
 mod status;
 mod submit;
 
+pub use control::{CancelAnswer, Lease, RetryAnswer};
 pub use error::{DbError, DbResult};
 
 #[derive(Debug)]

@@ -26,6 +26,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        cancel_requested_at -> Nullable<Timestamptz>,
         idempotency_key -> Nullable<Text>,
     }
 }

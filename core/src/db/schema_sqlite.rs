@@ -26,6 +26,7 @@ diesel::table! {
         updated_at -> TimestamptzSqlite,
         started_at -> Nullable<TimestamptzSqlite>,
         finished_at -> Nullable<TimestamptzSqlite>,
+        cancel_requested_at -> Nullable<TimestamptzSqlite>,
         idempotency_key -> Nullable<Text>,
     }
 }

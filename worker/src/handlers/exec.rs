@@ -3,6 +3,11 @@
 //! result (JSON if it parses, else text). A non-zero exit fails the attempt
 //! with the tail of stderr: exit code 75 (`EX_TEMPFAIL`) or death by a signal
 //! is retried, any other code fails the task for good.
+//!
+//! The command runs in a process group of its own. An attempt that is
+//! stopped before the command exits (a cancel, a timeout, a lost lease,
+//! shutdown past the drain timeout) drops this handler's future, and that
+//! kills the whole group with SIGKILL: the command and whatever it started.
 
 use std::process::Stdio;
 
@@ -14,6 +19,28 @@ use super::{HandlerError, TaskContext};
 
 /// The exit code that asks for a retry.
 pub const EXIT_RETRY: i32 = 75;
+
+/// Kills a process group with SIGKILL when dropped, unless disarmed (its
+/// id set to `None` once the command ran to its end). The group's id is its
+/// leader's pid (the command's), which the kernel does not give to another
+/// process while the leader is unreaped or any member of its group lives.
+#[derive(Debug)]
+struct GroupKiller(Option<u32>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        let Some(group) = self.0 else { return };
+        // `kill` rather than a libc call: the workspace forbids unsafe code.
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{group}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Err(e) = killed {
+            tracing::warn!(group, error = %e, "could not kill the command's process group");
+        }
+    }
+}
 
 /// The last `max` bytes of `text`, cut at a character boundary.
 pub(crate) fn tail(text: &str, max: usize) -> &str {
@@ -38,16 +65,21 @@ pub(super) async fn run(command: &[String], ctx: TaskContext<'_>) -> Result<Valu
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // A timed-out or abandoned attempt must not leave its process behind.
+        // A timed-out, cancelled or abandoned attempt must not leave its
+        // process behind, nor the processes it started: see `GroupKiller`.
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(|e| HandlerError::fatal(format!("cannot start {:?}: {e}", command[0])))?;
+    let mut group = GroupKiller(child.id());
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let writer = async move {
         // A command that does not read its stdin closes the pipe early; that is its business.
         let _ = stdin.write_all(&input).await;
     };
     let (_, output) = tokio::join!(writer, child.wait_with_output());
+    // It ran to its end: whatever it left behind is its own business.
+    group.0 = None;
     let output = output
         .map_err(|e| HandlerError::retryable(format!("waiting for {:?}: {e}", command[0])))?;
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -1,0 +1,145 @@
+//! `POST /tasks/<id>/cancel` and `POST /tasks/<id>/retry`: a client steers
+//! a task it submitted.
+//!
+//! - cancel: a `pending` or `retrying` task is `cancelled` at once (200); a
+//!   `running` one is asked to stop (202): the stop is recorded in the
+//!   database and every worker is told on the control exchange
+//!   (`ferry_core::control`); the worker running it kills the handler and
+//!   records `cancelled`. A `cancelled` task answers 200 again; a finished
+//!   one is `409 task_finished`.
+//! - retry: a `failed` or `cancelled` task is `pending` again with a fresh
+//!   attempt budget and is published (202); any other status is
+//!   `409 task_not_retryable`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rocket::http::Status;
+use rocket::{post, routes, Route, State};
+use serde_json::json;
+
+use ferry_core::db::{CancelAnswer, RetryAnswer};
+use ferry_core::{TaskId, TaskStatus};
+
+use crate::error::{ApiError, ErrorCode, JsonResponse};
+use crate::AppState;
+
+/// Longest a cancel waits for the broker to take its control message; past
+/// that the worker finds the request at its next lease renewal.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The routes of this module.
+pub fn routes() -> Vec<Route> {
+    routes![cancel, retry]
+}
+
+fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidId,
+            format!("{id:?} is not a task id (a UUID)"),
+        )
+    })
+}
+
+fn not_found(id: TaskId) -> ApiError {
+    ApiError::new(ErrorCode::TaskNotFound, format!("no task has id {id}"))
+}
+
+/// A 409 that names the task's status.
+fn conflict(code: ErrorCode, id: TaskId, status: TaskStatus, message: String) -> JsonResponse {
+    JsonResponse::new(
+        Status::Conflict,
+        json!({
+            "error": code,
+            "message": message,
+            "id": id,
+            "status": status,
+            "status_url": format!("/status/{id}"),
+        }),
+    )
+}
+
+#[post("/tasks/<id>/cancel")]
+async fn cancel(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+    let id = parse_id(id)?;
+    let answer = state.db.run_blocking(move |db| db.cancel(id)).await?;
+    let status_url = format!("/status/{id}");
+    Ok(match answer {
+        CancelAnswer::Cancelled | CancelAnswer::AlreadyCancelled => JsonResponse::new(
+            Status::Ok,
+            json!({ "id": id, "status": TaskStatus::Cancelled, "status_url": status_url }),
+        ),
+        CancelAnswer::StopRequested => {
+            let told = tokio::time::timeout(CONTROL_TIMEOUT, state.queue.publish_cancel(id)).await;
+            match told {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(task = %id, error = %e, "cancel not broadcast; the lease renewal will stop it")
+                }
+                Err(_) => {
+                    tracing::warn!(task = %id, "cancel broadcast timed out; the lease renewal will stop it")
+                }
+            }
+            JsonResponse::new(
+                Status::Accepted,
+                json!({
+                    "id": id,
+                    "status": TaskStatus::Running,
+                    "cancel_requested": true,
+                    "status_url": status_url,
+                }),
+            )
+            .with_header("Location", status_url)
+        }
+        CancelAnswer::Finished(status) => conflict(
+            ErrorCode::TaskFinished,
+            id,
+            status,
+            format!("task {id} already finished ({status}); there is nothing to cancel"),
+        ),
+        CancelAnswer::NotFound => return Err(not_found(id)),
+    })
+}
+
+#[post("/tasks/<id>/retry")]
+async fn retry(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+    let id = parse_id(id)?;
+    let config = state.config.clone();
+    // The route's attempts, as /receive gives a new task; a type no route
+    // takes any more still gets one attempt (its worker then fails it).
+    let budget = move |event_type: &str| {
+        config.routes.get(event_type).map_or(1, |route| {
+            i32::try_from(route.retry.attempts).unwrap_or(i32::MAX)
+        })
+    };
+    let lock = Utc::now() + crate::PUBLISH_LOCK;
+    let answer = state
+        .db
+        .run_blocking(move |db| db.retry(id, budget, lock))
+        .await?;
+    match answer {
+        RetryAnswer::Retried { max_attempts } => {
+            // As /receive does: published now, or by the relay once the lock passes.
+            state.publish(vec![id]).await;
+            let status_url = format!("/status/{id}");
+            Ok(JsonResponse::new(
+                Status::Accepted,
+                json!({
+                    "id": id,
+                    "status": TaskStatus::Pending,
+                    "max_attempts": max_attempts,
+                    "status_url": status_url,
+                }),
+            )
+            .with_header("Location", status_url))
+        }
+        RetryAnswer::NotRetryable(status) => Ok(conflict(
+            ErrorCode::TaskNotRetryable,
+            id,
+            status,
+            format!("task {id} is {status}; only a failed or cancelled task can be retried"),
+        )),
+        RetryAnswer::NotFound => Err(not_found(id)),
+    }
+}
