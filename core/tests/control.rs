@@ -1,52 +1,19 @@
 //! Cancel and retry in the database, on SQLite and on a PostgreSQL schema
 //! of this test's own: each a compare-and-set by status.
 
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ferry_core::db::{CancelAnswer, Lease, RetryAnswer};
-use ferry_core::task::{NewTask, Outcome};
+use ferry_core::task::Outcome;
 use ferry_core::{Db, TaskId, TaskStatus};
-use ferry_testkit::PgSchema;
 use serde_json::json;
 
-fn new_task(event_id: &str) -> NewTask {
-    NewTask {
-        id: TaskId::new(),
-        event_type: "org.ferry.echo".into(),
-        source: "/ferry/tests".into(),
-        event_id: event_id.into(),
-        event: json!({"specversion": "1.0", "data": {"n": 1}}),
-        digest: format!("digest of {event_id}"),
-        max_attempts: 2,
-        idempotency_key: None,
-        run_after: None,
-    }
-}
-
-fn on_both_backends(check: impl Fn(&Db)) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::connect(
-        &format!("sqlite://{}", dir.path().join("t.db").display()),
-        4,
-    )
-    .unwrap();
-    db.migrate().unwrap();
-    check(&db);
-    if ferry_testkit::services::require_named("postgres") {
-        let schema = PgSchema::new();
-        let pg = Db::connect(&schema.url(), 4).unwrap();
-        pg.migrate().unwrap();
-        check(&pg);
-    }
-}
+mod common;
+use common::{lease, new_task, on_both_backends};
 
 fn insert(db: &Db, event_id: &str) -> TaskId {
-    db.insert_tasks(&[new_task(event_id)], Utc::now()).unwrap()[0].id
-}
-
-fn lease() -> DateTime<Utc> {
-    Utc::now() + Duration::from_secs(30)
+    db.insert_tasks(&[new_task(event_id, 2)], Utc::now())
+        .unwrap()[0]
+        .id
 }
 
 #[test]

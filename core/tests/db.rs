@@ -9,56 +9,10 @@ use diesel::Connection;
 use ferry_core::db::DbError;
 use ferry_core::task::{AttemptRef, NewTask, Outcome};
 use ferry_core::{Db, TaskId, TaskStatus};
-use ferry_testkit::PgSchema;
 use serde_json::json;
 
-fn new_task(event_id: &str, max_attempts: i32) -> NewTask {
-    NewTask {
-        id: TaskId::new(),
-        event_type: "org.ferry.echo".into(),
-        source: "/ferry/tests".into(),
-        event_id: event_id.into(),
-        event: json!({"specversion": "1.0", "data": {"n": 1}}),
-        digest: format!("digest of {event_id}"),
-        max_attempts,
-        idempotency_key: None,
-        run_after: None,
-    }
-}
-
-/// A migrated SQLite database in a fresh file (kept while the directory
-/// lives), and the file's path.
-fn sqlite() -> (tempfile::TempDir, Db, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db").display().to_string();
-    let db = Db::connect(&format!("sqlite://{path}"), 4).unwrap();
-    db.migrate().unwrap();
-    (dir, db, path)
-}
-
-/// Runs `check` against a fresh SQLite file and, when PostgreSQL answers
-/// (under CI it must), against a fresh schema.
-fn on_both_backends(check: impl Fn(&Db)) {
-    let (_dir, db, _) = sqlite();
-    check(&db);
-    on_postgres(|db, _| check(db));
-}
-
-/// Runs `check` on a fresh PostgreSQL schema (given with its URL), when
-/// PostgreSQL answers; the test kit's CI rule decides when it does not. The
-/// schema is dropped when the check ends, passed or failed.
-fn on_postgres(check: impl Fn(&Db, &str)) {
-    if !ferry_testkit::services::require_named("postgres") {
-        return;
-    }
-    let schema = PgSchema::new();
-    let url = schema.url();
-    let pg = Db::connect(&url, 4).unwrap();
-    // Migrating twice (a second replica starting) is harmless.
-    pg.migrate().unwrap();
-    pg.migrate().unwrap();
-    check(&pg, &url);
-}
+mod common;
+use common::{lease, new_task, on_both_backends, on_postgres, sqlite};
 
 /// Inserts the tasks at `at`; returns their ids in order.
 fn insert_ids(db: &Db, tasks: &[NewTask], at: DateTime<Utc>) -> Vec<TaskId> {
@@ -74,10 +28,6 @@ fn fail_first_attempt_retry_due_now(db: &Db, id: TaskId) {
         run_after: Utc::now() - Duration::from_millis(1),
     };
     assert!(db.finish(id.attempt(1), &retry).unwrap());
-}
-
-fn lease() -> DateTime<Utc> {
-    Utc::now() + Duration::from_secs(30)
 }
 
 #[test]

@@ -5,43 +5,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ferry_core::task::{NewTask, Outcome};
-use ferry_core::{Db, TaskId, TaskStatus};
-use ferry_testkit::PgSchema;
+use ferry_core::{TaskId, TaskStatus};
+
 use serde_json::json;
+
+mod common;
+use common::{lease, on_both_backends};
 
 fn new_task(event_id: &str, key: Option<&str>, run_after: Option<DateTime<Utc>>) -> NewTask {
     NewTask {
-        id: TaskId::new(),
-        event_type: "org.ferry.echo".into(),
-        source: "/ferry/tests".into(),
-        event_id: event_id.into(),
-        event: json!({"specversion": "1.0", "id": event_id}),
-        digest: format!("digest of {event_id}"),
-        max_attempts: 3,
         idempotency_key: key.map(str::to_string),
         run_after,
+        ..common::new_task(event_id, 3)
     }
-}
-
-/// Runs `check` against a fresh SQLite file and, when PostgreSQL answers
-/// (under CI it must), against a fresh schema.
-fn on_both_backends(check: impl Fn(&Db)) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db").display().to_string();
-    let db = Db::connect(&format!("sqlite://{path}"), 4).unwrap();
-    db.migrate().unwrap();
-    check(&db);
-    if !ferry_testkit::services::require_named("postgres") {
-        return;
-    }
-    let schema = PgSchema::new();
-    let pg = Db::connect(&schema.url(), 4).unwrap();
-    pg.migrate().unwrap();
-    check(&pg);
-}
-
-fn lease() -> DateTime<Utc> {
-    Utc::now() + Duration::from_secs(30)
 }
 
 #[test]
