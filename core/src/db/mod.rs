@@ -16,6 +16,7 @@
 //! - `attempts.rs`: workers claim tasks, hold leases and record how
 //!   attempts ended; lost leases are taken back.
 //! - `status.rs`: what `GET /status` and monitoring read.
+//! - `listing.rs`: what `GET /tasks` (pages, counts, full records) reads.
 //!
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
@@ -66,6 +67,7 @@ macro_rules! with_conn {
 mod attempts;
 mod dialect;
 mod error;
+pub mod listing;
 mod outbox;
 mod status;
 mod submit;
