@@ -166,6 +166,8 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .manage(state)
         .mount("/", routes::receive::routes())
         .mount("/", routes::status::routes())
+        .manage(routes::tasks::SharedCounts::default())
+        .mount("/", routes::tasks::routes())
         .register("/", catchers![error::default_catcher])
 }
 

@@ -183,6 +183,19 @@ refusals! {
     a_binary_event_without_id: binary(&[], "{}") => 422 "invalid_event";
     a_status_id_that_is_not_a_uuid: get("/status/not-a-uuid") => 400 "invalid_id";
     a_status_of_no_task: get("/status/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11") => 404 "task_not_found";
+    a_task_id_that_is_not_a_uuid: get("/tasks/not-a-uuid") => 400 "invalid_id";
+    a_task_record_of_no_task: get("/tasks/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11") => 404 "task_not_found";
+    a_list_limit_of_zero: get("/tasks?limit=0") => 400 "invalid_parameter";
+    a_list_limit_over_500: get("/tasks?limit=501") => 400 "invalid_parameter";
+    a_list_limit_that_is_not_a_number: get("/tasks?limit=ten") => 400 "invalid_parameter";
+    a_list_status_that_is_not_one: get("/tasks?status=failed,done") => 400 "invalid_parameter";
+    an_empty_list_status: get("/tasks?status=") => 400 "invalid_parameter";
+    an_empty_list_type: get("/tasks?type=") => 400 "invalid_parameter";
+    a_list_source_given_twice: get("/tasks?source=a&source=b") => 400 "invalid_parameter";
+    a_created_after_that_is_not_a_time: get("/tasks?created_after=yesterday") => 400 "invalid_parameter";
+    a_created_before_that_is_not_a_time: get("/tasks?created_before=2026-12-03") => 400 "invalid_parameter";
+    a_list_cursor_not_made_by_ferry: get("/tasks?cursor=abc") => 400 "invalid_parameter";
+    an_unknown_list_parameter: get("/tasks?colour=red") => 400 "invalid_parameter";
     an_unknown_path: get("/no/such/route") => 404 "not_found";
 }
 
