@@ -69,6 +69,9 @@ pub enum ErrorCode {
     InvalidId,
     /// 400: a header value Ferry cannot read.
     InvalidHeader,
+    /// 400: a query parameter Ferry cannot use (`GET /tasks`); the message
+    /// names it.
+    InvalidParameter,
     /// 404: no such task.
     TaskNotFound,
     /// 404: no such route.
@@ -117,12 +120,13 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of README.md's tables.
-    pub const ALL: [Self; 27] = [
+    pub const ALL: [Self; 28] = [
         Self::EmptyBody,
         Self::MalformedJson,
         Self::UnreadableBody,
         Self::InvalidId,
         Self::InvalidHeader,
+        Self::InvalidParameter,
         Self::TaskNotFound,
         Self::NotFound,
         Self::PayloadTooLarge,
@@ -155,6 +159,7 @@ impl ErrorCode {
             Self::UnreadableBody => "unreadable_body",
             Self::InvalidId => "invalid_id",
             Self::InvalidHeader => "invalid_header",
+            Self::InvalidParameter => "invalid_parameter",
             Self::TaskNotFound => "task_not_found",
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
@@ -189,6 +194,7 @@ impl ErrorCode {
             | Self::UnreadableBody
             | Self::InvalidId
             | Self::InvalidHeader
+            | Self::InvalidParameter
             | Self::BadRequest
             | Self::MalformedRequest
             | Self::MalformedContentLength => Status::BadRequest,

@@ -168,6 +168,8 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .mount("/", routes::receive::routes())
         .mount("/", routes::status::routes())
         .mount("/", routes::control::routes())
+        .manage(routes::tasks::SharedCounts::default())
+        .mount("/", routes::tasks::routes())
         .register("/", catchers![error::default_catcher])
 }
 

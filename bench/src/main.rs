@@ -16,7 +16,12 @@
 //! the slow-client soak (also alone: `ferry-bench stall`): a standalone API
 //! with a short `request_timeout`, N connections that stop mid-head or
 //! mid-body, `/status` latency from a few clients throughout, and when the
-//! server closed the stalled connections.
+//! server closed the stalled connections. Last, the listing row (also
+//! alone: `ferry-bench list`, in `list.rs`): 1 000 000 tasks seeded into
+//! each backend (10 000 with `--quick`), the first page of `GET /tasks` for
+//! each filter and `GET /tasks/counts`.
+
+mod list;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +106,18 @@ enum Mode {
     /// each), `/status` latency from a few clients throughout, and when the
     /// stalled connections were closed.
     Stall(Stall),
+    /// Only the listing row: N tasks seeded straight into each backend, then
+    /// the first page of `GET /tasks` for each filter and `GET /tasks/counts`
+    /// (p50/p99 from one client), and each filter's query plan checked.
+    List(ListPlan),
+}
+
+/// The listing row.
+#[derive(Debug, Clone, clap::Args)]
+struct ListPlan {
+    /// Tasks seeded per backend (default 1000000, or 10000 with --quick).
+    #[arg(long)]
+    tasks: Option<usize>,
 }
 
 /// The slow-client soak.
@@ -851,6 +868,25 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(Path::new("bench-results/stall.json")),
         );
     }
+    if let Some(Mode::List(plan)) = &args.mode {
+        let n = plan.tasks.unwrap_or(list::default_tasks(args.quick));
+        let mut rows = Vec::new();
+        for backend in &args.backends {
+            rows.push(list::run(&args, backend, n, &bin_dir).await?);
+        }
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "list": rows,
+        });
+        list::print(&results["list"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/list.json")),
+        );
+    }
     let ceiling_n = args
         .tasks
         .unwrap_or(if args.quick { 2_000 } else { 50_000 });
@@ -898,8 +934,15 @@ async fn main() -> anyhow::Result<()> {
         humantime::format_duration(plan.limit)
     );
     results["stall"] = stall(&plan, &bin_dir).await?;
+    let mut listing = Vec::new();
+    for backend in &args.backends {
+        let n = list::default_tasks(args.quick);
+        listing.push(list::run(&args, backend, n, &bin_dir).await?);
+    }
+    results["list"] = json!(listing);
     print_table(&results);
     print_stall(&results["stall"]);
+    list::print(&results["list"]);
     write_results(
         &results,
         args.out

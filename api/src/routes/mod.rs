@@ -3,3 +3,4 @@
 pub mod control;
 pub mod receive;
 pub mod status;
+pub mod tasks;

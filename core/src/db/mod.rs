@@ -19,6 +19,7 @@
 //! - `retention.rs`: final tasks are deleted once older than `retention`.
 //! - `control.rs`: what a client asks afterwards: cancel a task, run a
 //!   finished one again.
+//! - `listing.rs`: what `GET /tasks` (pages, counts, full records) reads.
 //!
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
@@ -70,6 +71,7 @@ mod attempts;
 mod control;
 mod dialect;
 mod error;
+pub mod listing;
 mod outbox;
 mod retention;
 mod status;
