@@ -13,17 +13,10 @@ const FAIL: &str = "org.ferry.fail";
 
 /// Posts a structured event from `source`; returns its task id.
 async fn submit(api: &Api, event_type: &str, source: &str, id: &str) -> String {
-    let event = json!({
+    api.submit_event(json!({
         "specversion": "1.0", "type": event_type, "source": source, "id": id, "data": {"n": id}
-    });
-    let r = api
-        .post(
-            event.to_string(),
-            &[("content-type", "application/cloudevents+json")],
-        )
-        .await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    r.task_id()
+    }))
+    .await
 }
 
 /// One page: its task ids and its `next` link.

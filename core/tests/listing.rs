@@ -117,12 +117,7 @@ fn statuses_filter_and_count() {
         let tasks: Vec<NewTask> = (0..6)
             .map(|i| new_task(["org.a", "org.b"][i % 2], "/s", &format!("c{i}")))
             .collect();
-        let ids: Vec<TaskId> = db
-            .insert_tasks(&tasks, Utc::now())
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<TaskId> = common::insert(db, &tasks);
         let lease = Utc::now() + Duration::seconds(30);
         // 0 succeeds, 1 fails, 2 runs; 3, 4, 5 stay pending.
         for id in &ids[..3] {

@@ -87,12 +87,7 @@ fn retention_deletes_only_old_final_tasks_with_their_attempts() {
         let tasks: Vec<NewTask> = (0..5)
             .map(|i| new_task(&format!("r{i}"), None, None))
             .collect();
-        let ids: Vec<TaskId> = db
-            .insert_tasks(&tasks, Utc::now())
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<TaskId> = common::insert(db, &tasks);
         // 0, 1, 2 finish (succeeded, failed, succeeded); 3 runs; 4 waits.
         for (i, id) in ids.iter().enumerate().take(4) {
             db.claim(*id, "w1", lease()).unwrap().unwrap();

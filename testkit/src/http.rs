@@ -112,9 +112,15 @@ impl Api {
     /// POSTs a CloudEvents 1.0 event built from its parts; expects a 202
     /// and returns the task id.
     pub async fn submit(&self, event_type: &str, id: &str, data: Value) -> String {
-        let event = serde_json::json!({
+        self.submit_event(serde_json::json!({
             "specversion": "1.0", "type": event_type, "source": "/ferry/tests", "id": id, "data": data
-        });
+        }))
+        .await
+    }
+
+    /// POSTs `event` in structured mode; expects a 202 and returns the task
+    /// id.
+    pub async fn submit_event(&self, event: Value) -> String {
         let r = self
             .post(
                 event.to_string(),

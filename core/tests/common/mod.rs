@@ -61,6 +61,15 @@ pub fn on_postgres(check: impl Fn(&Db, &str)) {
     check(&pg, &url);
 }
 
+/// Inserts the tasks now; returns their ids in order.
+pub fn insert(db: &Db, tasks: &[NewTask]) -> Vec<TaskId> {
+    db.insert_tasks(tasks, Utc::now())
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect()
+}
+
 /// A lease that outlasts any test step.
 pub fn lease() -> DateTime<Utc> {
     Utc::now() + Duration::from_secs(30)
