@@ -209,6 +209,8 @@ refusals! {
     a_task_id_that_is_not_a_uuid: get("/tasks/not-a-uuid") => 400 "invalid_id";
     a_task_record_of_no_task: get("/tasks/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11") => 404 "task_not_found";
     a_list_limit_of_zero: get("/tasks?limit=0") => 400 "invalid_parameter";
+    a_nul_in_a_list_filter: get("/tasks?type=a%00b") => 400 "invalid_parameter";
+    a_list_filter_longer_than_any_stored_value: get(&format!("/tasks?source={}", "s".repeat(1100))) => 400 "invalid_parameter";
     a_list_limit_over_500: get("/tasks?limit=501") => 400 "invalid_parameter";
     a_list_limit_that_is_not_a_number: get("/tasks?limit=ten") => 400 "invalid_parameter";
     a_list_status_that_is_not_one: get("/tasks?status=failed,done") => 400 "invalid_parameter";

@@ -261,6 +261,9 @@ async fn listing(stack: &Stack) {
         ("type=", "type"),
         ("source=", "source"),
         ("type=a&type=b", "type"),
+        // PostgreSQL refuses a NUL even as a parameter: a 400, not a 500.
+        ("type=a%00b", "type"),
+        ("source=%00", "source"),
         ("created_after=yesterday", "created_after"),
         ("created_after=2026-12-03", "created_after"),
         ("created_before=2026-12-03T25:00:00Z", "created_before"),

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use ferry_core::db::listing::{Cursor, TaskCounts, TaskFilter, DEFAULT_LIMIT, MAX_LIMIT};
-use ferry_core::{TaskId, TaskStatus};
+use ferry_core::{storable, TaskId, TaskStatus};
 
 use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::AppState;
@@ -101,12 +101,16 @@ impl ListQuery {
                 }
                 seen.push(name);
             }
+            // `type` and `source` are compared with stored text: what no
+            // task can hold (a NUL, which PostgreSQL refuses even as a
+            // parameter, or more than the attribute limit) is refused.
             let nonempty = || {
                 if value.is_empty() {
-                    Err(invalid(name, "must not be empty"))
-                } else {
-                    Ok(value.to_string())
+                    return Err(invalid(name, "must not be empty"));
                 }
+                storable::check_text_len(name, value, storable::MAX_KEY_ATTRIBUTE_BYTES)
+                    .map_err(|e| invalid(name, e.reason))?;
+                Ok(value.to_string())
             };
             match name {
                 "status" => {
