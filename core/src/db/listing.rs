@@ -180,8 +180,12 @@ macro_rules! listed {
             .order(($t::created_at.desc(), $t::id.desc()))
             .limit($limit)
             .into_boxed();
-        if !filter.statuses.is_empty() {
-            query = query.filter($t::status.eq_any(filter.statuses.clone()));
+        // One status is bound as `=`: PostgreSQL reads `= ANY(array)` as a
+        // set, not as an equality it can use to keep an index's order.
+        match filter.statuses[..] {
+            [] => {}
+            [status] => query = query.filter($t::status.eq(status)),
+            _ => query = query.filter($t::status.eq_any(filter.statuses.clone())),
         }
         if let Some(event_type) = &filter.event_type {
             query = query.filter($t::event_type.eq(event_type.clone()));
