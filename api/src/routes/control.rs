@@ -22,6 +22,7 @@ use ferry_core::db::{CancelAnswer, RetryAnswer};
 use ferry_core::{TaskId, TaskStatus};
 
 use crate::error::{ApiError, ErrorCode, JsonResponse};
+use crate::routes::{parse_task_id, task_not_found};
 use crate::AppState;
 
 /// Longest a cancel waits for the broker to take its control message; past
@@ -31,19 +32,6 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The routes of this module.
 pub fn routes() -> Vec<Route> {
     routes![cancel, retry]
-}
-
-fn parse_id(id: &str) -> Result<TaskId, ApiError> {
-    id.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidId,
-            format!("{id:?} is not a task id (a UUID)"),
-        )
-    })
-}
-
-fn not_found(id: TaskId) -> ApiError {
-    ApiError::new(ErrorCode::TaskNotFound, format!("no task has id {id}"))
 }
 
 /// A 409 that names the task's status.
@@ -62,7 +50,7 @@ fn conflict(code: ErrorCode, id: TaskId, status: TaskStatus, message: String) ->
 
 #[post("/tasks/<id>/cancel")]
 async fn cancel(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
-    let id = parse_id(id)?;
+    let id = parse_task_id(id)?;
     let answer = state.db.run_blocking(move |db| db.cancel(id)).await?;
     let status_url = format!("/status/{id}");
     Ok(match answer {
@@ -98,13 +86,13 @@ async fn cancel(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiEr
             status,
             format!("task {id} already finished ({status}); there is nothing to cancel"),
         ),
-        CancelAnswer::NotFound => return Err(not_found(id)),
+        CancelAnswer::NotFound => return Err(task_not_found(id)),
     })
 }
 
 #[post("/tasks/<id>/retry")]
 async fn retry(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
-    let id = parse_id(id)?;
+    let id = parse_task_id(id)?;
     let config = state.config.clone();
     // The route's attempts, as /receive gives a new task; a type no route
     // takes any more still gets one attempt (its worker then fails it).
@@ -140,6 +128,6 @@ async fn retry(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiErr
             status,
             format!("task {id} is {status}; only a failed or cancelled task can be retried"),
         )),
-        RetryAnswer::NotFound => Err(not_found(id)),
+        RetryAnswer::NotFound => Err(task_not_found(id)),
     }
 }

@@ -4,9 +4,8 @@ use rocket::http::Status;
 use rocket::{get, routes, Route, State};
 use serde_json::json;
 
-use ferry_core::TaskId;
-
-use crate::error::{ApiError, ErrorCode, JsonResponse};
+use crate::error::{ApiError, JsonResponse};
+use crate::routes::{parse_task_id, task_not_found};
 use crate::AppState;
 
 /// The routes of this module.
@@ -16,19 +15,11 @@ pub fn routes() -> Vec<Route> {
 
 #[get("/status/<id>")]
 async fn status(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
-    let id: TaskId = id.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidId,
-            format!("{id:?} is not a task id (a UUID)"),
-        )
-    })?;
+    let id = parse_task_id(id)?;
     let view = state.task_view(id).await?;
     match view {
         Some(view) => Ok(JsonResponse::new(Status::Ok, view)),
-        None => Err(ApiError::new(
-            ErrorCode::TaskNotFound,
-            format!("no task has id {id}"),
-        )),
+        None => Err(task_not_found(id)),
     }
 }
 

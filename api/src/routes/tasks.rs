@@ -17,9 +17,10 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use ferry_core::db::listing::{Cursor, TaskCounts, TaskFilter, DEFAULT_LIMIT, MAX_LIMIT};
-use ferry_core::{storable, TaskId, TaskStatus};
+use ferry_core::{storable, TaskStatus};
 
 use crate::error::{ApiError, ErrorCode, JsonResponse};
+use crate::routes::{parse_task_id, task_not_found};
 use crate::AppState;
 
 /// The routes of this module.
@@ -234,24 +235,17 @@ async fn counts(
 /// every attempt.
 #[get("/tasks/<id>")]
 async fn record(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
-    let id: TaskId = id.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidId,
-            format!("{id:?} is not a task id (a UUID)"),
-        )
-    })?;
+    let id = parse_task_id(id)?;
     match state.db.run_blocking(move |db| db.task_record(id)).await? {
         Some(record) => Ok(JsonResponse::new(Status::Ok, record)),
-        None => Err(ApiError::new(
-            ErrorCode::TaskNotFound,
-            format!("no task has id {id}"),
-        )),
+        None => Err(task_not_found(id)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_core::TaskId;
 
     fn parse(uri: &str) -> Result<ListQuery, String> {
         ListQuery::parse(&Origin::parse(uri).unwrap()).map_err(|e| e.message)
