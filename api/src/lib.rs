@@ -3,6 +3,7 @@
 //! `POST /tasks/<id>/cancel` and `/retry` steer it. Built by [`rocket`] so
 //! tests and `main` assemble the same application.
 
+pub mod auth;
 pub mod error;
 pub mod listener;
 pub mod routes;
@@ -170,7 +171,10 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .mount("/", routes::control::routes())
         .manage(routes::tasks::SharedCounts::default())
         .mount("/", routes::tasks::routes())
-        .register("/", catchers![error::default_catcher])
+        .register(
+            "/",
+            catchers![error::default_catcher, auth::unauthorized, auth::forbidden],
+        )
 }
 
 /// Runs the API until `shutdown` is cancelled (by the caller: `main` cancels
@@ -209,12 +213,16 @@ pub async fn serve(
         background.clone(),
     );
     let workers = standalone.then(|| spawn_workers(&config, &db, &queue, &background));
+    if config.tokens.is_empty() {
+        tracing::warn!("no [[tokens]] configured: the API is open to anyone who can reach it");
+    }
     tracing::info!(
         address = %config.address,
         port = config.port,
         database = db.backend(),
         standalone,
         request_timeout = ?config.request_timeout,
+        tokens = config.tokens.iter().count(),
         "ferry-api starting"
     );
     let state = AppState::new(Arc::new(config), db, queue);

@@ -13,6 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::routes::{RawRoute, Routes};
+use crate::tokens::{RawToken, Tokens};
 
 /// Default HTTP port, the one pacifica's receivers listen on.
 pub const DEFAULT_PORT: u16 = 8069;
@@ -81,6 +82,8 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Event type → handler.
     pub routes: Routes,
+    /// The API's tokens (`[[tokens]]`); none means the API is open.
+    pub tokens: Tokens,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             retention: Some(DEFAULT_RETENTION),
             routes: Routes::default(),
+            tokens: Tokens::default(),
         }
     }
 }
@@ -154,6 +158,9 @@ pub(crate) struct Layer {
     /// Only the file has routes.
     #[serde(default, skip_serializing)]
     pub(crate) routes: Vec<RawRoute>,
+    /// Only the file has tokens.
+    #[serde(default, skip_serializing)]
+    pub(crate) tokens: Vec<RawToken>,
 }
 
 impl Layer {
@@ -197,6 +204,7 @@ impl Layer {
                 })
                 .transpose()?,
             routes: Vec::new(),
+            tokens: Vec::new(),
         })
     }
 
@@ -224,6 +232,7 @@ impl Layer {
             config.retention = retention.parse("retention")?;
         }
         config.routes = Routes::from_raw(self.routes)?;
+        config.tokens = Tokens::from_raw(self.tokens)?;
         config.validate()?;
         Ok(config)
     }

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `server.conf` and its environment overrides, merged and checked.
 //! - [`routes`]: the routing table, event type → handler.
+//! - [`tokens`]: the API's tokens (`[[tokens]]`), kept as SHA-256 hashes.
 //! - [`cli`]: the command-line flags both binaries take.
 //! - [`event`]: CloudEvents as `/receive` takes them.
 //! - [`storable`]: what both databases can hold, checked before a transaction.
@@ -31,6 +32,7 @@ pub mod routes;
 pub mod runtime;
 pub mod storable;
 pub mod task;
+pub mod tokens;
 
 pub use config::Config;
 pub use db::Db;

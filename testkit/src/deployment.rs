@@ -150,6 +150,24 @@ impl Deployment {
         self
     }
 
+    /// Adds a `[[tokens]]` entry to the config file: `token`, stored as
+    /// its SHA-256 ([`crate::token_hash`]), named `name`, with `scopes`.
+    pub fn token(self, name: &str, token: &str, scopes: &[&str]) -> Self {
+        use std::io::Write as _;
+        let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+        let entry = format!(
+            "\n[[tokens]]\nname = {name:?}\nhash = {:?}\nscopes = [{}]\n",
+            crate::token_hash(token),
+            scopes.join(", ")
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .and_then(|mut file| file.write_all(entry.as_bytes()))
+            .expect("append to the config");
+        self
+    }
+
     /// Sets an environment variable for every process started after this.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));

@@ -21,6 +21,7 @@ use serde_json::json;
 use ferry_core::db::{CancelAnswer, RetryAnswer};
 use ferry_core::{TaskId, TaskStatus};
 
+use crate::auth::{Admin, Auth};
 use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::routes::{parse_task_id, task_not_found};
 use crate::AppState;
@@ -49,7 +50,11 @@ fn conflict(code: ErrorCode, id: TaskId, status: TaskStatus, message: String) ->
 }
 
 #[post("/tasks/<id>/cancel")]
-async fn cancel(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn cancel(
+    _auth: Auth<Admin>,
+    id: &str,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     let answer = state.db.run_blocking(move |db| db.cancel(id)).await?;
     let status_url = format!("/status/{id}");
@@ -91,7 +96,11 @@ async fn cancel(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiEr
 }
 
 #[post("/tasks/<id>/retry")]
-async fn retry(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn retry(
+    _auth: Auth<Admin>,
+    id: &str,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     let config = state.config.clone();
     // The route's attempts, as /receive gives a new task; a type no route

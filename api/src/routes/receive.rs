@@ -19,6 +19,7 @@ use ferry_core::event::{decode_header_value, Event};
 use ferry_core::task::{NewTask, Stored};
 use ferry_core::TaskId;
 
+use crate::auth::{Auth, Submit};
 use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::AppState;
 
@@ -165,6 +166,7 @@ fn task_json(stored: &Stored) -> Value {
 
 #[post("/receive", data = "<body>")]
 async fn receive(
+    _auth: Auth<Submit>,
     headers: EventHeaders,
     body: Data<'_>,
     state: &State<AppState>,

@@ -4,6 +4,7 @@ use rocket::http::Status;
 use rocket::{get, routes, Route, State};
 use serde_json::json;
 
+use crate::auth::{Auth, Read};
 use crate::error::{ApiError, JsonResponse};
 use crate::routes::{parse_task_id, task_not_found};
 use crate::AppState;
@@ -14,7 +15,11 @@ pub fn routes() -> Vec<Route> {
 }
 
 #[get("/status/<id>")]
-async fn status(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn status(
+    _auth: Auth<Read>,
+    id: &str,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     let view = state.task_view(id).await?;
     match view {

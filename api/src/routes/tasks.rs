@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 use ferry_core::db::listing::{Cursor, TaskCounts, TaskFilter, DEFAULT_LIMIT, MAX_LIMIT};
 use ferry_core::{storable, TaskStatus};
 
+use crate::auth::{Auth, Read};
 use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::routes::{parse_task_id, task_not_found};
 use crate::AppState;
@@ -198,7 +199,11 @@ impl ListQuery {
 /// A page of tasks, newest first: `{"tasks": [...], "next": url or null}`.
 /// `next` is set when the page is full (there may be more).
 #[get("/tasks")]
-async fn list(origin: &Origin<'_>, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn list(
+    _auth: Auth<Read>,
+    origin: &Origin<'_>,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let query = ListQuery::parse(origin)?;
     let (filter, cursor, limit) = (query.filter.clone(), query.cursor, query.limit);
     let tasks = state
@@ -219,6 +224,7 @@ async fn list(origin: &Origin<'_>, state: &State<AppState>) -> Result<JsonRespon
 /// (`age_ms` says how old).
 #[get("/tasks/counts")]
 async fn counts(
+    _auth: Auth<Read>,
     state: &State<AppState>,
     shared: &State<SharedCounts>,
 ) -> Result<JsonResponse, ApiError> {
@@ -234,7 +240,11 @@ async fn counts(
 /// Everything about one task: the status view, the event as stored and
 /// every attempt.
 #[get("/tasks/<id>")]
-async fn record(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn record(
+    _auth: Auth<Read>,
+    id: &str,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     match state.db.run_blocking(move |db| db.task_record(id)).await? {
         Some(record) => Ok(JsonResponse::new(Status::Ok, record)),
