@@ -232,7 +232,6 @@ impl Layer {
             config.retention = retention.parse("retention")?;
         }
         config.routes = Routes::from_raw(self.routes)?;
-        config.tokens = Tokens::from_raw(self.tokens)?;
         config.validate()?;
         Ok(config)
     }
@@ -311,14 +310,24 @@ impl Config {
         if let Err(e) = file.parse::<toml::Table>() {
             return Err(toml_syntax_error(file, &e));
         }
-        let env = Layer::from_env(env)?;
-        let layer: Layer = Figment::new()
+        // FERRY_TOKENS, when set, replaces the file's [[tokens]].
+        let env_tokens = env("FERRY_TOKENS")
+            .map(|value| crate::tokens::raw_from_env("FERRY_TOKENS", &value))
+            .transpose()?;
+        let env = Layer::from_env(&env)?;
+        let mut layer: Layer = Figment::new()
             .merge(Toml::string(file))
             .merge(Serialized::defaults(env))
             .merge(Serialized::defaults(flags))
             .extract()
             .map_err(figment_error)?;
-        layer.into_config()
+        let tokens = match env_tokens {
+            Some(raw) => Tokens::from_raw(raw, "FERRY_TOKENS")?,
+            None => Tokens::from_raw(std::mem::take(&mut layer.tokens), "tokens")?,
+        };
+        let mut config = layer.into_config()?;
+        config.tokens = tokens;
+        Ok(config)
     }
 
     /// Checks values that parse but make no sense.

@@ -88,17 +88,22 @@ pub struct Tokens(Vec<Token>);
 impl Tokens {
     /// The tokens; two with the same name or the same hash are an error.
     pub fn new(tokens: Vec<Token>) -> Result<Self, ConfigError> {
+        Self::checked(tokens, "tokens")
+    }
+
+    /// [`Tokens::new`], errors naming `key[i]`.
+    fn checked(tokens: Vec<Token>, key: &str) -> Result<Self, ConfigError> {
         for (i, token) in tokens.iter().enumerate() {
             if let Some(earlier) = tokens[..i].iter().position(|t| t.name == token.name) {
                 return Err(ConfigError::new(
-                    format!("tokens[{i}].name"),
-                    format!("{:?} is already the name of tokens[{earlier}]", token.name),
+                    format!("{key}[{i}].name"),
+                    format!("{:?} is already the name of {key}[{earlier}]", token.name),
                 ));
             }
             if let Some(earlier) = tokens[..i].iter().position(|t| t.hash == token.hash) {
                 return Err(ConfigError::new(
-                    format!("tokens[{i}].hash"),
-                    format!("is already the hash of tokens[{earlier}]; make a new token"),
+                    format!("{key}[{i}].hash"),
+                    format!("is already the hash of {key}[{earlier}]; make a new token"),
                 ));
             }
         }
@@ -115,15 +120,36 @@ impl Tokens {
         self.0.iter()
     }
 
-    /// Checks the `[[tokens]]` entries as written.
-    pub(crate) fn from_raw(tokens: Vec<RawToken>) -> Result<Self, ConfigError> {
+    /// Checks the entries as written; errors name `key[i]` (`tokens` in
+    /// the file, `FERRY_TOKENS` in the environment).
+    pub(crate) fn from_raw(tokens: Vec<RawToken>, key: &str) -> Result<Self, ConfigError> {
         let tokens = tokens
             .into_iter()
             .enumerate()
-            .map(|(i, t)| t.into_token(i))
+            .map(|(i, t)| t.into_token(key, i))
             .collect::<Result<Vec<_>, _>>()?;
-        Self::new(tokens)
+        Self::checked(tokens, key)
     }
+}
+
+/// `FERRY_TOKENS` (named `key`): the entries as a TOML array of inline
+/// tables, `[{name = "a", hash = "sha256:…", scopes = ["read"]}, …]`.
+pub(crate) fn raw_from_env(key: &str, value: &str) -> Result<Vec<RawToken>, ConfigError> {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        tokens: Vec<RawToken>,
+    }
+    toml::from_str::<Wrapper>(&format!("tokens = {value}"))
+        .map(|w| w.tokens)
+        .map_err(|e| {
+            ConfigError::new(
+                key,
+                format!(
+                    "must be a TOML array of {{name = \"…\", hash = \"sha256:…\", scopes = [\"…\"]}}: {}",
+                    e.message()
+                ),
+            )
+        })
 }
 
 /// SHA-256 of a token's text.
@@ -202,8 +228,8 @@ pub(crate) struct RawToken {
 }
 
 impl RawToken {
-    fn into_token(self, i: usize) -> Result<Token, ConfigError> {
-        let key = |field: &str| format!("tokens[{i}].{field}");
+    fn into_token(self, base: &str, i: usize) -> Result<Token, ConfigError> {
+        let key = |field: &str| format!("{base}[{i}].{field}");
         if !is_valid_name(&self.name) {
             return Err(ConfigError::new(
                 key("name"),
@@ -224,7 +250,7 @@ impl RawToken {
         for (j, name) in self.scopes.iter().enumerate() {
             let scope = Scope::parse(name).ok_or_else(|| {
                 ConfigError::new(
-                    format!("tokens[{i}].scopes[{j}]"),
+                    format!("{base}[{i}].scopes[{j}]"),
                     format!("unknown scope {name:?} (submit, read, admin)"),
                 )
             })?;
@@ -336,6 +362,33 @@ mod tests {
             let err = Config::from_toml(&text).unwrap_err();
             assert_eq!(err.key, key, "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn ferry_tokens_replaces_the_file_entries() {
+        let load = |file: &str, value: &str| {
+            let value = value.to_string();
+            Config::from_layers(
+                file,
+                |k| (k == "FERRY_TOKENS").then(|| value.clone()),
+                crate::config::Layer::default(),
+            )
+        };
+        let file = entry("file", SECRET_HASH, "[\"read\"]");
+        let env = format!(
+            "[{{name = \"env\", hash = {:?}, scopes = [\"submit\", \"read\"]}}]",
+            format_hash(&hash_token("other"))
+        );
+        let config = load(&file, &env).unwrap();
+        let names: Vec<&str> = config.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["env"]);
+        assert!(
+            load(&file, "[]").unwrap().tokens.is_empty(),
+            "[] turns auth off"
+        );
+        assert_eq!(load("", "nope").unwrap_err().key, "FERRY_TOKENS");
+        let bad = "[{name = \"a\", hash = \"sha256:00\", scopes = [\"read\"]}]";
+        assert_eq!(load("", bad).unwrap_err().key, "FERRY_TOKENS[0].hash");
     }
 
     #[test]
