@@ -29,10 +29,11 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the `[[tokens]]` entry for server.conf that lets a token in:
-    /// the token is read from stdin, or made with --generate (and then
-    /// written once, alone on a line, to stderr). Only its SHA-256 goes
-    /// into the entry.
+    /// Print the server.conf `[[tokens]]` entry of a token.
+    ///
+    /// The token is read from stdin, or made with --generate and then
+    /// written once, alone on a line, to stderr. Only its SHA-256 goes into
+    /// the entry, on stdout.
     HashToken(HashToken),
 }
 

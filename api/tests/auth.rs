@@ -583,4 +583,23 @@ fn a_bad_token_entry_stops_the_start() {
             "{stderr}"
         );
     }
+    // The same from the environment, named by its variable.
+    std::fs::write(&config, "").unwrap();
+    let database = format!("sqlite://{}", dir.path().join("f.db").display());
+    let (code, stderr) = ferry_testkit::run_bin(
+        "ferry-api",
+        &["--standalone", "--config", config.to_str().unwrap()],
+        &[
+            ("FERRY_DATABASE_URL", &database),
+            (
+                "FERRY_TOKENS",
+                "[{name = \"a\", hash = \"sha256:00\", scopes = [\"read\"]}]",
+            ),
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad configuration: FERRY_TOKENS[0].hash: "),
+        "{stderr}"
+    );
 }
