@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod listener;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;
@@ -170,6 +171,7 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .mount("/", routes::control::routes())
         .manage(routes::tasks::SharedCounts::default())
         .mount("/", routes::tasks::routes())
+        .mount("/", openapi::routes())
         .register("/", catchers![error::default_catcher])
 }
 
