@@ -19,6 +19,7 @@ use rocket::http::ContentType;
 use rocket::{get, routes, Route};
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, Response};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -47,7 +48,7 @@ use bodies::ErrorBody;
         openapi_json,
     ),
     components(schemas(ErrorBody, ErrorCode)),
-    modifiers(&EveryRequest, &NullsAreSent),
+    modifiers(&EveryRequest, &NullsAreSent, &BearerAuth),
     tags(
         (name = "tasks", description = "Submit events, follow and steer their tasks."),
         (name = "service", description = "Probes and this document."),
@@ -257,6 +258,76 @@ impl Modify for NullsAreSent {
         }
         if let Some(components) = doc.components.as_mut() {
             components.schemas.values_mut().for_each(require_nullables);
+        }
+    }
+}
+
+/// The security scheme's name in the document.
+pub const BEARER: &str = "bearer";
+
+/// The routes any client may call without a token: health checks. (The
+/// same list as the auth guard's `OPEN_ROUTES`.)
+const OPEN_ROUTES: &[(&str, &str)] = &[("get", "/health")];
+
+/// The scope a route needs: `submit` to post events, `admin` to steer
+/// tasks, `read` for everything else.
+fn scope(method: &str, path: &str) -> &'static str {
+    match (method, path) {
+        ("post", "/receive") => "submit",
+        ("post", _) => "admin",
+        _ => "read",
+    }
+}
+
+/// Bearer tokens: when `server.conf` lists `[[tokens]]`, every route but
+/// the [`OPEN_ROUTES`] needs `Authorization: Bearer <token>` of a token
+/// with the route's scope, else `401 unauthorized` (with
+/// `WWW-Authenticate: Bearer`) or `403 forbidden`.
+#[derive(Debug)]
+pub struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A token listed in `server.conf` (`[[tokens]]`, stored as its SHA-256), with the \
+                 route's scope: `submit` for `POST /receive`, `admin` for cancel and retry, `read` \
+                 for the rest. With no token configured the API is open.",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, op) in operations_mut(item) {
+                if OPEN_ROUTES.contains(&(method, path.as_str())) {
+                    continue;
+                }
+                let scope = scope(method, path);
+                op.security = Some(vec![SecurityRequirement::new(BEARER, [scope])]);
+                add_error(
+                    op,
+                    401,
+                    "`unauthorized`: tokens are configured and the request has none, a \
+                     malformed `Authorization` header or an unknown token",
+                );
+                if let Some(RefOr::T(response)) = op.responses.responses.get_mut("401") {
+                    let text = ObjectBuilder::new().schema_type(Type::String).build();
+                    response.headers.insert(
+                        "WWW-Authenticate".into(),
+                        HeaderBuilder::new()
+                            .schema(text)
+                            .description(Some("`Bearer`, with an `error` when a token was sent."))
+                            .build(),
+                    );
+                }
+                add_error(
+                    op,
+                    403,
+                    &format!("`forbidden`: the token does not have the `{scope}` scope"),
+                );
+            }
         }
     }
 }
