@@ -446,13 +446,42 @@ async fn real_answers_match_the_document() {
         .finish(other.attempt(1), &Outcome::Succeeded(json!(2)))
         .unwrap();
     expect(app.post(&cancel(other), &[], "").await, 409);
+    let done = expect(app.get(&format!("/tasks/{other}")).await, 200);
+    assert_eq!(
+        done["attempt_history"].as_array().unwrap().len(),
+        1,
+        "{done}"
+    );
+    expect(app.get(&format!("/status/{id}")).await, 200);
     expect(app.post(&cancel(TaskId::new()), &[], "").await, 404);
     expect(app.post(&retry(TaskId::new()), &[], "").await, 404);
     expect(app.post("/tasks/nope/cancel", &[], "").await, 400);
     expect(app.post("/tasks/nope/retry", &[], "").await, 400);
 }
 
-/// `GET /openapi.json` over HTTP from a real deployment.
+/// `reply` (to `method path`) has a status `doc` lists for that route and
+/// a body that matches its schema.
+fn conforms(doc: &Value, method: &str, path: &str, reply: &ferry_testkit::Reply) {
+    let (template, op) = operation(doc, method, path);
+    let documented = &op["responses"][reply.status.to_string()];
+    assert!(
+        documented.is_object(),
+        "{method} {path}: {} is not documented for {template}",
+        reply.status
+    );
+    let schema = &documented["content"]["application/json"]["schema"];
+    if let Err(e) = schema::check(doc, schema, &reply.body) {
+        panic!(
+            "{method} {path}: the body does not match the document: {e}\nbody: {}",
+            reply.body
+        );
+    }
+}
+
+/// `GET /openapi.json` over HTTP from a real deployment, and what its
+/// workers and database really answer checked against it: tasks that
+/// succeeded and failed, with their attempts, as `/status`, `/tasks/<id>`,
+/// `/tasks` and `/tasks/counts` show them.
 async fn served_over_http(stack: &Stack) {
     let reply = stack.api.get("/openapi.json").await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
@@ -468,11 +497,38 @@ async fn served_over_http(stack: &Stack) {
         document(),
         "the served document is the one the code builds"
     );
-    // A real answer of that deployment matches it too.
-    let health = stack.api.get("/health").await;
-    let (_, op) = operation(&reply.body, "get", "/health");
-    let schema = &op["responses"]["200"]["content"]["application/json"]["schema"];
-    schema::check(&reply.body, schema, &health.body).unwrap();
+    let doc = reply.body;
+    conforms(&doc, "get", "/health", &stack.api.get("/health").await);
+    let done = Duration::from_secs(60);
+    let echo = stack
+        .api
+        .submit(
+            "org.ferry.echo",
+            "openapi-echo",
+            json!({"n": [1, 2.5, "x"]}),
+        )
+        .await;
+    let failed = stack
+        .api
+        .submit("org.ferry.fail", "openapi-fail", json!(null))
+        .await;
+    stack.api.wait_for(&echo, "succeeded", done).await;
+    stack.api.wait_for(&failed, "failed", done).await;
+    for id in [&echo, &failed] {
+        for path in [format!("/status/{id}"), format!("/tasks/{id}")] {
+            let reply = stack.api.get(&path).await;
+            assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
+            assert!(!reply.body["attempt_history"].as_array().unwrap().is_empty());
+            conforms(&doc, "get", &path, &reply);
+        }
+    }
+    for path in ["/tasks?limit=1", "/tasks/counts"] {
+        let reply = stack.api.get(path).await;
+        assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
+        conforms(&doc, "get", path, &reply);
+    }
+    let path = format!("/tasks/{failed}/retry");
+    conforms(&doc, "post", &path, &stack.api.post_path(&path).await);
 }
 
 layout_tests!(served_over_http:
