@@ -8,8 +8,9 @@
 //!
 //! `api/tests/openapi.rs` holds the document to the app: every mounted
 //! route is in it and nothing else, and real answers of every route match
-//! the documented statuses, codes and schemas. CI validates it with an
-//! OpenAPI validator (`.ci/run`).
+//! the documented statuses, codes and schemas (`api/tests/openapi_http.rs`:
+//! also those of real deployments). CI validates it with an OpenAPI
+//! validator (`.ci/run`).
 
 pub mod bodies;
 

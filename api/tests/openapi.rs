@@ -7,11 +7,12 @@
 //!   client: each status is one the document lists for that operation, an
 //!   error's code is named in that response's description, and the body
 //!   matches the response's schema (checked by [`schema::check`]);
-//! - over HTTP, on a real deployment of each layout, the document is
-//!   served as `application/json`, OpenAPI 3.1, and is the one the code
-//!   builds.
+//!
+//! `openapi_http.rs` checks the document served by real deployments.
 
 mod schema;
+
+use schema::{document, operation};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,7 +25,6 @@ use ferry_core::retry::RetryPolicy;
 use ferry_core::routes::{HandlerSpec, Route, Routes};
 use ferry_core::task::Outcome;
 use ferry_core::{Config, Db, TaskId};
-use ferry_testkit::{layout_tests, Stack};
 use rocket::http::{ContentType, Header, Method};
 use rocket::local::asynchronous::Client;
 use serde_json::{json, Value};
@@ -54,10 +54,6 @@ fn state() -> (AppState, Db, tempfile::TempDir) {
     };
     let state = AppState::new(Arc::new(config), db.clone(), Queue::local());
     (state, db, dir)
-}
-
-fn document() -> Value {
-    serde_json::from_str(ferry_api::openapi::json()).unwrap()
 }
 
 /// A Rocket path (`/status/<id>`, `/files/<path..>`) as an OpenAPI path
@@ -154,30 +150,6 @@ fn the_document_is_openapi_3_1_and_names_every_error_code() {
         limit["schema"]["maximum"].as_i64(),
         Some(ferry_core::db::listing::MAX_LIMIT)
     );
-}
-
-/// The operation of `doc` that serves `method path` (a concrete path):
-/// its template, preferring static segments as Rocket's ranking does.
-fn operation<'d>(doc: &'d Value, method: &str, path: &str) -> (String, &'d Value) {
-    let path = path.split('?').next().unwrap();
-    let segments: Vec<&str> = path.split('/').collect();
-    let mut best: Option<(usize, &String, &Value)> = None;
-    for (template, item) in doc["paths"].as_object().unwrap() {
-        let parts: Vec<&str> = template.split('/').collect();
-        if parts.len() != segments.len() {
-            continue;
-        }
-        let matches = parts
-            .iter()
-            .zip(&segments)
-            .all(|(t, s)| t.starts_with('{') || t == s);
-        let statics = parts.iter().filter(|t| !t.starts_with('{')).count();
-        if matches && item.get(method).is_some() && best.is_none_or(|(n, _, _)| statics > n) {
-            best = Some((statics, template, &item[method]));
-        }
-    }
-    let (_, template, op) = best.unwrap_or_else(|| panic!("{method} {path} is not documented"));
-    (template.clone(), op)
 }
 
 /// The app and a checker of its answers against its own document.
@@ -458,80 +430,3 @@ async fn real_answers_match_the_document() {
     expect(app.post("/tasks/nope/cancel", &[], "").await, 400);
     expect(app.post("/tasks/nope/retry", &[], "").await, 400);
 }
-
-/// `reply` (to `method path`) has a status `doc` lists for that route and
-/// a body that matches its schema.
-fn conforms(doc: &Value, method: &str, path: &str, reply: &ferry_testkit::Reply) {
-    let (template, op) = operation(doc, method, path);
-    let documented = &op["responses"][reply.status.to_string()];
-    assert!(
-        documented.is_object(),
-        "{method} {path}: {} is not documented for {template}",
-        reply.status
-    );
-    let schema = &documented["content"]["application/json"]["schema"];
-    if let Err(e) = schema::check(doc, schema, &reply.body) {
-        panic!(
-            "{method} {path}: the body does not match the document: {e}\nbody: {}",
-            reply.body
-        );
-    }
-}
-
-/// `GET /openapi.json` over HTTP from a real deployment, and what its
-/// workers and database really answer checked against it: tasks that
-/// succeeded and failed, with their attempts, as `/status`, `/tasks/<id>`,
-/// `/tasks` and `/tasks/counts` show them.
-async fn served_over_http(stack: &Stack) {
-    let reply = stack.api.get("/openapi.json").await;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    let content_type = reply.headers.get("content-type").unwrap().to_str().unwrap();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{content_type}"
-    );
-    let version = reply.body["openapi"].as_str().unwrap_or_default();
-    assert!(version.starts_with("3.1."), "openapi = {version:?}");
-    assert_eq!(
-        reply.body,
-        document(),
-        "the served document is the one the code builds"
-    );
-    let doc = reply.body;
-    conforms(&doc, "get", "/health", &stack.api.get("/health").await);
-    let done = Duration::from_secs(60);
-    let echo = stack
-        .api
-        .submit(
-            "org.ferry.echo",
-            "openapi-echo",
-            json!({"n": [1, 2.5, "x"]}),
-        )
-        .await;
-    let failed = stack
-        .api
-        .submit("org.ferry.fail", "openapi-fail", json!(null))
-        .await;
-    stack.api.wait_for(&echo, "succeeded", done).await;
-    stack.api.wait_for(&failed, "failed", done).await;
-    for id in [&echo, &failed] {
-        for path in [format!("/status/{id}"), format!("/tasks/{id}")] {
-            let reply = stack.api.get(&path).await;
-            assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
-            assert!(!reply.body["attempt_history"].as_array().unwrap().is_empty());
-            conforms(&doc, "get", &path, &reply);
-        }
-    }
-    for path in ["/tasks?limit=1", "/tasks/counts"] {
-        let reply = stack.api.get(path).await;
-        assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
-        conforms(&doc, "get", path, &reply);
-    }
-    let path = format!("/tasks/{failed}/retry");
-    conforms(&doc, "post", &path, &stack.api.post_path(&path).await);
-}
-
-layout_tests!(served_over_http:
-    Sqlite => served_over_http_sqlite,
-    Postgres => served_over_http_postgres,
-    Standalone => served_over_http_standalone);

@@ -1,9 +1,39 @@
-//! A JSON Schema (2020-12, as OpenAPI 3.1 uses it) check of a value, for
-//! the keywords the Ferry document uses. A keyword it does not know fails
-//! the check instead of being skipped, so a schema can never pass by being
-//! misread.
+//! What the OpenAPI tests share: the document, the operation that serves
+//! a request, and a JSON Schema (2020-12, as OpenAPI 3.1 uses it) check of
+//! a value for the keywords the Ferry document uses. A keyword the check
+//! does not know fails it instead of being skipped, so a schema can never
+//! pass by being misread.
 
 use serde_json::Value;
+
+/// The document the code builds, as JSON.
+pub fn document() -> Value {
+    serde_json::from_str(ferry_api::openapi::json()).unwrap()
+}
+
+/// The operation of `doc` that serves `method path` (a concrete path):
+/// its template, preferring static segments as Rocket's ranking does.
+pub fn operation<'d>(doc: &'d Value, method: &str, path: &str) -> (String, &'d Value) {
+    let path = path.split('?').next().unwrap();
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut best: Option<(usize, &String, &Value)> = None;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let parts: Vec<&str> = template.split('/').collect();
+        if parts.len() != segments.len() {
+            continue;
+        }
+        let matches = parts
+            .iter()
+            .zip(&segments)
+            .all(|(t, s)| t.starts_with('{') || t == s);
+        let statics = parts.iter().filter(|t| !t.starts_with('{')).count();
+        if matches && item.get(method).is_some() && best.is_none_or(|(n, _, _)| statics > n) {
+            best = Some((statics, template, &item[method]));
+        }
+    }
+    let (_, template, op) = best.unwrap_or_else(|| panic!("{method} {path} is not documented"));
+    (template.clone(), op)
+}
 
 /// Keywords that say nothing about validity.
 const ANNOTATIONS: &[&str] = &[
