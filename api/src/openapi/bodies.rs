@@ -30,7 +30,8 @@ impl PartialSchema for ErrorCode {
 impl ToSchema for ErrorCode {}
 
 /// Every refusal: `{"error", "message"}`. A refusal that names a task adds
-/// `task` or `id`, `status` and `status_url`.
+/// `task` or `id`, `status` and `status_url`; one for a missing scope
+/// adds `scope`.
 #[derive(Debug, ToSchema)]
 pub struct ErrorBody {
     /// The code, for programs.
@@ -54,6 +55,9 @@ pub struct ErrorBody {
     /// batch (its other events were stored).
     #[schema(required = false)]
     pub tasks: Vec<TaskAnswer>,
+    /// `forbidden`: the scope the route needs (`submit`, `read`, `admin`).
+    #[schema(required = false)]
+    pub scope: String,
 }
 
 /// One event's task, as `/receive` answers it.
