@@ -152,6 +152,29 @@ fn the_document_is_openapi_3_1_and_names_every_error_code() {
     );
 }
 
+#[test]
+fn every_example_matches_its_schema() {
+    let doc = document();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let bodies = std::iter::once(&op["requestBody"])
+                .chain(op["responses"].as_object().unwrap().values());
+            for body in bodies {
+                for (media, content) in body["content"].as_object().into_iter().flatten() {
+                    if let Some(example) = content.get("example") {
+                        schema::check(&doc, &content["schema"], example).unwrap_or_else(|e| {
+                            panic!("{method} {path}, {media}: the example does not match: {e}")
+                        });
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 3, "{checked} examples");
+}
+
 /// The app and a checker of its answers against its own document.
 struct App {
     client: Client,

@@ -178,9 +178,19 @@ fn task_json(stored: &Stored) -> Value {
         description = "A structured event, a batch, or (binary mode) the event's data. At most \
             `max_body_bytes`.",
         content(
-            (crate::openapi::bodies::StructuredEvent = "application/json"),
-            (crate::openapi::bodies::StructuredEvent = "application/cloudevents+json"),
-            (crate::openapi::bodies::EventBatch = "application/cloudevents-batch+json"),
+            (crate::openapi::bodies::StructuredEvent = "application/json", example = json!({
+                "specversion": "1.0", "type": "org.ferry.echo", "source": "/ferry/demo",
+                "id": "demo-1", "data": {"hello": "world"}
+            })),
+            (crate::openapi::bodies::StructuredEvent = "application/cloudevents+json", example = json!({
+                "specversion": "1.0", "type": "org.ferry.echo", "source": "/ferry/demo",
+                "id": "later-1", "notbefore": "2026-12-03T21:00:00Z", "data": 17
+            })),
+            (crate::openapi::bodies::EventBatch = "application/cloudevents-batch+json", example = json!([
+                {"specversion": "1.0", "type": "org.ferry.echo", "source": "/ferry/demo", "id": "b-1"},
+                {"cloudEventsVersion": "0.1", "eventType": "org.ferry.echo", "source": "/ferry/demo",
+                 "eventID": "b-2", "data": [1, 2]}
+            ])),
             ("*/*"),
         ),
     ),
