@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod error;
 pub mod listener;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;
@@ -171,6 +172,7 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .mount("/", routes::control::routes())
         .manage(routes::tasks::SharedCounts::default())
         .mount("/", routes::tasks::routes())
+        .mount("/", openapi::routes())
         .register(
             "/",
             catchers![error::default_catcher, auth::unauthorized, auth::forbidden],

@@ -366,16 +366,25 @@ ferry_testkit::layout_tests!(open_without_tokens:
     Postgres => open_postgres,
     Standalone => open_standalone);
 
-/// The app with one admin token, built in-process.
+/// The app with one token per scope, built in-process.
 async fn configured_app(dir: &tempfile::TempDir) -> Client {
     let database_url = format!("sqlite://{}", dir.path().join("ferry.db").display());
     let db = Db::connect(&database_url, 2).unwrap();
     db.migrate().unwrap();
-    let mut config = Config::from_toml(&format!(
-        "[[tokens]]\nname = \"ops\"\nhash = {:?}\nscopes = [\"admin\"]\n",
-        token_hash(OPS)
-    ))
-    .unwrap();
+    let tokens: String = [
+        ("ops", OPS, "admin"),
+        ("producer", PRODUCER, "submit"),
+        ("reader", READER, "read"),
+    ]
+    .iter()
+    .map(|(name, token, scope)| {
+        format!(
+            "[[tokens]]\nname = \"{name}\"\nhash = {:?}\nscopes = [\"{scope}\"]\n",
+            token_hash(token)
+        )
+    })
+    .collect();
+    let mut config = Config::from_toml(&tokens).unwrap();
     config.database_url = database_url;
     let state = AppState::new(Arc::new(config), db, Queue::local());
     Client::tracked(rocket(state)).await.unwrap()
@@ -451,7 +460,40 @@ async fn every_mounted_route_needs_a_token_but_the_open_ones() {
             status != Status::Unauthorized && status != Status::Forbidden,
             "{method} {template} with the admin token: {status}"
         );
+        if auth::is_open(*method, template) {
+            continue;
+        }
+        // The scope /openapi.json documents is the one the guard wants: a
+        // token of that scope passes, a token of the other narrow scope is
+        // refused with 403.
+        let documented = documented_scope(method.as_str(), template);
+        for (scope, token) in [("submit", PRODUCER), ("read", READER)] {
+            let status = send(Some(token)).await.status();
+            if scope == documented {
+                assert!(
+                    status != Status::Unauthorized && status != Status::Forbidden,
+                    "{method} {template} is documented as {documented}: {status}"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    Status::Forbidden,
+                    "{method} {template} is documented as {documented}, sent with {scope}"
+                );
+            }
+        }
     }
+}
+
+/// The scope `/openapi.json` names for the mounted route `method template`.
+fn documented_scope(method: &str, template: &str) -> String {
+    let doc: serde_json::Value = serde_json::from_str(ferry_api::openapi::json()).unwrap();
+    let path = template.replace('<', "{").replace('>', "}");
+    let op = &doc["paths"][&path][method.to_ascii_lowercase()];
+    op["security"][0]["bearer"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("{method} {path} documents no scope: {op}"))
+        .to_string()
 }
 
 /// Runs `ferry-api hash-token args` with `stdin`; returns (exit code,

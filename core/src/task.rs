@@ -16,10 +16,13 @@ use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel::sqlite::Sqlite;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A task's id: a UUID v4, stored natively on PostgreSQL and as text on SQLite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, ToSchema,
+)]
 #[diesel(sql_type = SqlUuid)]
 #[diesel(sql_type = Text)]
 #[serde(transparent)]
@@ -86,7 +89,9 @@ impl FromSql<Text, Sqlite> for TaskId {
 }
 
 /// Where a task is. Stored as its lowercase name ([`TaskStatus::as_str`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, ToSchema,
+)]
 #[diesel(sql_type = Text)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -279,7 +284,7 @@ pub enum Outcome {
 }
 
 /// One attempt at running a task, as the status report shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AttemptView {
     /// 1 for the first attempt.
     pub attempt: i32,
@@ -294,7 +299,7 @@ pub struct AttemptView {
 }
 
 /// What `GET /status/<id>` reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TaskView {
     /// The task's id.
     pub id: TaskId,
@@ -321,6 +326,7 @@ pub struct TaskView {
     /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
     /// The handler's result, once succeeded.
+    #[schema(required = true)]
     pub result: Option<Value>,
     /// The last error, once failed (or between retries).
     pub error: Option<String>,

@@ -49,6 +49,22 @@ fn conflict(code: ErrorCode, id: TaskId, status: TaskStatus, message: String) ->
     )
 }
 
+/// Cancels a task: at once if it waits, by stopping its worker if it runs.
+#[utoipa::path(
+    tag = "tasks",
+    params(("id" = ferry_core::TaskId, Path, description = "The task's id (a UUID).")),
+    responses(
+        (status = 200, description = "The task was `pending` or `retrying` and is `cancelled` \
+            (or was already): it never runs.", body = crate::openapi::bodies::Cancelled),
+        (status = 202, description = "The task is `running`: its worker is told to stop it and \
+            record `cancelled`.", body = crate::openapi::bodies::CancelRequested,
+            headers(("Location" = String, description = "The task's `status_url`."))),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::openapi::bodies::ErrorBody),
+        (status = 404, description = "`task_not_found`: no task has this id", body = crate::openapi::bodies::ErrorBody),
+        (status = 409, description = "`task_finished`: the task already `succeeded` or `failed`; \
+            `status` says which", body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[post("/tasks/<id>/cancel")]
 async fn cancel(
     _auth: Auth<Admin>,
@@ -95,6 +111,19 @@ async fn cancel(
     })
 }
 
+/// Runs a `failed` or `cancelled` task again, with a fresh attempt budget.
+#[utoipa::path(
+    tag = "tasks",
+    params(("id" = ferry_core::TaskId, Path, description = "The task's id (a UUID).")),
+    responses(
+        (status = 202, description = "The task is `pending` again and queued.", body = crate::openapi::bodies::Retried,
+            headers(("Location" = String, description = "The task's `status_url`."))),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::openapi::bodies::ErrorBody),
+        (status = 404, description = "`task_not_found`: no task has this id", body = crate::openapi::bodies::ErrorBody),
+        (status = 409, description = "`task_not_retryable`: the task is neither `failed` nor \
+            `cancelled`; `status` says what it is", body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[post("/tasks/<id>/retry")]
 async fn retry(
     _auth: Auth<Admin>,

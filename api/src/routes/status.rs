@@ -14,6 +14,16 @@ pub fn routes() -> Vec<Route> {
     routes![status, health]
 }
 
+/// Where a task is: its status, result or error, and every attempt.
+#[utoipa::path(
+    tag = "tasks",
+    params(("id" = ferry_core::TaskId, Path, description = "The task's id (a UUID).")),
+    responses(
+        (status = 200, description = "The task's status.", body = ferry_core::task::TaskView),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::openapi::bodies::ErrorBody),
+        (status = 404, description = "`task_not_found`: no task has this id", body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[get("/status/<id>")]
 async fn status(
     _auth: Auth<Read>,
@@ -28,6 +38,14 @@ async fn status(
     }
 }
 
+/// Whether the API serves and its database answers (the broker is not
+/// checked).
+#[utoipa::path(
+    tag = "service",
+    responses(
+        (status = 200, description = "Serving; the database answered.", body = crate::openapi::bodies::Health),
+    )
+)]
 #[get("/health")]
 async fn health(state: &State<AppState>) -> Result<JsonResponse, ApiError> {
     state.db.run_blocking(|db| db.ping()).await?;

@@ -198,6 +198,16 @@ impl ListQuery {
 
 /// A page of tasks, newest first: `{"tasks": [...], "next": url or null}`.
 /// `next` is set when the page is full (there may be more).
+#[utoipa::path(
+    tag = "tasks",
+    params(crate::openapi::bodies::ListParams),
+    responses(
+        (status = 200, description = "A page of tasks, newest first.", body = crate::openapi::bodies::TaskPage),
+        (status = 400, description = "`invalid_parameter`: a parameter that is unknown, repeated \
+            (all but `status`), empty or out of range; the message starts with its name",
+            body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[get("/tasks")]
 async fn list(
     _auth: Auth<Read>,
@@ -222,6 +232,12 @@ async fn list(
 
 /// Tasks per status, overall and per type, at most [`COUNTS_MAX_AGE`] old
 /// (`age_ms` says how old).
+#[utoipa::path(
+    tag = "tasks",
+    responses(
+        (status = 200, description = "Tasks per status, overall and per type.", body = crate::openapi::bodies::CountsAnswer),
+    )
+)]
 #[get("/tasks/counts")]
 async fn counts(
     _auth: Auth<Read>,
@@ -239,6 +255,15 @@ async fn counts(
 
 /// Everything about one task: the status view, the event as stored and
 /// every attempt.
+#[utoipa::path(
+    tag = "tasks",
+    params(("id" = ferry_core::TaskId, Path, description = "The task's id (a UUID).")),
+    responses(
+        (status = 200, description = "The task's whole record.", body = ferry_core::db::listing::TaskRecord),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::openapi::bodies::ErrorBody),
+        (status = 404, description = "`task_not_found`: no task has this id", body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[get("/tasks/<id>")]
 async fn record(
     _auth: Auth<Read>,

@@ -96,7 +96,7 @@ impl Cursor {
 
 /// One row of `GET /tasks`: what identifies a task and where it is, not
 /// its event or result.
-#[derive(Debug, Clone, PartialEq, Serialize, Queryable)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema, Queryable)]
 pub struct TaskSummary {
     /// The task's id.
     pub id: TaskId,
@@ -120,7 +120,7 @@ pub struct TaskSummary {
 }
 
 /// What `GET /tasks/<id>` shows: the status view and the event as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TaskRecord {
     /// Everything `GET /status` shows.
     #[serde(flatten)]
@@ -130,7 +130,7 @@ pub struct TaskRecord {
 }
 
 /// How many tasks are in each status, overall and per event type.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TaskCounts {
     /// Every task.
     pub total: i64,
