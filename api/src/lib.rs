@@ -4,6 +4,7 @@
 //! tests and `main` assemble the same application.
 
 pub mod error;
+pub mod hub;
 pub mod listener;
 pub mod routes;
 
@@ -15,6 +16,7 @@ use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::db::{DbError, DbResult};
+use ferry_core::hints::Hints;
 use ferry_core::task::{NewTask, Stored, TaskView};
 use ferry_core::{relay, runtime, Config, Db, TaskId};
 use listener::GuardedListener;
@@ -51,6 +53,10 @@ pub struct AppState {
     enqueued: Batcher<Vec<TaskId>, ()>,
     /// Concurrent `/status` reads, answered by one query.
     views: Batcher<TaskId, DbResult<Option<TaskView>>>,
+    /// The one reader of every waiter's task (`?wait=`, `/events`).
+    pub hub: hub::Hub,
+    /// Hints of the changes this process makes (cancel, retry).
+    pub hints: Hints,
 }
 
 impl AppState {
@@ -99,6 +105,8 @@ impl AppState {
             DbError::isolate("status", &ids, |ids| view_db.task_views(ids))
         });
         Self {
+            hub: hub::Hub::spawn(db.clone(), queue.clone()),
+            hints: Hints::spawn(&queue),
             config,
             db,
             queue,

@@ -52,6 +52,9 @@ fn conflict(code: ErrorCode, id: TaskId, status: TaskStatus, message: String) ->
 async fn cancel(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     let answer = state.db.run_blocking(move |db| db.cancel(id)).await?;
+    if let CancelAnswer::Cancelled = answer {
+        state.hints.send(id, None, TaskStatus::Cancelled);
+    }
     let status_url = format!("/status/{id}");
     Ok(match answer {
         CancelAnswer::Cancelled | CancelAnswer::AlreadyCancelled => JsonResponse::new(
@@ -108,6 +111,7 @@ async fn retry(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiErr
         .await?;
     match answer {
         RetryAnswer::Retried { max_attempts } => {
+            state.hints.send(id, None, TaskStatus::Pending);
             // As /receive does: published now, or by the relay once the lock passes.
             state.publish(vec![id]).await;
             let status_url = format!("/status/{id}");
