@@ -245,6 +245,14 @@ async fn read_loop(hub: Weak<Inner>, db: Db) {
             _ = tick.tick() => true,
         };
         let wanted = inner.to_read(all);
+        if all {
+            // For the benchmark (`ferry-bench waiters` reads this line).
+            tracing::debug!(
+                watched = wanted.len(),
+                reads = inner.reads.load(Ordering::Relaxed),
+                "hub tick"
+            );
+        }
         if wanted.is_empty() {
             continue;
         }

@@ -8,105 +8,14 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ferry_testkit::{Api, Layout, Stack};
+use ferry_testkit::{Api, Layout, Sse, SseStream, Stack};
 use serde_json::{json, Value};
 
 const DONE: Duration = Duration::from_secs(60);
 
-/// One SSE event as the stream sent it.
-#[derive(Debug, Clone)]
-struct Sse {
-    name: String,
-    id: i64,
-    data: Value,
-    /// When the client read it.
-    read_at: Instant,
-}
-
-/// An open `GET /status/<id>/events`.
-struct Stream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Stream {
-    async fn open(api: &Api, task: &str, last_event_id: Option<&str>) -> reqwest::Response {
-        let mut request = api.client.get(format!("{}/status/{task}/events", api.base));
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id);
-        }
-        request.send().await.expect("GET /status/<id>/events")
-    }
-
-    async fn start(api: &Api, task: &str, last_event_id: Option<&str>) -> Self {
-        let response = Self::open(api, task, last_event_id).await;
-        assert_eq!(response.status(), 200);
-        let content_type = response.headers()["content-type"].to_str().unwrap();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "{content_type}"
-        );
-        Self {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event; `None` once the server ended the stream.
-    async fn next(&mut self) -> Option<Sse> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut name, mut id, mut data) = (None, None, String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        name = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().parse::<i64>().expect("a numeric id"));
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim());
-                    }
-                }
-                // A heartbeat (a comment) carries nothing.
-                if let (Some(name), Some(id)) = (name, id) {
-                    let data = serde_json::from_str(&data).expect("JSON data");
-                    return Some(Sse {
-                        name,
-                        id,
-                        data,
-                        read_at: Instant::now(),
-                    });
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(DONE, self.response.chunk())
-                .await
-                .expect("the stream went quiet for a minute")
-                .expect("the stream broke");
-            match chunk {
-                Some(bytes) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
-                None => {
-                    // Only heartbeats (comment lines) may follow the last event.
-                    let rest = self.buffer.lines().filter(|l| !l.is_empty());
-                    assert!(
-                        rest.clone().all(|l| l.starts_with(':')),
-                        "{:?}",
-                        self.buffer
-                    );
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Every event until the server ends the stream.
-    async fn rest(&mut self) -> Vec<Sse> {
-        let mut events = Vec::new();
-        while let Some(event) = self.next().await {
-            events.push(event);
-        }
-        events
-    }
+/// Opens the event stream of `task` (after `last`, if given).
+async fn stream(api: &Api, task: &str, last: Option<&str>) -> SseStream {
+    SseStream::open(&api.client, &api.base, task, last).await
 }
 
 fn names(events: &[Sse]) -> Vec<&str> {
@@ -207,8 +116,8 @@ async fn long_polls(stack: &Stack) {
 async fn streams_every_change(stack: &Stack) {
     let api = &stack.api;
     let task = api.submit("org.ferry.flaky", "sse-1", Value::Null).await;
-    let mut stream = Stream::start(api, &task, None).await;
-    let events = stream.rest().await;
+    let mut sse = stream(api, &task, None).await;
+    let events = sse.rest().await;
     let all = ["pending", "running", "retrying", "running", "succeeded"];
     assert_eq!(names(&events), all, "{events:#?}");
     assert_eq!(ids(&events), [1, 2, 3, 4, 5]);
@@ -219,13 +128,13 @@ async fn streams_every_change(stack: &Stack) {
     assert!(spread >= Duration::from_millis(600), "{spread:?}");
     assert_eq!(api.status(&task).await.body["status"], "succeeded");
 
-    let again = Stream::start(api, &task, None).await.rest().await;
+    let again = stream(api, &task, None).await.rest().await;
     assert_eq!(names(&again), all);
-    let after = Stream::start(api, &task, Some("2")).await.rest().await;
+    let after = stream(api, &task, Some("2")).await.rest().await;
     assert_eq!(names(&after), &all[2..]);
     assert_eq!(ids(&after), [3, 4, 5]);
     // Past the last event of a finished task: nothing, and the end.
-    let none = Stream::start(api, &task, Some("5")).await.rest().await;
+    let none = stream(api, &task, Some("5")).await.rest().await;
     assert!(none.is_empty(), "{none:?}");
 
     let refused = |r: reqwest::Response| async move {
@@ -236,12 +145,12 @@ async fn streams_every_change(stack: &Stack) {
             body["error"].as_str().unwrap_or_default().to_string(),
         )
     };
-    let r = Stream::open(api, &task, Some("two")).await;
+    let r = SseStream::request(&api.client, &api.base, &task, Some("two")).await;
     assert_eq!(refused(r).await, (400, "invalid_header".into()));
     let unknown = "4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11";
-    let r = Stream::open(api, unknown, None).await;
+    let r = SseStream::request(&api.client, &api.base, unknown, None).await;
     assert_eq!(refused(r).await, (404, "task_not_found".into()));
-    let r = Stream::open(api, "not-a-uuid", None).await;
+    let r = SseStream::request(&api.client, &api.base, "not-a-uuid", None).await;
     assert_eq!(refused(r).await, (400, "invalid_id".into()));
 }
 
@@ -252,14 +161,14 @@ async fn reconnect_replays_what_was_missed(stack: &Stack) {
     let task = api
         .submit("org.ferry.flaky-slow", "sse-2", Value::Null)
         .await;
-    let mut stream = Stream::start(api, &task, None).await;
-    let first = stream.next().await.expect("pending");
-    let second = stream.next().await.expect("running");
+    let mut sse = stream(api, &task, None).await;
+    let first = sse.next().await.expect("pending");
+    let second = sse.next().await.expect("running");
     assert_eq!(
         (first.name.as_str(), second.name.as_str()),
         ("pending", "running")
     );
-    drop(stream);
+    drop(sse);
     // Away while the first attempt fails and the second starts.
     let deadline = Instant::now() + DONE;
     loop {
@@ -270,8 +179,8 @@ async fn reconnect_replays_what_was_missed(stack: &Stack) {
         assert!(Instant::now() < deadline, "{view:#}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut stream = Stream::start(api, &task, Some(&second.id.to_string())).await;
-    let missed = stream.rest().await;
+    let mut sse = stream(api, &task, Some(&second.id.to_string())).await;
+    let missed = sse.rest().await;
     assert_eq!(
         names(&missed),
         ["retrying", "running", "succeeded"],
@@ -288,7 +197,7 @@ async fn fallback_without_hints(stack: &Stack) {
     let task = api
         .submit("org.ferry.sleep-1s", "fallback-1", Value::Null)
         .await;
-    let mut stream = Stream::start(api, &task, None).await;
+    let mut sse = stream(api, &task, None).await;
     let (r, _) = wait(api, &task, "30s").await;
     assert_eq!(r.body["status"], "succeeded", "{:#}", r.body);
     let late = woken_after(&r.body);
@@ -297,7 +206,7 @@ async fn fallback_without_hints(stack: &Stack) {
         late < Duration::from_millis(2500),
         "woken {late:?} after the end"
     );
-    let events = stream.rest().await;
+    let events = sse.rest().await;
     assert_eq!(
         names(&events),
         ["pending", "running", "succeeded"],
