@@ -113,15 +113,26 @@ fn hub_ticks(log: &str) -> Vec<(DateTime<Utc>, u64, u64)> {
         .collect()
 }
 
-/// Statements per second from the last tick at or before `from` to the
-/// first at or after `to`.
+/// Statements per second over the ticks around (`outward`: the last at
+/// or before `from` to the first at or after `to`) or inside (the first at
+/// or after `from` to the last at or before `to`) a span.
 fn reads_per_s(
     ticks: &[(DateTime<Utc>, u64, u64)],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    outward: bool,
 ) -> Value {
-    let first = ticks.iter().rev().find(|t| t.0 <= from);
-    let last = ticks.iter().find(|t| t.0 >= to);
+    let (first, last) = if outward {
+        (
+            ticks.iter().rev().find(|t| t.0 <= from),
+            ticks.iter().find(|t| t.0 >= to),
+        )
+    } else {
+        (
+            ticks.iter().find(|t| t.0 >= from),
+            ticks.iter().rev().find(|t| t.0 <= to),
+        )
+    };
     match (first, last) {
         (Some(a), Some(b)) if b.0 > a.0 => {
             let seconds = (b.0 - a.0).num_milliseconds() as f64 / 1000.0;
@@ -240,8 +251,8 @@ pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow
         "wake_after_end_sse": summary(of(false)),
         "all_done_s": (ended - started).num_milliseconds() as f64 / 1000.0,
         "hub_watched_peak": watched_peak,
-        "hub_reads_per_s_idle": reads_per_s(&ticks, idle_from, idle_to),
-        "hub_reads_per_s_finishing": reads_per_s(&ticks, started, ended),
+        "hub_reads_per_s_idle": reads_per_s(&ticks, idle_from, idle_to, false),
+        "hub_reads_per_s_finishing": reads_per_s(&ticks, started, ended, true),
         "hub_reads_total": ticks.last().map(|t| t.2),
         "api_rss_mib_holding": holding_rss,
         "api_peak_rss_mib": peak_rss,
