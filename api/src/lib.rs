@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod hub;
 pub mod listener;
 pub mod openapi;
 pub mod routes;
@@ -17,6 +18,7 @@ use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::db::{DbError, DbResult};
+use ferry_core::hints::Hints;
 use ferry_core::task::{NewTask, Stored, TaskView};
 use ferry_core::{relay, runtime, Config, Db, TaskId};
 use listener::GuardedListener;
@@ -53,6 +55,10 @@ pub struct AppState {
     enqueued: Batcher<Vec<TaskId>, ()>,
     /// Concurrent `/status` reads, answered by one query.
     views: Batcher<TaskId, DbResult<Option<TaskView>>>,
+    /// The one reader of every waiter's task (`?wait=`, `/events`).
+    pub hub: hub::Hub,
+    /// Hints of the changes this process makes (cancel, retry).
+    pub hints: Hints,
 }
 
 impl AppState {
@@ -101,6 +107,8 @@ impl AppState {
             DbError::isolate("status", &ids, |ids| view_db.task_views(ids))
         });
         Self {
+            hub: hub::Hub::spawn(db.clone(), queue.clone()),
+            hints: Hints::spawn(&queue),
             config,
             db,
             queue,

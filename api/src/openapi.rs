@@ -41,6 +41,7 @@ use bodies::ErrorBody;
     paths(
         crate::routes::receive::receive,
         crate::routes::status::status,
+        crate::routes::status::events,
         crate::routes::tasks::list,
         crate::routes::tasks::counts,
         crate::routes::tasks::record,
@@ -49,7 +50,7 @@ use bodies::ErrorBody;
         crate::routes::status::health,
         openapi_json,
     ),
-    components(schemas(ErrorBody, ErrorCode)),
+    components(schemas(ErrorBody, ErrorCode, ferry_core::db::TaskEvent)),
     modifiers(&EveryRequest, &NullsAreSent, &BearerAuth),
     tags(
         (name = "tasks", description = "Submit events, follow and steer their tasks."),

@@ -398,6 +398,8 @@ async fn real_answers_match_the_document() {
     );
     assert!(waiting["due_at"].is_string(), "{waiting}");
     expect(app.get("/status/not-a-uuid").await, 400);
+    expect(app.get(&format!("/status/{id}?wait=0")).await, 200);
+    expect(app.get(&format!("/status/{id}?wait=forever")).await, 400);
     expect(app.get(&format!("/status/{}", TaskId::new())).await, 404);
     expect(app.get(&format!("/tasks/{id}")).await, 200);
     expect(app.get("/tasks/not-a-uuid").await, 400);

@@ -59,6 +59,7 @@ impl Queue {
             sender,
             receiver: Arc::new(Mutex::new(receiver)),
             control: crate::control::local_channel(),
+            events: crate::hints::local_channel(),
         })
     }
 
@@ -226,6 +227,8 @@ pub struct LocalQueue {
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
     /// Control messages (cancels) to this process's workers.
     pub(crate) control: tokio::sync::broadcast::Sender<TaskId>,
+    /// Hints of state changes to this process's api.
+    pub(crate) events: tokio::sync::broadcast::Sender<Arc<[crate::hints::Change]>>,
 }
 
 /// A stream of deliveries.

@@ -13,6 +13,8 @@
 //! - [`broker`]: the RabbitMQ queue, or the in-process one for `--standalone`.
 //! - [`control`]: cancels for running tasks, from the api to every worker
 //!   (a RabbitMQ fanout exchange, or an in-process broadcast).
+//! - [`hints`]: state changes, from whoever made them to every api process
+//!   (a RabbitMQ topic exchange, or an in-process broadcast).
 //! - [`retry`]: one retry policy for route retries and reconnect loops.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
 //!   tasks whose worker died.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod control;
 pub mod db;
 pub mod event;
+pub mod hints;
 pub mod relay;
 pub mod retry;
 pub mod routes;

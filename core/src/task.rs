@@ -283,6 +283,18 @@ pub enum Outcome {
     Cancelled(String),
 }
 
+impl Outcome {
+    /// The status the task goes to when this outcome is recorded.
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Self::Succeeded(_) => TaskStatus::Succeeded,
+            Self::Retry { .. } | Self::HandedBack(_) => TaskStatus::Retrying,
+            Self::Failed(_) | Self::Unstorable { .. } => TaskStatus::Failed,
+            Self::Cancelled(_) => TaskStatus::Cancelled,
+        }
+    }
+}
+
 /// One attempt at running a task, as the status report shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AttemptView {

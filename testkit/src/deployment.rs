@@ -32,6 +32,27 @@ type = "org.ferry.sleep"
 handler = "sleep"
 duration = "3s"
 
+# A task a waiter can wait on: done about a second after it starts.
+[[routes]]
+type = "org.ferry.sleep-1s"
+handler = "sleep"
+duration = "1s"
+
+# Runs 300ms, fails its first attempt (retryable: exit 75) and succeeds on
+# the next: pending, running, retrying, running, succeeded.
+[[routes]]
+type = "org.ferry.flaky"
+handler = "exec"
+command = ["sh", "-c", "cat >/dev/null; sleep 0.3; [ \"$FERRY_ATTEMPT\" -gt 1 ] || exit 75; echo '{\"attempt\": '$FERRY_ATTEMPT'}'"]
+retry_backoff = "300ms"
+
+# The same, each attempt running 1.5s: long enough to reconnect in between.
+[[routes]]
+type = "org.ferry.flaky-slow"
+handler = "exec"
+command = ["sh", "-c", "cat >/dev/null; sleep 1.5; [ \"$FERRY_ATTEMPT\" -gt 1 ] || exit 75; echo '{\"attempt\": '$FERRY_ATTEMPT'}'"]
+retry_backoff = "500ms"
+
 [[routes]]
 type = "org.ferry.fail"
 handler = "fail"

@@ -10,19 +10,22 @@
 //! - [`Deployment`]: a database, a queue, a config and files, and the
 //!   processes started on them; its queue and the queue's `.dead` twin are
 //!   deleted when it is dropped; [`Stack`] is one started in a [`Layout`];
-//! - [`Api`] and [`Reply`]: an HTTP client for a running `ferry-api`.
+//! - [`Api`] and [`Reply`]: an HTTP client for a running `ferry-api`;
+//!   [`SseStream`]: its event streams.
 
 mod deployment;
 mod http;
 mod pg;
 mod process;
 pub mod services;
+mod sse;
 
 pub use deployment::{delete_queues, Database, Deployment, Layout, Stack};
 pub use http::{Api, Reply};
 pub use pg::PgSchema;
 pub use process::{bin, bin_dir, run_bin, Proc};
 pub use services::{require, BROKER_URL, POSTGRES, POSTGRES_URL, RABBITMQ};
+pub use sse::{Sse, SseStream};
 
 use std::path::{Path, PathBuf};
 

@@ -20,9 +20,10 @@ use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{Delivery, Queue};
 use ferry_core::db::{DbError, DbResult, Lease};
+use ferry_core::hints::Hints;
 use ferry_core::retry::RetryPolicy;
 use ferry_core::task::{AttemptRef, Claimed, Outcome};
-use ferry_core::{storable, Config, Db, TaskId};
+use ferry_core::{storable, Config, Db, TaskId, TaskStatus};
 use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::Semaphore;
@@ -48,6 +49,8 @@ struct Worker {
     db: Db,
     name: String,
     handlers: Handlers,
+    /// Hints of the changes this worker makes, to the api processes.
+    hints: Hints,
 }
 
 /// A name for this worker that is unique across hosts and restarts.
@@ -91,6 +94,7 @@ pub async fn run(
         attempts: Default::default(),
         name,
         handlers: Handlers::new(),
+        hints: Hints::spawn(&queue),
         config,
         db,
     });
@@ -297,6 +301,8 @@ impl Worker {
             }
         };
         let attempt = id.attempt(claimed.attempt);
+        let event_type = claimed.event_type.clone();
+        self.hints.send(id, Some(&event_type), TaskStatus::Running);
         let cancelled = CancellationToken::new();
         self.attempts
             .lock()
@@ -307,6 +313,7 @@ impl Worker {
         match outcome {
             Some(outcome) => {
                 if self.record(attempt, &outcome).await {
+                    self.hints.send(id, Some(&event_type), outcome.status());
                     settle(delivery.ack().await);
                 } else {
                     // Never ack what was not recorded: the lease brings it back.

@@ -73,6 +73,9 @@ async fn cancel(
 ) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     let answer = state.db.run_blocking(move |db| db.cancel(id)).await?;
+    if let CancelAnswer::Cancelled = answer {
+        state.hints.send(id, None, TaskStatus::Cancelled);
+    }
     let status_url = format!("/status/{id}");
     Ok(match answer {
         CancelAnswer::Cancelled | CancelAnswer::AlreadyCancelled => JsonResponse::new(
@@ -146,6 +149,7 @@ async fn retry(
         .await?;
     match answer {
         RetryAnswer::Retried { max_attempts } => {
+            state.hints.send(id, None, TaskStatus::Pending);
             // As /receive does: published now, or by the relay once the lock passes.
             state.publish(vec![id]).await;
             let status_url = format!("/status/{id}");
