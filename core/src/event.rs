@@ -35,14 +35,18 @@ pub const NOT_BEFORE: &str = "notbefore";
 fn not_before(value: Option<&Value>) -> Result<Option<DateTime<Utc>>, EventError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => DateTime::parse_from_rfc3339(text)
-            .map(|at| Some(at.with_timezone(&Utc)))
-            .map_err(|e| {
-                EventError(format!(
-                    "`{NOT_BEFORE}` {text:?} is not an RFC 3339 time such as \
-                     \"2026-12-03T21:00:00Z\" ({e})"
-                ))
-            }),
+        Some(Value::String(text)) => {
+            let at = DateTime::parse_from_rfc3339(text)
+                .map(|at| at.with_timezone(&Utc))
+                .map_err(|e| {
+                    EventError(format!(
+                        "`{NOT_BEFORE}` {text:?} is not an RFC 3339 time such as \
+                         \"2026-12-03T21:00:00Z\" ({e})"
+                    ))
+                })?;
+            storable::check_time(NOT_BEFORE, at).map_err(|e| EventError(e.to_string()))?;
+            Ok(Some(at))
+        }
         Some(_) => Err(EventError(format!(
             "`{NOT_BEFORE}` must be a string, an RFC 3339 time"
         ))),
@@ -411,6 +415,10 @@ mod tests {
         assert_eq!(at(Value::Null), Ok(None));
         assert!(at(json!("tomorrow")).unwrap_err().0.contains("`notbefore`"));
         assert!(at(json!(5)).unwrap_err().0.contains("`notbefore`"));
+        // The last instant of year 9999 (UTC) is the latest time taken.
+        assert!(at(json!("9999-12-31T23:59:59.999999999Z")).is_ok());
+        let late = at(json!("9999-12-31T23:59:59-00:01")).unwrap_err().0;
+        assert!(late.starts_with("`notbefore` is +10000-"), "{late}");
         let old = Event::from_json(json!({
             "cloudEventsVersion": "0.1", "eventType": "t", "source": "/s", "eventID": "1",
             "extensions": {"notbefore": "2026-12-03T20:00:00Z"}

@@ -110,3 +110,36 @@ fn a_running_task_is_asked_to_stop_and_a_retry_after_the_request_cancels_it() {
         );
     });
 }
+
+/// A retry while another connection writes (on SQLite, a broker confirm
+/// being recorded) waits for it and goes through: it never reads in one
+/// transaction and then writes, which SQLite refuses at once with
+/// "database is locked" when a write landed in between. (Found by
+/// api/tests/property.rs as a 503 from `POST /tasks/<id>/retry`.)
+#[test]
+fn a_retry_waits_for_another_sqlite_writer() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let (_dir, db, path) = common::sqlite();
+    let id = insert(&db, "failed");
+    db.claim(id, "w", lease()).unwrap().unwrap();
+    assert!(db
+        .finish(id.attempt(1), &Outcome::Failed("boom".into()))
+        .unwrap());
+    let other = insert(&db, "other");
+    let mut writer = diesel::SqliteConnection::establish(&path).unwrap();
+    writer
+        .batch_execute(&format!(
+            "BEGIN IMMEDIATE; UPDATE tasks SET updated_at = updated_at WHERE id = '{other}';"
+        ))
+        .unwrap();
+    let commit = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        writer.batch_execute("COMMIT;").unwrap();
+    });
+    assert_eq!(
+        db.retry(id, |_| 3, Utc::now()).unwrap(),
+        RetryAnswer::Retried { max_attempts: 4 }
+    );
+    commit.join().unwrap();
+}
