@@ -263,10 +263,22 @@ async fn cancel_and_retry_answer_by_status() {
     let db = app.client.rocket().state::<AppState>().unwrap().db.clone();
     let until = chrono::Utc::now() + chrono::Duration::seconds(30);
     let claimed = db.claim(parsed, "test-worker", until).unwrap().unwrap();
+    let (_, view) = send(&app, get(&format!("/status/{id}"))).await;
+    assert_eq!(view["cancel_requested_at"], Value::Null, "{view}");
+    let asked = chrono::Utc::now();
     let (status, body) = send(&app, post_to(&format!("/tasks/{id}/cancel"))).await;
     assert_eq!(status, Status::Accepted, "{body}");
     assert_eq!(body["cancel_requested"], true);
     assert_eq!(body["status"], "running");
+    // Until the worker stops it, /status says when the stop was asked for.
+    let (_, view) = send(&app, get(&format!("/status/{id}"))).await;
+    assert_eq!(view["status"], "running", "{view}");
+    let at: chrono::DateTime<chrono::Utc> = view["cancel_requested_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cancel_requested_at: {view}"))
+        .parse()
+        .unwrap();
+    assert!(at >= asked && at <= chrono::Utc::now(), "{view}");
     let attempt = parsed.attempt(claimed.attempt);
     assert_eq!(
         db.renew_lease_or_cancel(attempt, until).unwrap(),
@@ -277,6 +289,9 @@ async fn cancel_and_retry_answer_by_status() {
     assert!(db
         .finish(attempt, &ferry_core::task::Outcome::Succeeded(json!(1)))
         .unwrap());
+    let (_, view) = send(&app, get(&format!("/status/{id}"))).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["cancel_requested_at"], Value::Null, "{view}");
     let (status, body) = send(&app, post_to(&format!("/tasks/{id}/cancel"))).await;
     assert_eq!(status, Status::Conflict, "{body}");
     assert_eq!(body["error"], "task_finished");

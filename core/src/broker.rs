@@ -225,7 +225,7 @@ pub struct LocalQueue {
     sender: mpsc::UnboundedSender<Vec<u8>>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
     /// Control messages (cancels) to this process's workers.
-    pub(crate) control: tokio::sync::broadcast::Sender<TaskId>,
+    pub(crate) control: tokio::sync::broadcast::Sender<crate::control::CancelRequest>,
 }
 
 /// A stream of deliveries.

@@ -320,6 +320,10 @@ pub struct TaskView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// While it runs: when a client asked to cancel it
+    /// (`POST /tasks/<id>/cancel`) and its worker has not yet stopped it;
+    /// else null.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
     /// The handler's result, once succeeded.
     pub result: Option<Value>,
     /// The last error, once failed (or between retries).

@@ -56,7 +56,10 @@ fn a_running_task_is_asked_to_stop_and_a_retry_after_the_request_cancels_it() {
             db.renew_lease_or_cancel(attempt, lease()).unwrap(),
             Lease::Held
         );
-        assert_eq!(db.cancel(id).unwrap(), CancelAnswer::StopRequested);
+        assert_eq!(
+            db.cancel(id).unwrap(),
+            CancelAnswer::StopRequested { attempt: 1 }
+        );
         assert_eq!(
             db.renew_lease_or_cancel(attempt, lease()).unwrap(),
             Lease::CancelRequested
@@ -86,7 +89,11 @@ fn a_running_task_is_asked_to_stop_and_a_retry_after_the_request_cancels_it() {
             Lease::Held
         );
         // Stopped by its worker: cancelled, the attempt closed with its error.
-        assert_eq!(db.cancel(id).unwrap(), CancelAnswer::StopRequested);
+        // The request names the attempt it stops.
+        assert_eq!(
+            db.cancel(id).unwrap(),
+            CancelAnswer::StopRequested { attempt: 2 }
+        );
         assert!(db
             .finish(id.attempt(2), &Outcome::Cancelled("stopped".into()))
             .unwrap());

@@ -24,7 +24,11 @@ pub enum CancelAnswer {
     AlreadyCancelled,
     /// The task is `running`: the stop is recorded (`cancel_requested_at`),
     /// and its worker records `cancelled` once the handler is stopped.
-    StopRequested,
+    StopRequested {
+        /// The attempt running now, the one to stop: a control message
+        /// names it, so that arriving late it cannot stop a newer attempt.
+        attempt: i32,
+    },
     /// The task had already finished (`succeeded` or `failed`); nothing changed.
     Finished(TaskStatus),
     /// No such task.
@@ -98,9 +102,10 @@ impl Db {
                     t::cancel_requested_at.eq(now),
                     t::updated_at.eq(now),
                 ))
-                .execute(conn)?;
-                if requested == 1 {
-                    return Ok(CancelAnswer::StopRequested);
+                .returning(t::attempts)
+                .get_results::<i32>(conn)?;
+                if let [attempt] = requested[..] {
+                    return Ok(CancelAnswer::StopRequested { attempt });
                 }
                 let status = t::tasks
                     .select(t::status)
