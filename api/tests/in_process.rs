@@ -205,6 +205,10 @@ refusals! {
     a_notbefore_that_is_a_number: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","notbefore":60}).to_string()) => 422 "invalid_event";
     a_notbefore_after_year_9999: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","notbefore":"9999-12-31T23:59:59-23:59"}).to_string()) => 422 "invalid_event";
     a_ce_notbefore_after_year_9999: binary(&[("ce-id", "1"), ("ce-notbefore", "9999-12-31T23:59:59-01:00")], "{}") => 422 "invalid_event";
+    a_negative_delayseconds: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","delayseconds":-1}).to_string()) => 422 "invalid_event";
+    a_delayseconds_over_30_days: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","delayseconds":2_592_001}).to_string()) => 422 "invalid_event";
+    a_delayseconds_and_a_notbefore: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","delayseconds":5,"notbefore":"2026-12-03T20:00:00Z"}).to_string()) => 422 "invalid_event";
+    a_ce_delayseconds_that_is_not_digits: binary(&[("ce-id", "1"), ("ce-delayseconds", "5s")], "{}") => 422 "invalid_event";
     a_ce_notbefore_that_is_not_a_time: binary(&[("ce-id", "1"), ("ce-notbefore", "soon")], "{}") => 422 "invalid_event";
     a_status_id_that_is_not_a_uuid: get("/status/not-a-uuid") => 400 "invalid_id";
     a_status_of_no_task: get("/status/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11") => 404 "task_not_found";

@@ -210,8 +210,9 @@ pub struct NewTask {
     pub max_attempts: i32,
     /// The request's `Idempotency-Key`: at most one task holds a key.
     pub idempotency_key: Option<String>,
-    /// Not run before this (the event's `notbefore`); a task due later is
-    /// not published on receipt but by the relay once due.
+    /// Not run before this (the event's `notbefore`, or its arrival plus
+    /// `delayseconds`); a task due later is not published on receipt but
+    /// by the relay once due.
     pub run_after: Option<DateTime<Utc>>,
 }
 
