@@ -231,7 +231,7 @@ async fn seed(app: &App) -> Seeds {
 /// What two backends must agree on about one answer: the status, the error
 /// code, the task's status, and the tasks listed (by event id and status,
 /// sorted: ids and times differ between two databases, ties in time may
-/// order them differently).
+/// order them differently; of a full page, only how many).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Answer {
     status: u16,
@@ -311,6 +311,13 @@ async fn check(app: &App, request: &Fuzz) -> Result<Answer, String> {
             })
             .collect();
         answer.tasks.sort();
+        if body["next"].is_string() {
+            // A full page: tasks created in one transaction share their
+            // time and are ordered by id, which differs between the two
+            // databases, so which of them ends the page may differ too.
+            let listed = answer.tasks.len();
+            answer.tasks = vec![(format!("{listed} tasks"), String::new())];
+        }
     }
     // What /receive stored can be read back, by its status and its record.
     if request.uri.starts_with("/receive") && (200..300).contains(&status) {
@@ -453,7 +460,13 @@ fn sqlite_and_postgres_answer_alike() {
     let postgres = runtime.block_on(postgres_app());
     let (sqlite_seeds, postgres_seeds) =
         runtime.block_on(async { (seed(&sqlite).await, seed(&postgres).await) });
-    let mut runner = TestRunner::new(proptest_config());
+    // No shrinking: each request changes both databases, so a smaller
+    // request run later would meet another state; the first request the
+    // two answer differently is the one to read.
+    let mut runner = TestRunner::new(ProptestConfig {
+        max_shrink_iters: 0,
+        ..proptest_config()
+    });
     let result = runner.run(&strategies::request(&sqlite_seeds, MAX_BODY), |request| {
         let there = translate(&request, &sqlite_seeds, &postgres_seeds);
         let (a, b) = runtime.block_on(async {
@@ -467,8 +480,24 @@ fn sqlite_and_postgres_answer_alike() {
             b.map_err(TestCaseError::fail)?,
         );
         if a != b {
+            let only = |x: &Answer, y: &Answer| -> Vec<(String, String)> {
+                x.tasks
+                    .iter()
+                    .filter(|t| !y.tasks.contains(t))
+                    .cloned()
+                    .collect()
+            };
             return Err(TestCaseError::fail(format!(
-                "SQLite answered {a:?}, PostgreSQL {b:?}"
+                "SQLite answered {} {:?} {:?}, PostgreSQL {} {:?} {:?}; tasks only SQLite \
+                 listed: {:?}, only PostgreSQL: {:?}",
+                a.status,
+                a.code,
+                a.task_status,
+                b.status,
+                b.code,
+                b.task_status,
+                only(&a, &b),
+                only(&b, &a),
             )));
         }
         Ok(())

@@ -231,20 +231,10 @@ fn query_value(name: &str, seeds: &Seeds) -> BoxedStrategy<String> {
             ]
             .boxed()
         }
-        // Only waits too short to slow the run, or values no route accepts.
+        // Only waits too short to slow the run, or values no parser should
+        // take (not one over the cap, which a route may clamp and wait for).
         "wait" => prop::sample::select(strings(&[
-            "0",
-            "0s",
-            "1ms",
-            "10ms",
-            "-1",
-            "-1s",
-            "abc",
-            "1e309",
-            "99999999999999999999s",
-            "NaN",
-            "1 ms",
-            "0x10",
+            "0", "0s", "1ms", "10ms", "-1", "-1s", "abc", "1e309", "NaN", "inf", "%201ms", "0x10",
         ]))
         .boxed(),
         _ => prop::collection::vec(proptest::char::range('!', '~'), 0..8)
