@@ -306,7 +306,7 @@ fn header(seeds: &Seeds) -> BoxedStrategy<(String, String)> {
             Just("k".repeat(256)).boxed(),
         ].boxed()),
         1 => named("last-event-id", text(&[
-            "0", "1", "-1", "99999999999999999999", "abc", "", "%00", "1.5",
+            "0", "1", "-1", "99999999999999999999", "abc", "", "%00", "1.5", "a\u{0}b", "2:1",
         ])),
         1 => named("authorization", prop_oneof![
             text(&["Bearer x", "Bearer ", "Basic Zm9vOmJhcg==", "", "bearer", "Bearer \u{0}"]),
