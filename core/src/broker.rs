@@ -226,7 +226,7 @@ pub struct LocalQueue {
     sender: mpsc::UnboundedSender<Vec<u8>>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
     /// Control messages (cancels) to this process's workers.
-    pub(crate) control: tokio::sync::broadcast::Sender<TaskId>,
+    pub(crate) control: tokio::sync::broadcast::Sender<crate::control::CancelRequest>,
     /// Hints of state changes to this process's api.
     pub(crate) events: tokio::sync::broadcast::Sender<Arc<[crate::hints::Change]>>,
 }

@@ -215,8 +215,9 @@ pub struct NewTask {
     pub max_attempts: i32,
     /// The request's `Idempotency-Key`: at most one task holds a key.
     pub idempotency_key: Option<String>,
-    /// Not run before this (the event's `notbefore`); a task due later is
-    /// not published on receipt but by the relay once due.
+    /// Not run before this (the event's `notbefore`, or its arrival plus
+    /// `delayseconds`); a task due later is not published on receipt but
+    /// by the relay once due.
     pub run_after: Option<DateTime<Utc>>,
 }
 
@@ -337,6 +338,10 @@ pub struct TaskView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// While it runs: when a client asked to cancel it
+    /// (`POST /tasks/<id>/cancel`) and its worker has not yet stopped it;
+    /// else null.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
     /// The handler's result, once succeeded.
     #[schema(required = true)]
     pub result: Option<Value>,

@@ -19,6 +19,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{Delivery, Queue};
+use ferry_core::control::CancelRequest;
 use ferry_core::db::{DbError, DbResult, Lease};
 use ferry_core::hints::Hints;
 use ferry_core::retry::RetryPolicy;
@@ -259,7 +260,7 @@ async fn listen_for_cancels(worker: Arc<Worker>, queue: Queue, shutdown: Cancell
                 next = cancels.next() => next,
             };
             match next {
-                Ok(id) => worker.cancel(id),
+                Ok(request) => worker.cancel(request),
                 Err(e) => {
                     tracing::warn!(error = %e, "cancel subscription broke; resubscribing");
                     break;
@@ -324,12 +325,18 @@ impl Worker {
         }
     }
 
-    /// A control message: task `id` was cancelled. Stops its attempt if this
-    /// worker runs it.
-    fn cancel(&self, id: TaskId) {
+    /// A control message: an attempt of a task was cancelled. Stops it if
+    /// this worker runs it — that attempt, not a newer one started since
+    /// (the task retried after the cancel, the message late).
+    fn cancel(&self, request: CancelRequest) {
+        let id = request.task;
         if let Some((attempt, token)) = self.attempts.lock().expect("not poisoned").get(&id) {
-            tracing::info!(task = %id, attempt, "cancel requested; stopping the attempt");
-            token.cancel();
+            if request.stops(*attempt) {
+                tracing::info!(task = %id, attempt, "cancel requested; stopping the attempt");
+                token.cancel();
+            } else {
+                tracing::info!(task = %id, attempt, cancelled = ?request.attempt, "a cancel of another attempt; ignored");
+            }
         }
     }
 

@@ -82,8 +82,10 @@ async fn cancel(
             Status::Ok,
             json!({ "id": id, "status": TaskStatus::Cancelled, "status_url": status_url }),
         ),
-        CancelAnswer::StopRequested => {
-            let told = tokio::time::timeout(CONTROL_TIMEOUT, state.queue.publish_cancel(id)).await;
+        CancelAnswer::StopRequested { attempt } => {
+            // The message names the attempt: late, it cannot stop a newer one.
+            let stop = state.queue.publish_cancel(id.attempt(attempt));
+            let told = tokio::time::timeout(CONTROL_TIMEOUT, stop).await;
             match told {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

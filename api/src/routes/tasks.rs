@@ -66,7 +66,7 @@ fn invalid(parameter: &str, message: impl std::fmt::Display) -> ApiError {
 /// A time as a client writes it: RFC 3339. A `+` offset that arrived
 /// unencoded reads as a space in a query string; it is taken back.
 fn parse_time(parameter: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
-    DateTime::parse_from_rfc3339(value)
+    let at = DateTime::parse_from_rfc3339(value)
         .or_else(|e| DateTime::parse_from_rfc3339(&value.replace(' ', "+")).map_err(|_| e))
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
@@ -74,7 +74,10 @@ fn parse_time(parameter: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
                 parameter,
                 format!("{value:?} is not an RFC 3339 time ({e}), such as 2026-12-03T20:00:00Z"),
             )
-        })
+        })?;
+    // SQLite compares times as text: one past year 9999 would misorder.
+    storable::check_time(parameter, at).map_err(|e| invalid(parameter, e.reason))?;
+    Ok(at)
 }
 
 /// What a `/tasks` query string asks for.
@@ -313,6 +316,12 @@ mod tests {
                 "created_before:",
             ),
             ("/tasks?cursor=abc", "cursor:"),
+            // Past year 9999 (in UTC), which SQLite's text would misorder.
+            ("/tasks?created_before=9999-12-31T23:59:59-23:59", "created_before:"),
+            (
+                "/tasks?cursor=OTk5OS0xMi0zMVQyMzo1OTo1OS0yMzo1OXw0YjliOGUwZS02YTNjLTRkMjUtOWQ0ZS0yZjBmNmE3ZDFjMTE",
+                "cursor:",
+            ),
             ("/tasks?type=", "type:"),
             ("/tasks?source=a&source=b", "source:"),
             ("/tasks?colour=red", "colour:"),

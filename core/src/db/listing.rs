@@ -85,10 +85,13 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok()?;
         let text = String::from_utf8(bytes).ok()?;
         let (created_at, id) = text.split_once('|')?;
+        let created_at = DateTime::parse_from_rfc3339(created_at)
+            .ok()?
+            .with_timezone(&Utc);
+        // No task is created after it, and SQLite would misorder it.
+        crate::storable::check_time("cursor", created_at).ok()?;
         Some(Self {
-            created_at: DateTime::parse_from_rfc3339(created_at)
-                .ok()?
-                .with_timezone(&Utc),
+            created_at,
             id: id.parse().ok()?,
         })
     }
