@@ -188,7 +188,9 @@ pub async fn serve(
     let queue = if standalone {
         standalone_queue(&db).await?
     } else {
-        Queue::amqp(&config.broker_url, &config.queue)
+        let queue = Queue::from_config(&config);
+        runtime::declare_queue(&queue).await?;
+        queue
     };
     // Bound before anything is spawned, so that a port in use fails the start
     // cleanly. Every connection is guarded: see `listener`.

@@ -106,12 +106,18 @@ pub async fn run(
     let mut backoff = RetryPolicy::RECONNECT.backoff();
     // The consumer stays open while running tasks drain, so they can still ack.
     let mut draining = None;
+    let mut fatal = None;
     'connect: while !shutdown.is_cancelled() {
         let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
         let mut consumer = match queue.consume(prefetch, &worker.name).await {
             Ok(consumer) => {
                 backoff.reset();
                 consumer
+            }
+            Err(e) if e.is_fatal() => {
+                // A configuration error: drain what runs, then stop with it.
+                fatal = Some(e);
+                break 'connect;
             }
             Err(e) => {
                 let wait = backoff.next_wait();
@@ -207,7 +213,10 @@ pub async fn run(
     }
     drop(draining);
     control.abort();
-    Ok(())
+    match fatal {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Set (to anything but empty or `0`) in tests only: the worker does not

@@ -38,7 +38,8 @@ async fn main() -> ExitCode {
 async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
     let shutdown = runtime::shutdown_on_signals();
     let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT).await?;
-    let queue = Queue::amqp(&config.broker_url, &config.queue);
+    let queue = Queue::from_config(&config);
+    runtime::declare_queue(&queue).await?;
     let relay = relay::spawn(
         db.clone(),
         queue.clone(),
