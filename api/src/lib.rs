@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod listener;
+pub mod request_id;
 pub mod routes;
 
 use std::sync::Arc;
@@ -163,13 +164,15 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         // is cancelled, so Rocket installs no signal handlers of its own.
         .merge(("shutdown.ctrlc", false))
         .merge(("shutdown.signals", Vec::<String>::new()));
+    use request_id::traced;
     rocket::custom(figment)
         .manage(state)
-        .mount("/", routes::receive::routes())
-        .mount("/", routes::status::routes())
-        .mount("/", routes::control::routes())
+        .attach(request_id::RequestIds)
+        .mount("/", traced(routes::receive::routes()))
+        .mount("/", traced(routes::status::routes()))
+        .mount("/", traced(routes::control::routes()))
         .manage(routes::tasks::SharedCounts::default())
-        .mount("/", routes::tasks::routes())
+        .mount("/", traced(routes::tasks::routes()))
         .register("/", catchers![error::default_catcher])
 }
 
@@ -215,6 +218,9 @@ pub async fn serve(
         address = %config.address,
         port = config.port,
         database = db.backend(),
+        database_url = %ferry_core::logging::redact_url(&config.database_url),
+        broker_url = %ferry_core::logging::redact_url(&config.broker_url),
+        queue = %config.queue,
         standalone,
         request_timeout = ?config.request_timeout,
         "ferry-api starting"

@@ -12,6 +12,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::logging::{redact_url, LogFormat};
 use crate::routes::{RawRoute, Routes};
 
 /// Default HTTP port, the one pacifica's receivers listen on.
@@ -87,6 +88,8 @@ pub struct Config {
     /// How long a final task (succeeded, failed, cancelled) is kept after
     /// it finished before the relay deletes it; `None` keeps every task.
     pub retention: Option<Duration>,
+    /// How log lines are written: text or JSON lines.
+    pub log_format: LogFormat,
     /// Event type → handler.
     pub routes: Routes,
 }
@@ -109,6 +112,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             retention: Some(DEFAULT_RETENTION),
+            log_format: LogFormat::Text,
             routes: Routes::default(),
         }
     }
@@ -165,6 +169,8 @@ pub(crate) struct Layer {
     pub(crate) request_timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) retention: Option<Retention>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) log_format: Option<LogFormat>,
     /// Only the file has routes.
     #[serde(default, skip_serializing)]
     pub(crate) routes: Vec<RawRoute>,
@@ -216,6 +222,9 @@ impl Layer {
                     value.parse("FERRY_RETENTION").map(|_| value)
                 })
                 .transpose()?,
+            log_format: var("FERRY_LOG_FORMAT")
+                .map(|v| parse("FERRY_LOG_FORMAT", &v))
+                .transpose()?,
             routes: Vec::new(),
         })
     }
@@ -240,7 +249,8 @@ impl Layer {
             lease,
             relay_interval,
             drain_timeout,
-            request_timeout
+            request_timeout,
+            log_format
         );
         if let Some(retention) = self.retention {
             config.retention = retention.parse("retention")?;
@@ -378,14 +388,14 @@ impl Config {
                 "database_url",
                 format!(
                     "{:?} must start with sqlite:// or postgres://",
-                    self.database_url
+                    redact_url(&self.database_url)
                 ),
             ));
         }
         if !(self.broker_url.starts_with("amqp://") || self.broker_url.starts_with("amqps://")) {
             return Err(ConfigError::new(
                 "broker_url",
-                format!("{:?} must start with amqp://", self.broker_url),
+                format!("{:?} must start with amqp://", redact_url(&self.broker_url)),
             ));
         }
         if self.queue.is_empty() {
@@ -667,6 +677,26 @@ mod tests {
         // Parsed, but out of range: named by its key, as a file value would be.
         let err = with_env("", &[("FERRY_REQUEST_TIMEOUT", "10ms")]).unwrap_err();
         assert_eq!(err.key, "request_timeout");
+    }
+
+    #[test]
+    fn log_format_and_no_password_in_errors() {
+        assert_eq!(Config::from_toml("").unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            with_env("log_format = \"text\"", &[("FERRY_LOG_FORMAT", "json")])
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            Config::from_toml("log_format = \"xml\"").unwrap_err().key,
+            "log_format"
+        );
+        let e = Config::from_toml("database_url = \"mysql://u:hunter2@h/db\"").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("mysql://u:***@h/db"), "{e}");
+        let e = Config::from_toml("broker_url = \"http://u:hunter2@h\"").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ferry_core::init_logging();
     let args = Args::parse();
     let config = match args.common.load() {
         Ok(config) => config,
@@ -26,10 +25,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let scrubber = ferry_core::init_logging(&config);
+    let format = config.log_format;
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry-worker: {e:#}");
+            ferry_core::logging::fatal("ferry-worker", format, &scrubber, &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
