@@ -208,3 +208,45 @@ async fn a_classic_queue_refuses_quorum_with_a_clear_error() {
         }
     }
 }
+
+/// A database that cannot be reached for a while does not use up a quorum
+/// queue's delivery limit: the worker holds the message and retries the
+/// claim instead of giving it back every moment, so the task runs once the
+/// database is back and nothing is dead-lettered. (SQLite held under an
+/// exclusive lock is unreachable to writers: each claim fails after its
+/// 10 s busy timeout. Given back each time, the message would have been
+/// dead-lettered at its second failure, with a limit of 1.)
+#[tokio::test]
+async fn a_database_outage_does_not_use_up_the_delivery_limit() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection as _;
+    ferry_testkit::require!(rabbitmq);
+    let d = Deployment::sqlite()
+        .env("FERRY_QUEUE_TYPE", "quorum")
+        .env("FERRY_DELIVERY_LIMIT", "1");
+    let api = d.api().await;
+    let id = api.submit("org.ferry.echo", "outage-1", json!(1)).await;
+    let path = d.sqlite_path().expect("SQLite").to_string();
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let lock = std::thread::spawn(move || {
+        let mut conn = diesel::SqliteConnection::establish(&path).expect("open the database");
+        conn.batch_execute("PRAGMA busy_timeout = 10000; BEGIN EXCLUSIVE")
+            .expect("lock the database");
+        locked.send(()).expect("tell the test");
+        std::thread::sleep(Duration::from_secs(25));
+        conn.batch_execute("COMMIT").expect("unlock");
+    });
+    is_locked.recv().expect("the lock is taken");
+    let worker = d.worker("worker");
+    api.wait_for(&id, "succeeded", Duration::from_secs(90))
+        .await;
+    lock.join().expect("the lock thread");
+    let (connection, channel) = channel(&d.broker_url).await;
+    let dead = channel
+        .basic_get(d.dead_queue().as_str().into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get on the dead-letter queue");
+    assert!(dead.is_none(), "a message was dead-lettered: {dead:?}");
+    let _ = connection.close(200, "test over".into()).await;
+    drop(worker);
+}

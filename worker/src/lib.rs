@@ -306,7 +306,7 @@ impl Worker {
 
     /// [`Worker::handle`] of a delivery that names task `id`, in its span.
     async fn handle_task(&self, id: TaskId, delivery: Delivery, span: tracing::Span) {
-        let claimed = self.claims.call(id).await.unwrap_or_else(batch_lost);
+        let claimed = self.claim(id).await;
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
             Ok(None) => {
@@ -342,6 +342,29 @@ impl Worker {
                 }
             }
             None => settle(delivery.ack().await),
+        }
+    }
+
+    /// Claims task `id`. While the database cannot be reached, the claim is
+    /// retried here, holding the message, for up to one lease: giving the
+    /// message back every moment instead would count against a quorum
+    /// queue's `delivery_limit` and dead-letter a pending task's message
+    /// during a short database outage.
+    async fn claim(&self, id: TaskId) -> DbResult<Option<Claimed>> {
+        let deadline = tokio::time::Instant::now() + self.config.lease;
+        let mut backoff = RetryPolicy {
+            base: Duration::from_millis(100),
+            ..RetryPolicy::RECONNECT
+        }
+        .backoff();
+        loop {
+            match self.claims.call(id).await.unwrap_or_else(batch_lost) {
+                Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "cannot claim yet; retrying");
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+                claimed => return claimed,
+            }
         }
     }
 
