@@ -8,6 +8,7 @@ pub mod error;
 pub mod hub;
 pub mod listener;
 pub mod openapi;
+pub mod request_id;
 pub mod routes;
 
 use std::sync::Arc;
@@ -173,14 +174,16 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         // is cancelled, so Rocket installs no signal handlers of its own.
         .merge(("shutdown.ctrlc", false))
         .merge(("shutdown.signals", Vec::<String>::new()));
+    use request_id::traced;
     rocket::custom(figment)
         .manage(state)
-        .mount("/", routes::receive::routes())
-        .mount("/", routes::status::routes())
-        .mount("/", routes::control::routes())
+        .attach(request_id::RequestIds)
+        .mount("/", traced(routes::receive::routes()))
+        .mount("/", traced(routes::status::routes()))
+        .mount("/", traced(routes::control::routes()))
         .manage(routes::tasks::SharedCounts::default())
-        .mount("/", routes::tasks::routes())
-        .mount("/", openapi::routes())
+        .mount("/", traced(routes::tasks::routes()))
+        .mount("/", traced(openapi::routes()))
         .register(
             "/",
             catchers![error::default_catcher, auth::unauthorized, auth::forbidden],
@@ -202,7 +205,9 @@ pub async fn serve(
     let queue = if standalone {
         standalone_queue(&db).await?
     } else {
-        Queue::amqp(&config.broker_url, &config.queue)
+        let queue = Queue::from_config(&config);
+        runtime::declare_queue(&queue).await?;
+        queue
     };
     // Bound before anything is spawned, so that a port in use fails the start
     // cleanly. Every connection is guarded: see `listener`.
@@ -230,6 +235,9 @@ pub async fn serve(
         address = %config.address,
         port = config.port,
         database = db.backend(),
+        database_url = %ferry_core::logging::redact_url(&config.database_url),
+        broker_url = %ferry_core::logging::redact_url(&config.broker_url),
+        queue = %config.queue,
         standalone,
         request_timeout = ?config.request_timeout,
         tokens = config.tokens.iter().count(),

@@ -102,7 +102,6 @@ fn hash_token_command(args: HashToken) -> ExitCode {
 
 #[rocket::main]
 async fn main() -> ExitCode {
-    ferry_core::init_logging();
     let args = Args::parse();
     if let Some(Command::HashToken(hash)) = args.command {
         return hash_token_command(hash);
@@ -117,6 +116,8 @@ async fn main() -> ExitCode {
     if let Some(port) = args.port {
         config.port = port;
     }
+    let scrubber = ferry_core::init_logging(&config);
+    let format = config.log_format;
     if config.routes.is_empty() {
         tracing::warn!("no [[routes]] configured: every event will be refused with 422");
     }
@@ -128,7 +129,7 @@ async fn main() -> ExitCode {
     match ferry_api::serve(config, standalone, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry-api: {e:#}");
+            ferry_core::logging::fatal("ferry-api", format, &scrubber, &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -289,6 +289,15 @@ async fn bad_credentials_are_401(stack: &Stack) {
         // client still reads the answer, it is the 401.
         assert_eq!(big.status().as_u16(), 401);
     }
+    // A refusal is the client's mistake: no WARN or ERROR line about it
+    // (Rocket's own report of a failed guard is quiet).
+    let log = api.proc.log_text();
+    for line in log.lines() {
+        assert!(
+            !line.contains("WARN") && !line.contains("ERROR"),
+            "a refused request was logged as a problem: {line}"
+        );
+    }
 }
 
 async fn with_tokens(layout: Layout, check: impl AsyncFnOnce(&Stack)) {

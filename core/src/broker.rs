@@ -14,6 +14,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::config::QueueType;
 use crate::task::TaskId;
 
 /// Why the broker did not take or give a message.
@@ -31,6 +32,30 @@ pub enum BrokerError {
     /// The in-process queue is closed (the process is stopping).
     #[error("the in-process queue is closed")]
     Closed,
+    /// The queue exists with other arguments (another type) than this
+    /// configuration declares: RabbitMQ cannot change a queue's type.
+    #[error(
+        "queue {queue:?} (or {queue}.dead) already exists with other arguments than \
+         queue_type = \"{wanted}\" declares ({reason}); a queue's type cannot be changed: \
+         set queue_type to the queue's type, or use a new queue name, or let the queue \
+         drain and delete both (rabbitmqctl delete_queue {queue}; rabbitmqctl delete_queue \
+         {queue}.dead) so that they are declared again"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The type this configuration asks for.
+        wanted: &'static str,
+        /// RabbitMQ's words.
+        reason: String,
+    },
+}
+
+impl BrokerError {
+    /// Whether retrying cannot help: the configuration must change.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::QueueMismatch { .. })
+    }
 }
 
 /// Where tasks are queued; cheap to clone.
@@ -43,13 +68,41 @@ pub enum Queue {
 }
 
 impl Queue {
-    /// A RabbitMQ queue; nothing connects until first use.
+    /// A classic RabbitMQ queue; nothing connects until first use.
     pub fn amqp(url: &str, name: &str) -> Self {
+        Self::amqp_typed(url, name, QueueType::Classic, 1)
+    }
+
+    /// The RabbitMQ queue a configuration names, of its `queue_type`.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self::amqp_typed(
+            &config.broker_url,
+            &config.queue,
+            config.queue_type,
+            config.delivery_limit,
+        )
+    }
+
+    /// A RabbitMQ queue of `queue_type`; `delivery_limit` is used by quorum
+    /// queues only. Nothing connects until first use.
+    pub fn amqp_typed(url: &str, name: &str, queue_type: QueueType, delivery_limit: u32) -> Self {
         Self::Amqp(Arc::new(AmqpQueue {
             url: url.into(),
             name: name.into(),
+            queue_type,
+            delivery_limit,
             publisher: Mutex::new(None),
         }))
+    }
+
+    /// Declares the queue now (RabbitMQ only). A process calls it at start,
+    /// so that a queue of another type fails the start with
+    /// [`BrokerError::QueueMismatch`] instead of every publish.
+    pub async fn declare(&self) -> Result<(), BrokerError> {
+        match self {
+            Self::Amqp(queue) => queue.publisher().await.map(drop),
+            Self::Local(_) => Ok(()),
+        }
     }
 
     /// A new in-process queue.
@@ -95,6 +148,8 @@ impl Queue {
 pub struct AmqpQueue {
     pub(crate) url: String,
     pub(crate) name: String,
+    queue_type: QueueType,
+    delivery_limit: u32,
     publisher: Mutex<Option<(Connection, Channel)>>,
 }
 
@@ -110,13 +165,51 @@ impl AmqpQueue {
         let connection = Connection::connect(&self.url, props).await?;
         let channel = connection.create_channel().await?;
         let dead = Self::dead_letter_name(&self.name);
+        let (dead_args, args) = self.arguments();
+        let mismatch = |e: lapin::Error| match e.kind() {
+            lapin::ErrorKind::ProtocolError(amqp)
+                if amqp.kind()
+                    == &lapin::protocol::AMQPErrorKind::Soft(
+                        lapin::protocol::AMQPSoftError::PRECONDITIONFAILED,
+                    ) =>
+            {
+                BrokerError::QueueMismatch {
+                    queue: self.name.clone(),
+                    wanted: self.queue_type.as_str(),
+                    reason: amqp.get_message().to_string(),
+                }
+            }
+            _ => BrokerError::Unavailable(e),
+        };
+        // Durable, and neither exclusive nor auto-deleted: the only kind a
+        // quorum queue can be.
         channel
             .queue_declare(
                 dead.as_str().into(),
                 QueueDeclareOptions::durable(),
-                FieldTable::default(),
+                dead_args,
             )
-            .await?;
+            .await
+            .map_err(mismatch)?;
+        channel
+            .queue_declare(
+                self.name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                args,
+            )
+            .await
+            .map_err(mismatch)?;
+        Ok((connection, channel))
+    }
+
+    /// The declare arguments of the dead-letter queue and of the task
+    /// queue. Rejected messages (and, on a quorum queue, a message delivered
+    /// more than `delivery_limit` times after its first delivery) go to
+    /// `<queue>.dead` through the default exchange, at most once (RabbitMQ's
+    /// default dead-letter strategy, the one classic queues have).
+    fn arguments(&self) -> (FieldTable, FieldTable) {
+        let dead = Self::dead_letter_name(&self.name);
+        let mut dead_args = FieldTable::default();
         let mut args = FieldTable::default();
         args.insert(
             "x-dead-letter-exchange".into(),
@@ -126,14 +219,19 @@ impl AmqpQueue {
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(dead.as_str().into()),
         );
-        channel
-            .queue_declare(
-                self.name.as_str().into(),
-                QueueDeclareOptions::durable(),
-                args,
-            )
-            .await?;
-        Ok((connection, channel))
+        if self.queue_type == QueueType::Quorum {
+            for table in [&mut dead_args, &mut args] {
+                table.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+            }
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+            );
+        }
+        (dead_args, args)
     }
 
     /// The shared publishing channel, reconnecting if it broke.

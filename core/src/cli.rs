@@ -23,6 +23,9 @@ pub struct CommonArgs {
     /// Tasks run at once by this process's workers.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// How log lines are written: `text` or `json` (one object a line).
+    #[arg(long, value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 impl CommonArgs {
@@ -35,6 +38,7 @@ impl CommonArgs {
             broker_url: self.broker_url.clone(),
             queue: self.queue.clone(),
             concurrency: self.concurrency,
+            log_format: self.log_format,
             ..Layer::default()
         };
         Config::from_layers(&file, |name| std::env::var(name).ok(), flags)

@@ -12,6 +12,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::logging::{redact_url, LogFormat};
 use crate::routes::{RawRoute, Routes};
 use crate::tokens::{RawToken, Tokens};
 
@@ -27,6 +28,9 @@ pub const DEFAULT_QUEUE: &str = "ferry.tasks";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Default retention of final tasks: 7 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Default delivery limit of a quorum queue: deliveries of one message
+/// beyond the first before it is dead-lettered.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "server.conf";
 
@@ -60,6 +64,11 @@ pub struct Config {
     pub broker_url: String,
     /// Durable queue the tasks travel on.
     pub queue: String,
+    /// The RabbitMQ type of that queue.
+    pub queue_type: QueueType,
+    /// Quorum queues only: redeliveries of one message before RabbitMQ
+    /// dead-letters it into `<queue>.dead`.
+    pub delivery_limit: u32,
     /// Address the API binds to.
     pub address: String,
     /// Port the API binds to.
@@ -80,6 +89,8 @@ pub struct Config {
     /// How long a final task (succeeded, failed, cancelled) is kept after
     /// it finished before the relay deletes it; `None` keeps every task.
     pub retention: Option<Duration>,
+    /// How log lines are written: text or JSON lines.
+    pub log_format: LogFormat,
     /// Event type → handler.
     pub routes: Routes,
     /// The API's tokens (`[[tokens]]`); none means the API is open.
@@ -93,6 +104,8 @@ impl Default for Config {
             database_pool_size: 8,
             broker_url: DEFAULT_BROKER_URL.into(),
             queue: DEFAULT_QUEUE.into(),
+            queue_type: QueueType::Classic,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
             address: "127.0.0.1".into(),
             port: DEFAULT_PORT,
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -102,6 +115,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             retention: Some(DEFAULT_RETENTION),
+            log_format: LogFormat::Text,
             routes: Routes::default(),
             tokens: Tokens::default(),
         }
@@ -121,6 +135,10 @@ pub(crate) struct Layer {
     pub(crate) broker_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) queue_type: Option<QueueType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) delivery_limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,6 +173,8 @@ pub(crate) struct Layer {
     pub(crate) request_timeout: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) retention: Option<Retention>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) log_format: Option<LogFormat>,
     /// Only the file has routes.
     #[serde(default, skip_serializing)]
     pub(crate) routes: Vec<RawRoute>,
@@ -180,6 +200,12 @@ impl Layer {
             database_url: var("FERRY_DATABASE_URL"),
             broker_url: var("FERRY_BROKER_URL"),
             queue: var("FERRY_QUEUE"),
+            queue_type: var("FERRY_QUEUE_TYPE")
+                .map(|v| parse("FERRY_QUEUE_TYPE", &v))
+                .transpose()?,
+            delivery_limit: var("FERRY_DELIVERY_LIMIT")
+                .map(|v| parse("FERRY_DELIVERY_LIMIT", &v))
+                .transpose()?,
             address: var("FERRY_ADDRESS"),
             port: var("FERRY_PORT")
                 .map(|v| parse("FERRY_PORT", &v))
@@ -203,6 +229,9 @@ impl Layer {
                     value.parse("FERRY_RETENTION").map(|_| value)
                 })
                 .transpose()?,
+            log_format: var("FERRY_LOG_FORMAT")
+                .map(|v| parse("FERRY_LOG_FORMAT", &v))
+                .transpose()?,
             routes: Vec::new(),
             tokens: Vec::new(),
         })
@@ -219,6 +248,8 @@ impl Layer {
             database_pool_size,
             broker_url,
             queue,
+            queue_type,
+            delivery_limit,
             address,
             port,
             concurrency,
@@ -226,7 +257,8 @@ impl Layer {
             lease,
             relay_interval,
             drain_timeout,
-            request_timeout
+            request_timeout,
+            log_format
         );
         if let Some(retention) = self.retention {
             config.retention = retention.parse("retention")?;
@@ -234,6 +266,40 @@ impl Layer {
         config.routes = Routes::from_raw(self.routes)?;
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// The RabbitMQ queue type of the task queue (`queue_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// A classic queue: one node, the least overhead.
+    #[default]
+    Classic,
+    /// A quorum queue: replicated across a cluster (Raft), with a delivery
+    /// limit that dead-letters a message redelivered too often.
+    Quorum,
+}
+
+impl QueueType {
+    /// The name as written in `server.conf` and `x-queue-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classic" => Ok(Self::Classic),
+            "quorum" => Ok(Self::Quorum),
+            _ => Err("expected \"classic\" or \"quorum\"".into()),
+        }
     }
 }
 
@@ -340,18 +406,21 @@ impl Config {
                 "database_url",
                 format!(
                     "{:?} must start with sqlite:// or postgres://",
-                    self.database_url
+                    redact_url(&self.database_url)
                 ),
             ));
         }
         if !(self.broker_url.starts_with("amqp://") || self.broker_url.starts_with("amqps://")) {
             return Err(ConfigError::new(
                 "broker_url",
-                format!("{:?} must start with amqp://", self.broker_url),
+                format!("{:?} must start with amqp://", redact_url(&self.broker_url)),
             ));
         }
         if self.queue.is_empty() {
             return Err(ConfigError::new("queue", "must not be empty"));
+        }
+        if self.delivery_limit == 0 {
+            return Err(ConfigError::new("delivery_limit", "must be at least 1"));
         }
         if self.concurrency == 0 || self.concurrency > u16::MAX as usize {
             return Err(ConfigError::new(
@@ -626,6 +695,64 @@ mod tests {
         // Parsed, but out of range: named by its key, as a file value would be.
         let err = with_env("", &[("FERRY_REQUEST_TIMEOUT", "10ms")]).unwrap_err();
         assert_eq!(err.key, "request_timeout");
+    }
+
+    #[test]
+    fn log_format_and_no_password_in_errors() {
+        assert_eq!(Config::from_toml("").unwrap().log_format, LogFormat::Text);
+        assert_eq!(
+            with_env("log_format = \"text\"", &[("FERRY_LOG_FORMAT", "json")])
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            Config::from_toml("log_format = \"xml\"").unwrap_err().key,
+            "log_format"
+        );
+        let e = Config::from_toml("database_url = \"mysql://u:hunter2@h/db\"").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("mysql://u:***@h/db"), "{e}");
+        let e = Config::from_toml("broker_url = \"http://u:hunter2@h\"").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn queue_type_is_classic_or_quorum() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(
+            (config.queue_type, config.delivery_limit),
+            (QueueType::Classic, DEFAULT_DELIVERY_LIMIT)
+        );
+        let config = Config::from_toml("queue_type = \"quorum\"\ndelivery_limit = 9").unwrap();
+        assert_eq!(
+            (config.queue_type, config.delivery_limit),
+            (QueueType::Quorum, 9)
+        );
+        let config = with_env(
+            "",
+            &[
+                ("FERRY_QUEUE_TYPE", "quorum"),
+                ("FERRY_DELIVERY_LIMIT", "2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (config.queue_type, config.delivery_limit),
+            (QueueType::Quorum, 2)
+        );
+        assert_eq!(
+            Config::from_toml("queue_type = \"stream\"")
+                .unwrap_err()
+                .key,
+            "queue_type"
+        );
+        assert_eq!(
+            Config::from_toml("delivery_limit = 0").unwrap_err().key,
+            "delivery_limit"
+        );
+        let err = with_env("", &[("FERRY_QUEUE_TYPE", "Quorum")]).unwrap_err();
+        assert_eq!(err.key, "FERRY_QUEUE_TYPE");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   (a RabbitMQ fanout exchange, or an in-process broadcast).
 //! - [`hints`]: state changes, from whoever made them to every api process
 //!   (a RabbitMQ topic exchange, or an in-process broadcast).
+//! - [`logging`]: text or JSON log lines on stderr, without secrets.
 //! - [`retry`]: one retry policy for route retries and reconnect loops.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
 //!   tasks whose worker died.
@@ -29,6 +30,7 @@ pub mod control;
 pub mod db;
 pub mod event;
 pub mod hints;
+pub mod logging;
 pub mod relay;
 pub mod retry;
 pub mod routes;
@@ -41,28 +43,12 @@ pub use config::Config;
 pub use db::Db;
 pub use task::{TaskId, TaskStatus};
 
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`), in
-/// colour only when stderr is a terminal.
-///
-/// Rocket logs a request it cannot route or a client that hangs up mid-body
-/// as an ERROR, and its launch as a WARN. Neither is the server's error, and
-/// Ferry logs its own start and stop (and a launch failure is returned, not
-/// only logged), so Rocket is quiet unless `RUST_LOG` names it.
-pub fn init_logging() {
-    use std::io::IsTerminal;
-    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let mut directives = wanted.clone();
-    if !wanted.contains("rocket") {
-        directives.push_str(",rocket=off");
-    }
-    if !wanted.contains("lapin") {
-        directives.push_str(",lapin=warn");
-    }
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Sets up logging to stderr as `config.log_format` asks (see
+/// [`logging::init`]), masking the passwords of its database and broker
+/// URLs; returns the scrubber, for what a process prints itself.
+pub fn init_logging(config: &Config) -> logging::Scrubber {
+    let scrubber =
+        logging::Scrubber::for_urls([config.database_url.as_str(), config.broker_url.as_str()]);
+    logging::init(config.log_format, scrubber.clone());
+    scrubber
 }

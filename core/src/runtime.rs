@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Queue;
 use crate::db::{Db, DbError};
 use crate::retry::RetryPolicy;
 use crate::Config;
@@ -36,6 +37,25 @@ pub async fn connect_db(config: &Config, give_up_after: Duration) -> anyhow::Res
                 tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Declares the task queue at start: a queue of another type than the
+/// configuration's `queue_type` stops the process with an error that says
+/// what to do. A broker that does not answer yet is only logged: publishing
+/// and consuming reconnect on their own.
+pub async fn declare_queue(queue: &Queue) -> anyhow::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(10), queue.declare()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.is_fatal() => Err(e.into()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "broker not reachable yet; will retry when needed");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("broker did not answer within 10s; will retry when needed");
+            Ok(())
         }
     }
 }

@@ -30,6 +30,7 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::handlers::{HandlerError, Handlers, TaskContext};
 
@@ -102,7 +103,13 @@ pub async fn run(
     let concurrency = worker.config.concurrency;
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
-    tracing::info!(worker = %worker.name, concurrency, "worker started");
+    tracing::info!(
+        worker = %worker.name,
+        concurrency,
+        queue = %worker.config.queue,
+        broker_url = %ferry_core::logging::redact_url(&worker.config.broker_url),
+        "worker started"
+    );
     let control = tokio::spawn(listen_for_cancels(
         worker.clone(),
         queue.clone(),
@@ -111,12 +118,18 @@ pub async fn run(
     let mut backoff = RetryPolicy::RECONNECT.backoff();
     // The consumer stays open while running tasks drain, so they can still ack.
     let mut draining = None;
+    let mut fatal = None;
     'connect: while !shutdown.is_cancelled() {
         let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
         let mut consumer = match queue.consume(prefetch, &worker.name).await {
             Ok(consumer) => {
                 backoff.reset();
                 consumer
+            }
+            Err(e) if e.is_fatal() => {
+                // A configuration error: drain what runs, then stop with it.
+                fatal = Some(e);
+                break 'connect;
             }
             Err(e) => {
                 let wait = backoff.next_wait();
@@ -205,14 +218,18 @@ pub async fn run(
         for attempt in abandoned {
             let outcome =
                 Outcome::HandedBack("the worker shut down before the attempt finished".into());
-            if !worker.record(attempt, &outcome).await {
+            let span = tracing::info_span!("task", task = %attempt.task, attempt = attempt.attempt);
+            if !worker.record(attempt, &outcome).instrument(span).await {
                 tracing::error!(task = %attempt.task, "could not hand the task back; its lease will");
             }
         }
     }
     drop(draining);
     control.abort();
-    Ok(())
+    match fatal {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Set (to anything but empty or `0`) in tests only: the worker does not
@@ -284,23 +301,34 @@ impl Worker {
             settle(delivery.dead_letter().await);
             return;
         };
-        let claimed = self.claims.call(id).await.unwrap_or_else(batch_lost);
+        // Every line about this task, here and in what it calls, carries
+        // its id (and, once claimed, the attempt).
+        let span = tracing::info_span!("task", task = %id, attempt = tracing::field::Empty);
+        self.handle_task(id, delivery, span.clone())
+            .instrument(span)
+            .await;
+    }
+
+    /// [`Worker::handle`] of a delivery that names task `id`, in its span.
+    async fn handle_task(&self, id: TaskId, delivery: Delivery, span: tracing::Span) {
+        let claimed = self.claim(id).await;
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
             Ok(None) => {
                 // Running elsewhere, finished, cancelled or not yet due: the
                 // database, not this message, decides. Nothing runs.
-                tracing::debug!(task = %id, "not claimable; acknowledging the duplicate delivery");
+                tracing::debug!("not claimable; acknowledging the duplicate delivery");
                 settle(delivery.ack().await);
                 return;
             }
             Err(e) => {
-                tracing::warn!(task = %id, error = %e, "cannot claim; returning the message");
+                tracing::warn!(error = %e, "cannot claim; returning the message");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 settle(delivery.requeue().await);
                 return;
             }
         };
+        span.record("attempt", claimed.attempt);
         let attempt = id.attempt(claimed.attempt);
         let event_type = claimed.event_type.clone();
         self.hints.send(id, Some(&event_type), TaskStatus::Running);
@@ -322,6 +350,29 @@ impl Worker {
                 }
             }
             None => settle(delivery.ack().await),
+        }
+    }
+
+    /// Claims task `id`. While the database cannot be reached, the claim is
+    /// retried here, holding the message, for up to one lease: giving the
+    /// message back every moment instead would count against a quorum
+    /// queue's `delivery_limit` and dead-letter a pending task's message
+    /// during a short database outage.
+    async fn claim(&self, id: TaskId) -> DbResult<Option<Claimed>> {
+        let deadline = tokio::time::Instant::now() + self.config.lease;
+        let mut backoff = RetryPolicy {
+            base: Duration::from_millis(100),
+            ..RetryPolicy::RECONNECT
+        }
+        .backoff();
+        loop {
+            match self.claims.call(id).await.unwrap_or_else(batch_lost) {
+                Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "cannot claim yet; retrying");
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+                claimed => return claimed,
+            }
         }
     }
 
@@ -362,7 +413,7 @@ impl Worker {
             attempt: claimed.attempt,
             event: &claimed.event,
         };
-        tracing::debug!(task = %id, attempt = claimed.attempt, handler = route.handler.name(), "running");
+        tracing::debug!(handler = route.handler.name(), "running");
         let handler =
             std::panic::AssertUnwindSafe(self.handlers.run(&route.handler, route.timeout, ctx))
                 .catch_unwind()
@@ -374,7 +425,7 @@ impl Worker {
             lease = self.keep_lease(id.attempt(claimed.attempt)) => match lease {
                 LeaseEnd::Lost => return None,
                 LeaseEnd::CancelRequested => {
-                    tracing::info!(task = %id, "cancel found at lease renewal; stopping the attempt");
+                    tracing::info!("cancel found at lease renewal; stopping the attempt");
                     return Some(stopped);
                 }
             },
@@ -420,11 +471,11 @@ impl Worker {
                 Ok(Lease::Held) => {}
                 Ok(Lease::CancelRequested) => return LeaseEnd::CancelRequested,
                 Ok(Lease::Lost) => {
-                    tracing::warn!(task = %attempt.task, attempt = attempt.attempt, "lease lost; abandoning the attempt");
+                    tracing::warn!("lease lost; abandoning the attempt");
                     return LeaseEnd::Lost;
                 }
                 Err(e) => {
-                    tracing::warn!(task = %attempt.task, error = %e, "cannot renew lease; will retry")
+                    tracing::warn!(error = %e, "cannot renew lease; will retry")
                 }
             }
         }
@@ -433,7 +484,6 @@ impl Worker {
     /// Records the outcome, retrying while the database is unavailable for
     /// up to one lease. True once it is recorded (or was not ours to record).
     async fn record(&self, attempt: AttemptRef, outcome: &Outcome) -> bool {
-        let id = attempt.task;
         let deadline = tokio::time::Instant::now() + self.config.lease;
         let mut backoff = RetryPolicy {
             base: Duration::from_millis(100),
@@ -446,25 +496,25 @@ impl Worker {
             match recorded.unwrap_or_else(batch_lost) {
                 Ok(true) => return true,
                 Ok(false) => {
-                    tracing::warn!(task = %id, attempt = attempt.attempt, "outcome not recorded: the attempt lost its lease");
+                    tracing::warn!("outcome not recorded: the attempt lost its lease");
                     return true;
                 }
                 Err(DbError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(task = %id, error = %e, "cannot record outcome yet; retrying");
+                    tracing::warn!(error = %e, "cannot record outcome yet; retrying");
                     tokio::time::sleep(backoff.next_wait()).await;
                 }
                 // The database refused this result for a reason the checks
                 // before it did not foresee (a value over a size limit): the
                 // attempt failed, said plainly, rather than left to its lease.
                 Err(e @ DbError::Query(_)) if matches!(outcome, Outcome::Succeeded(_)) => {
-                    tracing::warn!(task = %id, error = %e, "the database refused the handler's output; recording the attempt as failed");
+                    tracing::warn!(error = %e, "the database refused the handler's output; recording the attempt as failed");
                     outcome = Outcome::Failed(format!(
                         "the handler's output could not be stored: {}",
                         storable::escape_text(&e.to_string())
                     ));
                 }
                 Err(e) => {
-                    tracing::error!(task = %id, error = %e, "cannot record outcome; giving the message back");
+                    tracing::error!(error = %e, "cannot record outcome; giving the message back");
                     return false;
                 }
             }

@@ -17,7 +17,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ferry_core::init_logging();
     let args = Args::parse();
     let config = match args.common.load() {
         Ok(config) => config,
@@ -26,10 +25,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let scrubber = ferry_core::init_logging(&config);
+    let format = config.log_format;
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry-worker: {e:#}");
+            ferry_core::logging::fatal("ferry-worker", format, &scrubber, &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -38,7 +39,8 @@ async fn main() -> ExitCode {
 async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
     let shutdown = runtime::shutdown_on_signals();
     let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT).await?;
-    let queue = Queue::amqp(&config.broker_url, &config.queue);
+    let queue = Queue::from_config(&config);
+    runtime::declare_queue(&queue).await?;
     let relay = relay::spawn(
         db.clone(),
         queue.clone(),

@@ -94,9 +94,12 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         // pooled connection keeps its own page cache on top of the kernel's:
         // 1 MiB each (SQLite's default is 2 MiB) keeps a pool's memory small,
         // and the task lookups are by primary key, which need few pages.
+        // busy_timeout comes first: switching to WAL takes a lock, and a
+        // connection opened while another process writes must wait for it,
+        // not fail with "database is locked".
         conn.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA cache_size = -1024;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
