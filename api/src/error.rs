@@ -72,6 +72,11 @@ pub enum ErrorCode {
     /// 400: a query parameter Ferry cannot use (`GET /tasks`); the message
     /// names it.
     InvalidParameter,
+    /// 401: no bearer token, a malformed one, or one the server does not
+    /// know, when tokens are configured.
+    Unauthorized,
+    /// 403: a known token without the scope the route needs.
+    Forbidden,
     /// 404: no such task.
     TaskNotFound,
     /// 404: no such route.
@@ -120,13 +125,15 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of README.md's tables.
-    pub const ALL: [Self; 28] = [
+    pub const ALL: [Self; 30] = [
         Self::EmptyBody,
         Self::MalformedJson,
         Self::UnreadableBody,
         Self::InvalidId,
         Self::InvalidHeader,
         Self::InvalidParameter,
+        Self::Unauthorized,
+        Self::Forbidden,
         Self::TaskNotFound,
         Self::NotFound,
         Self::PayloadTooLarge,
@@ -160,6 +167,8 @@ impl ErrorCode {
             Self::InvalidId => "invalid_id",
             Self::InvalidHeader => "invalid_header",
             Self::InvalidParameter => "invalid_parameter",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::TaskNotFound => "task_not_found",
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
@@ -198,6 +207,8 @@ impl ErrorCode {
             | Self::BadRequest
             | Self::MalformedRequest
             | Self::MalformedContentLength => Status::BadRequest,
+            Self::Unauthorized => Status::Unauthorized,
+            Self::Forbidden => Status::Forbidden,
             Self::TaskNotFound | Self::NotFound => Status::NotFound,
             Self::MethodNotAllowed => Status::MethodNotAllowed,
             Self::RequestTimeout => Status::RequestTimeout,

@@ -3,8 +3,11 @@
 //! `POST /tasks/<id>/cancel` and `/retry` steer it. Built by [`rocket`] so
 //! tests and `main` assemble the same application.
 
+pub mod auth;
 pub mod error;
+pub mod hub;
 pub mod listener;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 
@@ -16,6 +19,7 @@ use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::db::{DbError, DbResult};
+use ferry_core::hints::Hints;
 use ferry_core::task::{NewTask, Stored, TaskView};
 use ferry_core::{relay, runtime, Config, Db, TaskId};
 use listener::GuardedListener;
@@ -52,6 +56,10 @@ pub struct AppState {
     enqueued: Batcher<Vec<TaskId>, ()>,
     /// Concurrent `/status` reads, answered by one query.
     views: Batcher<TaskId, DbResult<Option<TaskView>>>,
+    /// The one reader of every waiter's task (`?wait=`, `/events`).
+    pub hub: hub::Hub,
+    /// Hints of the changes this process makes (cancel, retry).
+    pub hints: Hints,
 }
 
 impl AppState {
@@ -100,6 +108,8 @@ impl AppState {
             DbError::isolate("status", &ids, |ids| view_db.task_views(ids))
         });
         Self {
+            hub: hub::Hub::spawn(db.clone(), queue.clone()),
+            hints: Hints::spawn(&queue),
             config,
             db,
             queue,
@@ -173,7 +183,11 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .mount("/", traced(routes::control::routes()))
         .manage(routes::tasks::SharedCounts::default())
         .mount("/", traced(routes::tasks::routes()))
-        .register("/", catchers![error::default_catcher])
+        .mount("/", traced(openapi::routes()))
+        .register(
+            "/",
+            catchers![error::default_catcher, auth::unauthorized, auth::forbidden],
+        )
 }
 
 /// Runs the API until `shutdown` is cancelled (by the caller: `main` cancels
@@ -214,6 +228,9 @@ pub async fn serve(
         background.clone(),
     );
     let workers = standalone.then(|| spawn_workers(&config, &db, &queue, &background));
+    if config.tokens.is_empty() {
+        tracing::warn!("no [[tokens]] configured: the API is open to anyone who can reach it");
+    }
     tracing::info!(
         address = %config.address,
         port = config.port,
@@ -223,6 +240,7 @@ pub async fn serve(
         queue = %config.queue,
         standalone,
         request_timeout = ?config.request_timeout,
+        tokens = config.tokens.iter().count(),
         "ferry-api starting"
     );
     let state = AppState::new(Arc::new(config), db, queue);

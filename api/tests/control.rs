@@ -79,7 +79,17 @@ async fn cancel_running(stack: &Stack, task: &str) -> (Duration, Value) {
         json!({"id": task, "status": "running", "cancel_requested": true, "status_url": format!("/status/{task}")})
     );
     assert_eq!(r.headers["location"], format!("/status/{task}"));
+    // Until the stop lands, /status says it was asked for (with a control
+    // message it may land before this read; without one it takes up to a
+    // second, the lease renewal).
+    let asked = api.status(task).await.body;
+    match asked["status"].as_str() {
+        Some("running") => assert!(asked["cancel_requested_at"].is_string(), "{asked:#}"),
+        Some("cancelled") => {}
+        _ => panic!("{asked:#}"),
+    }
     let view = api.wait_for(task, "cancelled", DONE).await;
+    assert!(view["cancel_requested_at"].is_null(), "{view:#}");
     (started.elapsed(), view)
 }
 

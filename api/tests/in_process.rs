@@ -203,6 +203,12 @@ refusals! {
     an_idempotency_key_on_a_batch: keyed(post(Some("application/cloudevents-batch+json"), format!("[{}]", event("k", json!(1)))), "k") => 400 "invalid_header";
     a_notbefore_that_is_not_a_time: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","notbefore":"tomorrow"}).to_string()) => 422 "invalid_event";
     a_notbefore_that_is_a_number: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","notbefore":60}).to_string()) => 422 "invalid_event";
+    a_notbefore_after_year_9999: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","notbefore":"9999-12-31T23:59:59-23:59"}).to_string()) => 422 "invalid_event";
+    a_ce_notbefore_after_year_9999: binary(&[("ce-id", "1"), ("ce-notbefore", "9999-12-31T23:59:59-01:00")], "{}") => 422 "invalid_event";
+    a_negative_delayseconds: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","delayseconds":-1}).to_string()) => 422 "invalid_event";
+    a_delayseconds_over_30_days: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","delayseconds":2_592_001}).to_string()) => 422 "invalid_event";
+    a_delayseconds_and_a_notbefore: post_json(json!({"specversion":"1.0","type":"org.ferry.echo","source":"/s","id":"1","delayseconds":5,"notbefore":"2026-12-03T20:00:00Z"}).to_string()) => 422 "invalid_event";
+    a_ce_delayseconds_that_is_not_digits: binary(&[("ce-id", "1"), ("ce-delayseconds", "5s")], "{}") => 422 "invalid_event";
     a_ce_notbefore_that_is_not_a_time: binary(&[("ce-id", "1"), ("ce-notbefore", "soon")], "{}") => 422 "invalid_event";
     a_status_id_that_is_not_a_uuid: get("/status/not-a-uuid") => 400 "invalid_id";
     a_status_of_no_task: get("/status/4b9b8e0e-6a3c-4d25-9d4e-2f0f6a7d1c11") => 404 "task_not_found";
@@ -219,6 +225,8 @@ refusals! {
     a_list_source_given_twice: get("/tasks?source=a&source=b") => 400 "invalid_parameter";
     a_created_after_that_is_not_a_time: get("/tasks?created_after=yesterday") => 400 "invalid_parameter";
     a_created_before_that_is_not_a_time: get("/tasks?created_before=2026-12-03") => 400 "invalid_parameter";
+    a_created_after_after_year_9999: get("/tasks?created_after=9999-12-31T23:59:59.5-00:01") => 400 "invalid_parameter";
+    a_list_cursor_after_year_9999: get("/tasks?cursor=OTk5OS0xMi0zMVQyMzo1OTo1OS0yMzo1OXw0YjliOGUwZS02YTNjLTRkMjUtOWQ0ZS0yZjBmNmE3ZDFjMTE") => 400 "invalid_parameter";
     a_list_cursor_not_made_by_ferry: get("/tasks?cursor=abc") => 400 "invalid_parameter";
     an_unknown_list_parameter: get("/tasks?colour=red") => 400 "invalid_parameter";
     an_unknown_path: get("/no/such/route") => 404 "not_found";
@@ -259,10 +267,22 @@ async fn cancel_and_retry_answer_by_status() {
     let db = app.client.rocket().state::<AppState>().unwrap().db.clone();
     let until = chrono::Utc::now() + chrono::Duration::seconds(30);
     let claimed = db.claim(parsed, "test-worker", until).unwrap().unwrap();
+    let (_, view) = send(&app, get(&format!("/status/{id}"))).await;
+    assert_eq!(view["cancel_requested_at"], Value::Null, "{view}");
+    let asked = chrono::Utc::now();
     let (status, body) = send(&app, post_to(&format!("/tasks/{id}/cancel"))).await;
     assert_eq!(status, Status::Accepted, "{body}");
     assert_eq!(body["cancel_requested"], true);
     assert_eq!(body["status"], "running");
+    // Until the worker stops it, /status says when the stop was asked for.
+    let (_, view) = send(&app, get(&format!("/status/{id}"))).await;
+    assert_eq!(view["status"], "running", "{view}");
+    let at: chrono::DateTime<chrono::Utc> = view["cancel_requested_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cancel_requested_at: {view}"))
+        .parse()
+        .unwrap();
+    assert!(at >= asked && at <= chrono::Utc::now(), "{view}");
     let attempt = parsed.attempt(claimed.attempt);
     assert_eq!(
         db.renew_lease_or_cancel(attempt, until).unwrap(),
@@ -273,6 +293,9 @@ async fn cancel_and_retry_answer_by_status() {
     assert!(db
         .finish(attempt, &ferry_core::task::Outcome::Succeeded(json!(1)))
         .unwrap());
+    let (_, view) = send(&app, get(&format!("/status/{id}"))).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["cancel_requested_at"], Value::Null, "{view}");
     let (status, body) = send(&app, post_to(&format!("/tasks/{id}/cancel"))).await;
     assert_eq!(status, Status::Conflict, "{body}");
     assert_eq!(body["error"], "task_finished");

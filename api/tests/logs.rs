@@ -203,8 +203,12 @@ async fn json_lines_with_levels_task_ids_and_request_ids() {
     let api_lines = json_lines("api", &api_log);
     let worker_lines = json_lines("worker", &worker_log);
     for line in api_lines.iter().chain(&worker_lines) {
+        // The one warning this deployment deserves: it has no tokens.
+        let open_api = line["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no [[tokens]] configured"));
         assert!(
-            !matches!(line["level"].as_str(), Some("WARN" | "ERROR")),
+            open_api || !matches!(line["level"].as_str(), Some("WARN" | "ERROR")),
             "a WARN or ERROR in a run where only clients erred: {line}"
         );
     }

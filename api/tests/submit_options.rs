@@ -1,6 +1,6 @@
 //! What a producer can ask of `/receive` beyond the event, over HTTP with
 //! real processes on SQLite, PostgreSQL and standalone: an
-//! `Idempotency-Key`, a delayed task (`notbefore`), and how long finished
+//! `Idempotency-Key`, a delayed task (`notbefore`, `delayseconds`), and how long finished
 //! tasks are kept (`retention`).
 
 use std::time::{Duration, Instant};
@@ -253,6 +253,83 @@ per_layout!(delayed_tasks:
     Sqlite => delayed_tasks_sqlite,
     Postgres => delayed_tasks_postgres,
     Standalone => delayed_tasks_standalone);
+
+/// `delayseconds`: a delay relative to arrival, as a JSON integer or (in
+/// binary mode, where every attribute is text) a string of digits; the due
+/// time is arrival plus the delay, and the task waits for it. Bad values,
+/// out-of-range ones and both forms at once are refused.
+async fn relative_delays(layout: Layout) {
+    let Some(stack) = Stack::start(layout).await else {
+        return;
+    };
+    let api = &stack.api;
+    let before = Utc::now();
+    let mut body = event(&unique("delay"), json!({"hello": "in 3 s"}));
+    body["delayseconds"] = 3.into();
+    let structured = api.post(body.to_string(), &[JSON]).await;
+    let binary_id = unique("delay-binary");
+    let binary = api
+        .post(
+            "{}",
+            &[
+                ("content-type", "application/json"),
+                ("ce-specversion", "1.0"),
+                ("ce-type", "org.ferry.echo"),
+                ("ce-source", "/submit-options"),
+                ("ce-id", &binary_id),
+                ("ce-delayseconds", "3"),
+            ],
+        )
+        .await;
+    let after = Utc::now();
+    let mut tasks = Vec::new();
+    for r in [structured, binary] {
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        let task = r.task_id();
+        let view = api.status(&task).await.body;
+        assert_eq!(view["status"], "pending", "{view:#}");
+        let due = time(&view, "due_at");
+        let delay = chrono::Duration::seconds(3);
+        assert!(due >= before + delay && due <= after + delay, "{view:#}");
+        tasks.push((task, due));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (task, _) in &tasks {
+        let view = api.status(task).await.body;
+        assert_eq!(view["status"], "pending", "{view:#}");
+    }
+    for (task, due) in &tasks {
+        let done = api.wait_for(task, "succeeded", DONE).await;
+        assert!(time(&done, "started_at") >= *due, "{done:#}");
+    }
+    for (value, why) in [
+        (json!(-1), "delayseconds"),
+        (json!("soon"), "delayseconds"),
+        (json!(1.5), "delayseconds"),
+        (json!(30 * 24 * 3600 + 1), "delayseconds"),
+    ] {
+        let mut bad = event(&unique("bad-delay"), json!(1));
+        bad["delayseconds"] = value;
+        let message = api
+            .post(bad.to_string(), &[JSON])
+            .await
+            .assert_error(422, "invalid_event");
+        assert!(message.contains(why), "{message}");
+    }
+    let mut both = event(&unique("both"), json!(1));
+    both["delayseconds"] = 5.into();
+    both["notbefore"] = rfc3339(Utc::now()).into();
+    let message = api
+        .post(both.to_string(), &[JSON])
+        .await
+        .assert_error(422, "invalid_event");
+    assert!(message.contains("both"), "{message}");
+}
+
+per_layout!(relative_delays:
+    Sqlite => relative_delays_sqlite,
+    Postgres => relative_delays_postgres,
+    Standalone => relative_delays_standalone);
 
 /// Polls until `/status/<id>` answers 404; fails after `timeout`.
 async fn wait_gone(stack: &Stack, id: &str, timeout: Duration) {

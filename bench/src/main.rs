@@ -19,9 +19,12 @@
 //! server closed the stalled connections. Last, the listing row (also
 //! alone: `ferry-bench list`, in `list.rs`): 1 000 000 tasks seeded into
 //! each backend (10 000 with `--quick`), the first page of `GET /tasks` for
-//! each filter and `GET /tasks/counts`.
+//! each filter and `GET /tasks/counts`. Then the waiters row (also alone:
+//! `ferry-bench waiters`, in `waiters.rs`): one api holding 1 000 long
+//! polls and SSE streams while a worker finishes their tasks.
 
 mod list;
+mod waiters;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +113,18 @@ enum Mode {
     /// the first page of `GET /tasks` for each filter and `GET /tasks/counts`
     /// (p50/p99 from one client), and each filter's query plan checked.
     List(ListPlan),
+    /// Only the waiters row: one api holds N waiters (half long polls, half
+    /// SSE streams) on tasks a worker then runs; each wake is timed from
+    /// its task's end, and the api's shared reader and memory are measured.
+    Waiters(WaitersPlan),
+}
+
+/// The waiters row.
+#[derive(Debug, Clone, clap::Args)]
+struct WaitersPlan {
+    /// Waiters held at once (default 1000, or 200 with --quick).
+    #[arg(long)]
+    waiters: Option<usize>,
 }
 
 /// The listing row.
@@ -887,6 +902,25 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(Path::new("bench-results/list.json")),
         );
     }
+    if let Some(Mode::Waiters(plan)) = &args.mode {
+        let n = plan.waiters.unwrap_or(waiters::default_waiters(args.quick));
+        let mut rows = Vec::new();
+        for backend in &args.backends {
+            rows.push(waiters::run(&args, backend, n, &bin_dir).await?);
+        }
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "waiters": rows,
+        });
+        waiters::print(&results["waiters"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/waiters.json")),
+        );
+    }
     let ceiling_n = args
         .tasks
         .unwrap_or(if args.quick { 2_000 } else { 50_000 });
@@ -940,9 +974,16 @@ async fn main() -> anyhow::Result<()> {
         listing.push(list::run(&args, backend, n, &bin_dir).await?);
     }
     results["list"] = json!(listing);
+    let mut waiting = Vec::new();
+    for backend in &args.backends {
+        let n = waiters::default_waiters(args.quick);
+        waiting.push(waiters::run(&args, backend, n, &bin_dir).await?);
+    }
+    results["waiters"] = json!(waiting);
     print_table(&results);
     print_stall(&results["stall"]);
     list::print(&results["list"]);
+    waiters::print(&results["waiters"]);
     write_results(
         &results,
         args.out

@@ -112,6 +112,7 @@ impl Queue {
             sender,
             receiver: Arc::new(Mutex::new(receiver)),
             control: crate::control::local_channel(),
+            events: crate::hints::local_channel(),
         })
     }
 
@@ -323,7 +324,9 @@ pub struct LocalQueue {
     sender: mpsc::UnboundedSender<Vec<u8>>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
     /// Control messages (cancels) to this process's workers.
-    pub(crate) control: tokio::sync::broadcast::Sender<TaskId>,
+    pub(crate) control: tokio::sync::broadcast::Sender<crate::control::CancelRequest>,
+    /// Hints of state changes to this process's api.
+    pub(crate) events: tokio::sync::broadcast::Sender<Arc<[crate::hints::Change]>>,
 }
 
 /// A stream of deliveries.

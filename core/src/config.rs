@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::logging::{redact_url, LogFormat};
 use crate::routes::{RawRoute, Routes};
+use crate::tokens::{RawToken, Tokens};
 
 /// Default HTTP port, the one pacifica's receivers listen on.
 pub const DEFAULT_PORT: u16 = 8069;
@@ -92,6 +93,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Event type → handler.
     pub routes: Routes,
+    /// The API's tokens (`[[tokens]]`); none means the API is open.
+    pub tokens: Tokens,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             retention: Some(DEFAULT_RETENTION),
             log_format: LogFormat::Text,
             routes: Routes::default(),
+            tokens: Tokens::default(),
         }
     }
 }
@@ -174,6 +178,9 @@ pub(crate) struct Layer {
     /// Only the file has routes.
     #[serde(default, skip_serializing)]
     pub(crate) routes: Vec<RawRoute>,
+    /// Only the file has tokens.
+    #[serde(default, skip_serializing)]
+    pub(crate) tokens: Vec<RawToken>,
 }
 
 impl Layer {
@@ -226,6 +233,7 @@ impl Layer {
                 .map(|v| parse("FERRY_LOG_FORMAT", &v))
                 .transpose()?,
             routes: Vec::new(),
+            tokens: Vec::new(),
         })
     }
 
@@ -368,14 +376,24 @@ impl Config {
         if let Err(e) = file.parse::<toml::Table>() {
             return Err(toml_syntax_error(file, &e));
         }
-        let env = Layer::from_env(env)?;
-        let layer: Layer = Figment::new()
+        // FERRY_TOKENS, when set, replaces the file's [[tokens]].
+        let env_tokens = env("FERRY_TOKENS")
+            .map(|value| crate::tokens::raw_from_env("FERRY_TOKENS", &value))
+            .transpose()?;
+        let env = Layer::from_env(&env)?;
+        let mut layer: Layer = Figment::new()
             .merge(Toml::string(file))
             .merge(Serialized::defaults(env))
             .merge(Serialized::defaults(flags))
             .extract()
             .map_err(figment_error)?;
-        layer.into_config()
+        let tokens = match env_tokens {
+            Some(raw) => Tokens::from_raw(raw, "FERRY_TOKENS")?,
+            None => Tokens::from_raw(std::mem::take(&mut layer.tokens), "tokens")?,
+        };
+        let mut config = layer.into_config()?;
+        config.tokens = tokens;
+        Ok(config)
     }
 
     /// Checks values that parse but make no sense.

@@ -21,7 +21,8 @@ pub struct Event {
     pub id: String,
     /// The whole event, in the shape it arrived in (binary mode: as structured JSON).
     pub body: Value,
-    /// Its [`NOT_BEFORE`] extension: the task is not run before this time.
+    /// Its [`NOT_BEFORE`] extension, or its [`DELAY_SECONDS`] after it
+    /// was read: the task is not run before this time.
     pub not_before: Option<DateTime<Utc>>,
 }
 
@@ -31,18 +32,79 @@ pub struct Event {
 /// 0.1 event it is in `extensions`.
 pub const NOT_BEFORE: &str = "notbefore";
 
+/// The CloudEvents extension attribute that delays a task relative to its
+/// arrival: a whole number of seconds, from 0 to [`MAX_DELAY_SECONDS`], as a
+/// JSON integer or a string of digits (`ce-delayseconds` in binary mode is
+/// always a string). The task does not run before it was received plus
+/// that. An event may give it or [`NOT_BEFORE`], not both.
+pub const DELAY_SECONDS: &str = "delayseconds";
+
+/// The longest [`DELAY_SECONDS`]: 30 days.
+pub const MAX_DELAY_SECONDS: u64 = 30 * 24 * 3600;
+
+/// The event's [`DELAY_SECONDS`], if it has one.
+fn delay_seconds(value: Option<&Value>) -> Result<Option<u64>, EventError> {
+    let seconds = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(text))
+            if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            // Leading zeros do not make a number too long to read.
+            match text.trim_start_matches('0') {
+                "" => Some(0),
+                digits if digits.len() > 20 => None,
+                digits => digits.parse().ok(),
+            }
+        }
+        Some(_) => None,
+    };
+    match seconds {
+        Some(s) if s <= MAX_DELAY_SECONDS => Ok(Some(s)),
+        _ => Err(EventError(format!(
+            "`{DELAY_SECONDS}` {} is not a whole number of seconds from 0 to {MAX_DELAY_SECONDS} \
+             (30 days), as a JSON integer or a string of digits",
+            value.map(Value::to_string).unwrap_or_default()
+        ))),
+    }
+}
+
+/// When a task may run at the earliest: its [`NOT_BEFORE`], or its
+/// [`DELAY_SECONDS`] after now (when it is received).
+fn due(
+    not_before_at: Option<&Value>,
+    delay: Option<&Value>,
+) -> Result<Option<DateTime<Utc>>, EventError> {
+    let at = not_before(not_before_at)?;
+    let delay = delay_seconds(delay)?;
+    match (at, delay) {
+        (Some(_), Some(_)) => Err(EventError(format!(
+            "`{NOT_BEFORE}` and `{DELAY_SECONDS}` are both given; give one"
+        ))),
+        (at, None) => Ok(at),
+        (None, Some(seconds)) => {
+            let delay = chrono::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX));
+            Ok(Some(Utc::now() + delay))
+        }
+    }
+}
+
 /// The event's [`NOT_BEFORE`] time, if it has one.
 fn not_before(value: Option<&Value>) -> Result<Option<DateTime<Utc>>, EventError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => DateTime::parse_from_rfc3339(text)
-            .map(|at| Some(at.with_timezone(&Utc)))
-            .map_err(|e| {
-                EventError(format!(
-                    "`{NOT_BEFORE}` {text:?} is not an RFC 3339 time such as \
-                     \"2026-12-03T21:00:00Z\" ({e})"
-                ))
-            }),
+        Some(Value::String(text)) => {
+            let at = DateTime::parse_from_rfc3339(text)
+                .map(|at| at.with_timezone(&Utc))
+                .map_err(|e| {
+                    EventError(format!(
+                        "`{NOT_BEFORE}` {text:?} is not an RFC 3339 time such as \
+                         \"2026-12-03T21:00:00Z\" ({e})"
+                    ))
+                })?;
+            storable::check_time(NOT_BEFORE, at).map_err(|e| EventError(e.to_string()))?;
+            Ok(Some(at))
+        }
         Some(_) => Err(EventError(format!(
             "`{NOT_BEFORE}` must be a string, an RFC 3339 time"
         ))),
@@ -69,7 +131,7 @@ impl Event {
         let Value::Object(object) = &value else {
             return Err(EventError("the body is not a JSON object".into()));
         };
-        let (type_key, id_key, not_before_at) = if object.contains_key("specversion") {
+        let (type_key, id_key, not_before_at, delay) = if object.contains_key("specversion") {
             match object.get("specversion") {
                 Some(Value::String(v)) if v.starts_with("1.") => {}
                 other => {
@@ -79,13 +141,19 @@ impl Event {
                     )))
                 }
             }
-            ("type", "id", object.get(NOT_BEFORE))
+            (
+                "type",
+                "id",
+                object.get(NOT_BEFORE),
+                object.get(DELAY_SECONDS),
+            )
         } else if object.contains_key("cloudEventsVersion") {
             let extensions = object.get("extensions").and_then(Value::as_object);
             (
                 "eventType",
                 "eventID",
                 extensions.and_then(|e| e.get(NOT_BEFORE)),
+                extensions.and_then(|e| e.get(DELAY_SECONDS)),
             )
         } else {
             return Err(EventError(
@@ -96,7 +164,7 @@ impl Event {
         let source = required_string(object, "source")?;
         let id = required_string(object, id_key)?;
         check_storable(object, [type_key, "source", id_key])?;
-        let not_before = not_before(not_before_at)?;
+        let not_before = due(not_before_at, delay)?;
         Ok(Self {
             event_type,
             source,
@@ -411,6 +479,10 @@ mod tests {
         assert_eq!(at(Value::Null), Ok(None));
         assert!(at(json!("tomorrow")).unwrap_err().0.contains("`notbefore`"));
         assert!(at(json!(5)).unwrap_err().0.contains("`notbefore`"));
+        // The last instant of year 9999 (UTC) is the latest time taken.
+        assert!(at(json!("9999-12-31T23:59:59.999999999Z")).is_ok());
+        let late = at(json!("9999-12-31T23:59:59-00:01")).unwrap_err().0;
+        assert!(late.starts_with("`notbefore` is +10000-"), "{late}");
         let old = Event::from_json(json!({
             "cloudEventsVersion": "0.1", "eventType": "t", "source": "/s", "eventID": "1",
             "extensions": {"notbefore": "2026-12-03T20:00:00Z"}
@@ -430,6 +502,71 @@ mod tests {
         )
         .unwrap();
         assert_eq!(binary.not_before, Some(due));
+    }
+
+    #[test]
+    fn delay_seconds_is_relative_and_bounded() {
+        let due = |extra: Value| {
+            let mut e = json!({"specversion": "1.0", "type": "t", "source": "/s", "id": "1"});
+            e.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            Event::from_json(e).map(|e| e.not_before)
+        };
+        for (value, seconds) in [
+            (json!(60), 60),
+            (json!("60"), 60),
+            (json!("0060"), 60),
+            (json!(0), 0),
+            (json!("0"), 0),
+            (json!(2_592_000), 2_592_000),
+        ] {
+            let before = Utc::now();
+            let at = due(json!({"delayseconds": value})).unwrap().unwrap();
+            let delay = chrono::Duration::seconds(seconds);
+            assert!(at >= before + delay && at <= Utc::now() + delay, "{value}");
+        }
+        assert_eq!(due(json!({"delayseconds": null})), Ok(None));
+        for bad in [
+            json!(-1),
+            json!("-1"),
+            json!(1.5),
+            json!("1.5"),
+            json!(2_592_001),
+            json!("2592001"),
+            json!(""),
+            json!(" 5"),
+            json!("+5"),
+            json!("5s"),
+            json!("99999999999999999999999"),
+            json!(true),
+            json!([5]),
+        ] {
+            let err = due(json!({"delayseconds": bad})).unwrap_err();
+            assert!(err.0.starts_with("`delayseconds`"), "{bad}: {err}");
+        }
+        let both = due(json!({"delayseconds": 5, "notbefore": "2026-12-03T20:00:00Z"}));
+        assert!(both.unwrap_err().0.contains("both"));
+        // In `extensions` of a 0.1 event; as a ce- header in binary mode.
+        let old = Event::from_json(json!({
+            "cloudEventsVersion": "0.1", "eventType": "t", "source": "/s", "eventID": "1",
+            "extensions": {"delayseconds": 30}
+        }))
+        .unwrap();
+        assert!(old.not_before.unwrap() > Utc::now() + chrono::Duration::seconds(29));
+        let binary = Event::from_binary(
+            [
+                ("specversion".into(), "1.0".into()),
+                ("type".into(), "t".into()),
+                ("source".into(), "/s".into()),
+                ("id".into(), "1".into()),
+                ("delayseconds".into(), "30".into()),
+            ],
+            None,
+            b"",
+        )
+        .unwrap();
+        assert!(binary.not_before.unwrap() > Utc::now() + chrono::Duration::seconds(29));
     }
 
     #[test]

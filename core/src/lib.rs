@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `server.conf` and its environment overrides, merged and checked.
 //! - [`routes`]: the routing table, event type → handler.
+//! - [`tokens`]: the API's tokens (`[[tokens]]`), kept as SHA-256 hashes.
 //! - [`cli`]: the command-line flags both binaries take.
 //! - [`event`]: CloudEvents as `/receive` takes them.
 //! - [`storable`]: what both databases can hold, checked before a transaction.
@@ -12,6 +13,8 @@
 //! - [`broker`]: the RabbitMQ queue, or the in-process one for `--standalone`.
 //! - [`control`]: cancels for running tasks, from the api to every worker
 //!   (a RabbitMQ fanout exchange, or an in-process broadcast).
+//! - [`hints`]: state changes, from whoever made them to every api process
+//!   (a RabbitMQ topic exchange, or an in-process broadcast).
 //! - [`logging`]: text or JSON log lines on stderr, without secrets.
 //! - [`retry`]: one retry policy for route retries and reconnect loops.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
@@ -26,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod db;
 pub mod event;
+pub mod hints;
 pub mod logging;
 pub mod relay;
 pub mod retry;
@@ -33,6 +37,7 @@ pub mod routes;
 pub mod runtime;
 pub mod storable;
 pub mod task;
+pub mod tokens;
 
 pub use config::Config;
 pub use db::Db;

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Number, Value};
 
 /// Longest `type`, `source` and `id` of an event, in bytes.
@@ -26,6 +27,34 @@ pub struct Unstorable {
     pub path: String,
     /// What is wrong there.
     pub reason: String,
+}
+
+/// The latest time Ferry takes from a client (`notbefore`, a `/tasks`
+/// filter or cursor): 9999-12-31T23:59:59.999999999Z. SQLite keeps times
+/// as text, and a year of five digits (`+10000-01-01 …`) would sort before
+/// every year of four, so a later time would compare as earlier there than
+/// on PostgreSQL.
+pub fn max_time() -> DateTime<Utc> {
+    DateTime::<Utc>::from_naive_utc_and_offset(
+        chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 999_999_999))
+            .expect("a valid date"),
+        Utc,
+    )
+}
+
+/// Checks a time given by a client: no later than [`max_time`].
+pub fn check_time(path: &str, at: DateTime<Utc>) -> Result<(), Unstorable> {
+    if at > max_time() {
+        return Err(Unstorable {
+            path: path.into(),
+            reason: format!(
+                "is {}, after 9999-12-31T23:59:59Z, the latest time Ferry takes",
+                at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+        });
+    }
+    Ok(())
 }
 
 const NUL_REASON: &str = "contains a NUL character (U+0000), which the task database cannot store";

@@ -16,10 +16,13 @@ use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel::sqlite::Sqlite;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A task's id: a UUID v4, stored natively on PostgreSQL and as text on SQLite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, ToSchema,
+)]
 #[diesel(sql_type = SqlUuid)]
 #[diesel(sql_type = Text)]
 #[serde(transparent)]
@@ -86,7 +89,9 @@ impl FromSql<Text, Sqlite> for TaskId {
 }
 
 /// Where a task is. Stored as its lowercase name ([`TaskStatus::as_str`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, ToSchema,
+)]
 #[diesel(sql_type = Text)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -210,8 +215,9 @@ pub struct NewTask {
     pub max_attempts: i32,
     /// The request's `Idempotency-Key`: at most one task holds a key.
     pub idempotency_key: Option<String>,
-    /// Not run before this (the event's `notbefore`); a task due later is
-    /// not published on receipt but by the relay once due.
+    /// Not run before this (the event's `notbefore`, or its arrival plus
+    /// `delayseconds`); a task due later is not published on receipt but
+    /// by the relay once due.
     pub run_after: Option<DateTime<Utc>>,
 }
 
@@ -278,8 +284,20 @@ pub enum Outcome {
     Cancelled(String),
 }
 
+impl Outcome {
+    /// The status the task goes to when this outcome is recorded.
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Self::Succeeded(_) => TaskStatus::Succeeded,
+            Self::Retry { .. } | Self::HandedBack(_) => TaskStatus::Retrying,
+            Self::Failed(_) | Self::Unstorable { .. } => TaskStatus::Failed,
+            Self::Cancelled(_) => TaskStatus::Cancelled,
+        }
+    }
+}
+
 /// One attempt at running a task, as the status report shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AttemptView {
     /// 1 for the first attempt.
     pub attempt: i32,
@@ -294,7 +312,7 @@ pub struct AttemptView {
 }
 
 /// What `GET /status/<id>` reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TaskView {
     /// The task's id.
     pub id: TaskId,
@@ -320,7 +338,12 @@ pub struct TaskView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// While it runs: when a client asked to cancel it
+    /// (`POST /tasks/<id>/cancel`) and its worker has not yet stopped it;
+    /// else null.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
     /// The handler's result, once succeeded.
+    #[schema(required = true)]
     pub result: Option<Value>,
     /// The last error, once failed (or between retries).
     pub error: Option<String>,

@@ -56,7 +56,10 @@ fn a_running_task_is_asked_to_stop_and_a_retry_after_the_request_cancels_it() {
             db.renew_lease_or_cancel(attempt, lease()).unwrap(),
             Lease::Held
         );
-        assert_eq!(db.cancel(id).unwrap(), CancelAnswer::StopRequested);
+        assert_eq!(
+            db.cancel(id).unwrap(),
+            CancelAnswer::StopRequested { attempt: 1 }
+        );
         assert_eq!(
             db.renew_lease_or_cancel(attempt, lease()).unwrap(),
             Lease::CancelRequested
@@ -86,7 +89,11 @@ fn a_running_task_is_asked_to_stop_and_a_retry_after_the_request_cancels_it() {
             Lease::Held
         );
         // Stopped by its worker: cancelled, the attempt closed with its error.
-        assert_eq!(db.cancel(id).unwrap(), CancelAnswer::StopRequested);
+        // The request names the attempt it stops.
+        assert_eq!(
+            db.cancel(id).unwrap(),
+            CancelAnswer::StopRequested { attempt: 2 }
+        );
         assert!(db
             .finish(id.attempt(2), &Outcome::Cancelled("stopped".into()))
             .unwrap());
@@ -109,4 +116,37 @@ fn a_running_task_is_asked_to_stop_and_a_retry_after_the_request_cancels_it() {
             RetryAnswer::NotRetryable(TaskStatus::Succeeded)
         );
     });
+}
+
+/// A retry while another connection writes (on SQLite, a broker confirm
+/// being recorded) waits for it and goes through: it never reads in one
+/// transaction and then writes, which SQLite refuses at once with
+/// "database is locked" when a write landed in between. (Found by
+/// api/tests/property.rs as a 503 from `POST /tasks/<id>/retry`.)
+#[test]
+fn a_retry_waits_for_another_sqlite_writer() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let (_dir, db, path) = common::sqlite();
+    let id = insert(&db, "failed");
+    db.claim(id, "w", lease()).unwrap().unwrap();
+    assert!(db
+        .finish(id.attempt(1), &Outcome::Failed("boom".into()))
+        .unwrap());
+    let other = insert(&db, "other");
+    let mut writer = diesel::SqliteConnection::establish(&path).unwrap();
+    writer
+        .batch_execute(&format!(
+            "BEGIN IMMEDIATE; UPDATE tasks SET updated_at = updated_at WHERE id = '{other}';"
+        ))
+        .unwrap();
+    let commit = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        writer.batch_execute("COMMIT;").unwrap();
+    });
+    assert_eq!(
+        db.retry(id, |_| 3, Utc::now()).unwrap(),
+        RetryAnswer::Retried { max_attempts: 4 }
+    );
+    commit.join().unwrap();
 }

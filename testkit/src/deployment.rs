@@ -32,6 +32,27 @@ type = "org.ferry.sleep"
 handler = "sleep"
 duration = "3s"
 
+# A task a waiter can wait on: done about a second after it starts.
+[[routes]]
+type = "org.ferry.sleep-1s"
+handler = "sleep"
+duration = "1s"
+
+# Runs 300ms, fails its first attempt (retryable: exit 75) and succeeds on
+# the next: pending, running, retrying, running, succeeded.
+[[routes]]
+type = "org.ferry.flaky"
+handler = "exec"
+command = ["sh", "-c", "cat >/dev/null; sleep 0.3; [ \"$FERRY_ATTEMPT\" -gt 1 ] || exit 75; echo '{\"attempt\": '$FERRY_ATTEMPT'}'"]
+retry_backoff = "300ms"
+
+# The same, each attempt running 1.5s: long enough to reconnect in between.
+[[routes]]
+type = "org.ferry.flaky-slow"
+handler = "exec"
+command = ["sh", "-c", "cat >/dev/null; sleep 1.5; [ \"$FERRY_ATTEMPT\" -gt 1 ] || exit 75; echo '{\"attempt\": '$FERRY_ATTEMPT'}'"]
+retry_backoff = "500ms"
+
 [[routes]]
 type = "org.ferry.fail"
 handler = "fail"
@@ -147,6 +168,24 @@ impl Deployment {
     /// Replaces the config file's text.
     pub fn config(self, text: &str) -> Self {
         std::fs::write(&self.config, text).expect("write the config");
+        self
+    }
+
+    /// Adds a `[[tokens]]` entry to the config file: `token`, stored as
+    /// its SHA-256 ([`crate::token_hash`]), named `name`, with `scopes`.
+    pub fn token(self, name: &str, token: &str, scopes: &[&str]) -> Self {
+        use std::io::Write as _;
+        let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+        let entry = format!(
+            "\n[[tokens]]\nname = {name:?}\nhash = {:?}\nscopes = [{}]\n",
+            crate::token_hash(token),
+            scopes.join(", ")
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .and_then(|mut file| file.write_all(entry.as_bytes()))
+            .expect("append to the config");
         self
     }
 

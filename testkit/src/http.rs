@@ -88,6 +88,16 @@ impl Api {
         }
     }
 
+    /// The URL of `path` on this API.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request built on [`Api::client`] and reads its JSON reply.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        reply(request.send().await.expect("the request is sent")).await
+    }
+
     /// POSTs a body to /receive with the given headers.
     pub async fn post(&self, body: impl Into<reqwest::Body>, headers: &[(&str, &str)]) -> Reply {
         let mut request = self

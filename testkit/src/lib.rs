@@ -10,19 +10,22 @@
 //! - [`Deployment`]: a database, a queue, a config and files, and the
 //!   processes started on them; its queue and the queue's `.dead` twin are
 //!   deleted when it is dropped; [`Stack`] is one started in a [`Layout`];
-//! - [`Api`] and [`Reply`]: an HTTP client for a running `ferry-api`.
+//! - [`Api`] and [`Reply`]: an HTTP client for a running `ferry-api`;
+//!   [`SseStream`]: its event streams.
 
 mod deployment;
 mod http;
 mod pg;
 mod process;
 pub mod services;
+mod sse;
 
 pub use deployment::{delete_queues, Database, Deployment, Layout, Stack};
 pub use http::{Api, Reply};
 pub use pg::PgSchema;
 pub use process::{bin, bin_dir, run_bin, Proc};
 pub use services::{require, BROKER_URL, POSTGRES, POSTGRES_URL, RABBITMQ};
+pub use sse::{Sse, SseStream};
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +42,15 @@ pub fn repo_root() -> PathBuf {
 pub fn test_file(path: &str) -> Vec<u8> {
     let path = repo_root().join("test_files").join(path);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// How `server.conf` holds a token: `sha256:` and the lower-case hex
+/// SHA-256 of its text.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// A name no other test (or run) uses: `prefix` and a random suffix.

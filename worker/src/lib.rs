@@ -19,10 +19,12 @@ use std::time::Duration;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{Delivery, Queue};
+use ferry_core::control::CancelRequest;
 use ferry_core::db::{DbError, DbResult, Lease};
+use ferry_core::hints::Hints;
 use ferry_core::retry::RetryPolicy;
 use ferry_core::task::{AttemptRef, Claimed, Outcome};
-use ferry_core::{storable, Config, Db, TaskId};
+use ferry_core::{storable, Config, Db, TaskId, TaskStatus};
 use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::Semaphore;
@@ -49,6 +51,8 @@ struct Worker {
     db: Db,
     name: String,
     handlers: Handlers,
+    /// Hints of the changes this worker makes, to the api processes.
+    hints: Hints,
 }
 
 /// A name for this worker that is unique across hosts and restarts.
@@ -92,6 +96,7 @@ pub async fn run(
         attempts: Default::default(),
         name,
         handlers: Handlers::new(),
+        hints: Hints::spawn(&queue),
         config,
         db,
     });
@@ -272,7 +277,7 @@ async fn listen_for_cancels(worker: Arc<Worker>, queue: Queue, shutdown: Cancell
                 next = cancels.next() => next,
             };
             match next {
-                Ok(id) => worker.cancel(id),
+                Ok(request) => worker.cancel(request),
                 Err(e) => {
                     tracing::warn!(error = %e, "cancel subscription broke; resubscribing");
                     break;
@@ -325,6 +330,8 @@ impl Worker {
         };
         span.record("attempt", claimed.attempt);
         let attempt = id.attempt(claimed.attempt);
+        let event_type = claimed.event_type.clone();
+        self.hints.send(id, Some(&event_type), TaskStatus::Running);
         let cancelled = CancellationToken::new();
         self.attempts
             .lock()
@@ -335,6 +342,7 @@ impl Worker {
         match outcome {
             Some(outcome) => {
                 if self.record(attempt, &outcome).await {
+                    self.hints.send(id, Some(&event_type), outcome.status());
                     settle(delivery.ack().await);
                 } else {
                     // Never ack what was not recorded: the lease brings it back.
@@ -368,12 +376,18 @@ impl Worker {
         }
     }
 
-    /// A control message: task `id` was cancelled. Stops its attempt if this
-    /// worker runs it.
-    fn cancel(&self, id: TaskId) {
+    /// A control message: an attempt of a task was cancelled. Stops it if
+    /// this worker runs it — that attempt, not a newer one started since
+    /// (the task retried after the cancel, the message late).
+    fn cancel(&self, request: CancelRequest) {
+        let id = request.task;
         if let Some((attempt, token)) = self.attempts.lock().expect("not poisoned").get(&id) {
-            tracing::info!(task = %id, attempt, "cancel requested; stopping the attempt");
-            token.cancel();
+            if request.stops(*attempt) {
+                tracing::info!(task = %id, attempt, "cancel requested; stopping the attempt");
+                token.cancel();
+            } else {
+                tracing::info!(task = %id, attempt, cancelled = ?request.attempt, "a cancel of another attempt; ignored");
+            }
         }
     }
 

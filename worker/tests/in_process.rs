@@ -269,3 +269,48 @@ async fn a_worker_lets_go_of_an_attempt_whose_lease_it_lost() {
     assert!(won.finished_at.is_some(), "{task:#?}");
     assert_eq!(task.error, None, "{task:#?}");
 }
+
+/// A control message names the attempt it stops: one that arrives late —
+/// after its task was cancelled, retried and started again — leaves the
+/// new attempt running, and the task succeeds.
+#[tokio::test]
+async fn a_late_cancel_does_not_stop_a_newer_attempt() {
+    use ferry_core::db::{CancelAnswer, RetryAnswer};
+    let bench = Bench::new(Duration::from_millis(1500));
+    let (shutdown, run) = bench.worker(&bench.config);
+    let ids = bench.submit("org.ferry.sleep", 1).await;
+    let id = ids[0];
+    bench.wait_for(&ids, TaskStatus::Running).await;
+    // Cancelled while attempt 1 runs: the message for attempt 1 stops it.
+    assert_eq!(
+        bench.db.cancel(id).unwrap(),
+        CancelAnswer::StopRequested { attempt: 1 }
+    );
+    bench.queue.publish_cancel(id.attempt(1)).await.unwrap();
+    bench.wait_for(&ids, TaskStatus::Cancelled).await;
+    // Retried and started again at once.
+    assert_eq!(
+        bench.db.retry(id, |_| 3, Utc::now()).unwrap(),
+        RetryAnswer::Retried { max_attempts: 4 }
+    );
+    assert_eq!(relay_once(&bench.db, &bench.queue).await.unwrap(), 1);
+    bench.wait_for(&ids, TaskStatus::Running).await;
+    assert_eq!(bench.view(id).attempts, 2);
+    // The first cancel's message again, late (a redelivery, a slow
+    // broker): attempt 2 is not the one it names.
+    bench.queue.publish_cancel(id.attempt(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let task = bench.view(id);
+    assert_eq!(task.status, TaskStatus::Running, "{task:#?}");
+    bench.wait_for(&ids, TaskStatus::Succeeded).await;
+    stop(shutdown, run, "the worker stops").await;
+    let task = bench.view(id);
+    let [first, second] = &task.attempt_history[..] else {
+        panic!("two attempts: {task:#?}")
+    };
+    assert_eq!(
+        first.error.as_deref(),
+        Some("cancelled at a client's request")
+    );
+    assert_eq!(second.error, None, "{task:#?}");
+}

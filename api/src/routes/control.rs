@@ -21,6 +21,7 @@ use serde_json::json;
 use ferry_core::db::{CancelAnswer, RetryAnswer};
 use ferry_core::{TaskId, TaskStatus};
 
+use crate::auth::{Admin, Auth};
 use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::routes::{parse_task_id, task_not_found};
 use crate::AppState;
@@ -48,18 +49,43 @@ fn conflict(code: ErrorCode, id: TaskId, status: TaskStatus, message: String) ->
     )
 }
 
+/// Cancels a task: at once if it waits, by stopping its worker if it runs.
+#[utoipa::path(
+    tag = "tasks",
+    params(("id" = ferry_core::TaskId, Path, description = "The task's id (a UUID).")),
+    responses(
+        (status = 200, description = "The task was `pending` or `retrying` and is `cancelled` \
+            (or was already): it never runs.", body = crate::openapi::bodies::Cancelled),
+        (status = 202, description = "The task is `running`: its worker is told to stop it and \
+            record `cancelled`.", body = crate::openapi::bodies::CancelRequested,
+            headers(("Location" = String, description = "The task's `status_url`."))),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::openapi::bodies::ErrorBody),
+        (status = 404, description = "`task_not_found`: no task has this id", body = crate::openapi::bodies::ErrorBody),
+        (status = 409, description = "`task_finished`: the task already `succeeded` or `failed`; \
+            `status` says which", body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[post("/tasks/<id>/cancel")]
-async fn cancel(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn cancel(
+    _auth: Auth<Admin>,
+    id: &str,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     let answer = state.db.run_blocking(move |db| db.cancel(id)).await?;
+    if let CancelAnswer::Cancelled = answer {
+        state.hints.send(id, None, TaskStatus::Cancelled);
+    }
     let status_url = format!("/status/{id}");
     Ok(match answer {
         CancelAnswer::Cancelled | CancelAnswer::AlreadyCancelled => JsonResponse::new(
             Status::Ok,
             json!({ "id": id, "status": TaskStatus::Cancelled, "status_url": status_url }),
         ),
-        CancelAnswer::StopRequested => {
-            let told = tokio::time::timeout(CONTROL_TIMEOUT, state.queue.publish_cancel(id)).await;
+        CancelAnswer::StopRequested { attempt } => {
+            // The message names the attempt: late, it cannot stop a newer one.
+            let stop = state.queue.publish_cancel(id.attempt(attempt));
+            let told = tokio::time::timeout(CONTROL_TIMEOUT, stop).await;
             match told {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -90,8 +116,25 @@ async fn cancel(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiEr
     })
 }
 
+/// Runs a `failed` or `cancelled` task again, with a fresh attempt budget.
+#[utoipa::path(
+    tag = "tasks",
+    params(("id" = ferry_core::TaskId, Path, description = "The task's id (a UUID).")),
+    responses(
+        (status = 202, description = "The task is `pending` again and queued.", body = crate::openapi::bodies::Retried,
+            headers(("Location" = String, description = "The task's `status_url`."))),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::openapi::bodies::ErrorBody),
+        (status = 404, description = "`task_not_found`: no task has this id", body = crate::openapi::bodies::ErrorBody),
+        (status = 409, description = "`task_not_retryable`: the task is neither `failed` nor \
+            `cancelled`; `status` says what it is", body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[post("/tasks/<id>/retry")]
-async fn retry(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn retry(
+    _auth: Auth<Admin>,
+    id: &str,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     let config = state.config.clone();
     // The route's attempts, as /receive gives a new task; a type no route
@@ -108,6 +151,7 @@ async fn retry(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiErr
         .await?;
     match answer {
         RetryAnswer::Retried { max_attempts } => {
+            state.hints.send(id, None, TaskStatus::Pending);
             // As /receive does: published now, or by the relay once the lock passes.
             state.publish(vec![id]).await;
             let status_url = format!("/status/{id}");

@@ -19,6 +19,7 @@ use ferry_core::event::{decode_header_value, Event};
 use ferry_core::task::{NewTask, Stored};
 use ferry_core::TaskId;
 
+use crate::auth::{Auth, Submit};
 use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::AppState;
 
@@ -163,8 +164,64 @@ fn task_json(stored: &Stored) -> Value {
     task
 }
 
+/// An event, or a batch of events, becomes tasks: stored, then queued.
+///
+/// The mode is chosen by the headers: a `ce-specversion` header is a
+/// binary-mode event (its attributes are `ce-*` headers, the body of any
+/// type is its `data`); otherwise `Content-Type` says: one structured event
+/// (`application/json`, `application/cloudevents+json`) or a batch
+/// (`application/cloudevents-batch+json`). The same (`source`, `id`), or
+/// the same `Idempotency-Key`, with the same event is the same task (200).
+#[utoipa::path(
+    tag = "tasks",
+    params(crate::openapi::bodies::ReceiveHeaders),
+    request_body(
+        description = "A structured event, a batch, or (binary mode) the event's data. At most \
+            `max_body_bytes`.",
+        content(
+            (crate::openapi::bodies::StructuredEvent = "application/json", example = json!({
+                "specversion": "1.0", "type": "org.ferry.echo", "source": "/ferry/demo",
+                "id": "demo-1", "data": {"hello": "world"}
+            })),
+            (crate::openapi::bodies::StructuredEvent = "application/cloudevents+json", example = json!({
+                "specversion": "1.0", "type": "org.ferry.echo", "source": "/ferry/demo",
+                "id": "later-1", "notbefore": "2026-12-03T21:00:00Z", "data": 17
+            })),
+            (crate::openapi::bodies::EventBatch = "application/cloudevents-batch+json", example = json!([
+                {"specversion": "1.0", "type": "org.ferry.echo", "source": "/ferry/demo", "id": "b-1"},
+                {"cloudEventsVersion": "0.1", "eventType": "org.ferry.echo", "source": "/ferry/demo",
+                 "eventID": "b-2", "data": [1, 2]}
+            ])),
+            ("*/*"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Every event was already a task (same `source` and `id`, or \
+            same `Idempotency-Key`, with the same content): the existing tasks, with their status now.",
+            headers(("Location" = String, description = "The task's `status_url` (not for a batch).")),
+            body = crate::openapi::bodies::ReceiveAnswer),
+        (status = 202, description = "Stored (committed) and queued: one task, or for a batch \
+            `{\"tasks\": [...]}`.",
+            headers(("Location" = String, description = "The task's `status_url` (not for a batch).")),
+            body = crate::openapi::bodies::ReceiveAnswer),
+        (status = 400, description = "`empty_body`, `malformed_json`, `unreadable_body`; \
+            `invalid_header`: a `ce-*` value with a broken `%` sequence or not UTF-8, a bad \
+            `Idempotency-Key`, or one on a batch", body = crate::openapi::bodies::ErrorBody),
+        (status = 409, description = "`event_conflict`: the (`source`, `id`) is a task whose \
+            event differs; `task` names it (a batch's other events are stored, and `tasks` lists \
+            each event's task)", body = crate::openapi::bodies::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over `max_body_bytes`",
+            body = crate::openapi::bodies::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type`, or another \
+            one, and no `ce-specversion` header", body = crate::openapi::bodies::ErrorBody),
+        (status = 422, description = "`invalid_event`: not an event Ferry can store; \
+            `unrouted_event`: no route for its type; `idempotency_key_reused`: the key is held by \
+            a task with another event (`task` names it)", body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[post("/receive", data = "<body>")]
 async fn receive(
+    _auth: Auth<Submit>,
     headers: EventHeaders,
     body: Data<'_>,
     state: &State<AppState>,

@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 use ferry_core::db::listing::{Cursor, TaskCounts, TaskFilter, DEFAULT_LIMIT, MAX_LIMIT};
 use ferry_core::{storable, TaskStatus};
 
+use crate::auth::{Auth, Read};
 use crate::error::{ApiError, ErrorCode, JsonResponse};
 use crate::routes::{parse_task_id, task_not_found};
 use crate::AppState;
@@ -65,7 +66,7 @@ fn invalid(parameter: &str, message: impl std::fmt::Display) -> ApiError {
 /// A time as a client writes it: RFC 3339. A `+` offset that arrived
 /// unencoded reads as a space in a query string; it is taken back.
 fn parse_time(parameter: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
-    DateTime::parse_from_rfc3339(value)
+    let at = DateTime::parse_from_rfc3339(value)
         .or_else(|e| DateTime::parse_from_rfc3339(&value.replace(' ', "+")).map_err(|_| e))
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
@@ -73,7 +74,10 @@ fn parse_time(parameter: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
                 parameter,
                 format!("{value:?} is not an RFC 3339 time ({e}), such as 2026-12-03T20:00:00Z"),
             )
-        })
+        })?;
+    // SQLite compares times as text: one past year 9999 would misorder.
+    storable::check_time(parameter, at).map_err(|e| invalid(parameter, e.reason))?;
+    Ok(at)
 }
 
 /// What a `/tasks` query string asks for.
@@ -197,8 +201,22 @@ impl ListQuery {
 
 /// A page of tasks, newest first: `{"tasks": [...], "next": url or null}`.
 /// `next` is set when the page is full (there may be more).
+#[utoipa::path(
+    tag = "tasks",
+    params(crate::openapi::bodies::ListParams),
+    responses(
+        (status = 200, description = "A page of tasks, newest first.", body = crate::openapi::bodies::TaskPage),
+        (status = 400, description = "`invalid_parameter`: a parameter that is unknown, repeated \
+            (all but `status`), empty or out of range; the message starts with its name",
+            body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[get("/tasks")]
-async fn list(origin: &Origin<'_>, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn list(
+    _auth: Auth<Read>,
+    origin: &Origin<'_>,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let query = ListQuery::parse(origin)?;
     let (filter, cursor, limit) = (query.filter.clone(), query.cursor, query.limit);
     let tasks = state
@@ -217,8 +235,15 @@ async fn list(origin: &Origin<'_>, state: &State<AppState>) -> Result<JsonRespon
 
 /// Tasks per status, overall and per type, at most [`COUNTS_MAX_AGE`] old
 /// (`age_ms` says how old).
+#[utoipa::path(
+    tag = "tasks",
+    responses(
+        (status = 200, description = "Tasks per status, overall and per type.", body = crate::openapi::bodies::CountsAnswer),
+    )
+)]
 #[get("/tasks/counts")]
 async fn counts(
+    _auth: Auth<Read>,
     state: &State<AppState>,
     shared: &State<SharedCounts>,
 ) -> Result<JsonResponse, ApiError> {
@@ -233,8 +258,21 @@ async fn counts(
 
 /// Everything about one task: the status view, the event as stored and
 /// every attempt.
+#[utoipa::path(
+    tag = "tasks",
+    params(("id" = ferry_core::TaskId, Path, description = "The task's id (a UUID).")),
+    responses(
+        (status = 200, description = "The task's whole record.", body = ferry_core::db::listing::TaskRecord),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::openapi::bodies::ErrorBody),
+        (status = 404, description = "`task_not_found`: no task has this id", body = crate::openapi::bodies::ErrorBody),
+    )
+)]
 #[get("/tasks/<id>")]
-async fn record(id: &str, state: &State<AppState>) -> Result<JsonResponse, ApiError> {
+async fn record(
+    _auth: Auth<Read>,
+    id: &str,
+    state: &State<AppState>,
+) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     match state.db.run_blocking(move |db| db.task_record(id)).await? {
         Some(record) => Ok(JsonResponse::new(Status::Ok, record)),
@@ -278,6 +316,12 @@ mod tests {
                 "created_before:",
             ),
             ("/tasks?cursor=abc", "cursor:"),
+            // Past year 9999 (in UTC), which SQLite's text would misorder.
+            ("/tasks?created_before=9999-12-31T23:59:59-23:59", "created_before:"),
+            (
+                "/tasks?cursor=OTk5OS0xMi0zMVQyMzo1OTo1OS0yMzo1OXw0YjliOGUwZS02YTNjLTRkMjUtOWQ0ZS0yZjBmNmE3ZDFjMTE",
+                "cursor:",
+            ),
             ("/tasks?type=", "type:"),
             ("/tasks?source=a&source=b", "source:"),
             ("/tasks?colour=red", "colour:"),

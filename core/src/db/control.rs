@@ -24,7 +24,11 @@ pub enum CancelAnswer {
     AlreadyCancelled,
     /// The task is `running`: the stop is recorded (`cancel_requested_at`),
     /// and its worker records `cancelled` once the handler is stopped.
-    StopRequested,
+    StopRequested {
+        /// The attempt running now, the one to stop: a control message
+        /// names it, so that arriving late it cannot stop a newer attempt.
+        attempt: i32,
+    },
     /// The task had already finished (`succeeded` or `failed`); nothing changed.
     Finished(TaskStatus),
     /// No such task.
@@ -98,9 +102,10 @@ impl Db {
                     t::cancel_requested_at.eq(now),
                     t::updated_at.eq(now),
                 ))
-                .execute(conn)?;
-                if requested == 1 {
-                    return Ok(CancelAnswer::StopRequested);
+                .returning(t::attempts)
+                .get_results::<i32>(conn)?;
+                if let [attempt] = requested[..] {
+                    return Ok(CancelAnswer::StopRequested { attempt });
                 }
                 let status = t::tasks
                     .select(t::status)
@@ -136,56 +141,57 @@ impl Db {
         publish_lock_until: DateTime<Utc>,
     ) -> DbResult<RetryAnswer> {
         let now = Utc::now();
+        // No transaction: the update is a compare-and-set on what was read.
+        // (A read and then a write in one SQLite transaction fails at once
+        // with "database is locked", busy_timeout or not, when another
+        // connection writes in between — a broker confirm being recorded.)
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
-            conn.transaction(|conn| {
-                let row = t::tasks
-                    .select((t::status, t::attempts, t::event_type))
+            let row = t::tasks
+                .select((t::status, t::attempts, t::event_type))
+                .filter(t::id.eq(id))
+                .first::<(TaskStatus, i32, String)>(conn)
+                .optional()?;
+            let Some((status, attempts, event_type)) = row else {
+                return Ok(RetryAnswer::NotFound);
+            };
+            if !RETRYABLE.contains(&status) {
+                return Ok(RetryAnswer::NotRetryable(status));
+            }
+            let max_attempts = attempts.saturating_add(budget(&event_type).max(1));
+            let retried = diesel::update(
+                t::tasks
                     .filter(t::id.eq(id))
-                    .first::<(TaskStatus, i32, String)>(conn)
-                    .optional()?;
-                let Some((status, attempts, event_type)) = row else {
-                    return Ok(RetryAnswer::NotFound);
-                };
-                if !RETRYABLE.contains(&status) {
-                    return Ok(RetryAnswer::NotRetryable(status));
-                }
-                let max_attempts = attempts.saturating_add(budget(&event_type).max(1));
-                let retried = diesel::update(
-                    t::tasks
-                        .filter(t::id.eq(id))
-                        .filter(t::status.eq(status))
-                        .filter(t::attempts.eq(attempts)),
-                )
-                .set((
-                    (
-                        t::status.eq(TaskStatus::Pending),
-                        t::max_attempts.eq(max_attempts),
-                        t::result.eq(None::<serde_json::Value>),
-                        t::error.eq(None::<String>),
-                        t::finished_at.eq(None::<DateTime<Utc>>),
-                        t::run_after.eq(None::<DateTime<Utc>>),
-                    ),
-                    (
-                        t::cancel_requested_at.eq(None::<DateTime<Utc>>),
-                        t::enqueued_at.eq(None::<DateTime<Utc>>),
-                        t::publish_lock_until.eq(publish_lock_until),
-                        t::updated_at.eq(now),
-                    ),
-                ))
-                .execute(conn)?;
-                if retried == 1 {
-                    Ok(RetryAnswer::Retried { max_attempts })
-                } else {
-                    // Read in this transaction, so only PostgreSQL's read
-                    // committed can get here: someone else retried it first.
-                    let status = t::tasks
-                        .select(t::status)
-                        .filter(t::id.eq(id))
-                        .first::<TaskStatus>(conn)?;
-                    Ok(RetryAnswer::NotRetryable(status))
-                }
-            })
+                    .filter(t::status.eq(status))
+                    .filter(t::attempts.eq(attempts)),
+            )
+            .set((
+                (
+                    t::status.eq(TaskStatus::Pending),
+                    t::max_attempts.eq(max_attempts),
+                    t::result.eq(None::<serde_json::Value>),
+                    t::error.eq(None::<String>),
+                    t::finished_at.eq(None::<DateTime<Utc>>),
+                    t::run_after.eq(None::<DateTime<Utc>>),
+                ),
+                (
+                    t::cancel_requested_at.eq(None::<DateTime<Utc>>),
+                    t::enqueued_at.eq(None::<DateTime<Utc>>),
+                    t::publish_lock_until.eq(publish_lock_until),
+                    t::updated_at.eq(now),
+                ),
+            ))
+            .execute(conn)?;
+            if retried == 1 {
+                return Ok(RetryAnswer::Retried { max_attempts });
+            }
+            // Someone else retried (or deleted) it between the statements.
+            let status = t::tasks
+                .select(t::status)
+                .filter(t::id.eq(id))
+                .first::<TaskStatus>(conn)
+                .optional()?;
+            Ok(status.map_or(RetryAnswer::NotFound, RetryAnswer::NotRetryable))
         })
     }
 

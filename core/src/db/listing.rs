@@ -85,10 +85,13 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok()?;
         let text = String::from_utf8(bytes).ok()?;
         let (created_at, id) = text.split_once('|')?;
+        let created_at = DateTime::parse_from_rfc3339(created_at)
+            .ok()?
+            .with_timezone(&Utc);
+        // No task is created after it, and SQLite would misorder it.
+        crate::storable::check_time("cursor", created_at).ok()?;
         Some(Self {
-            created_at: DateTime::parse_from_rfc3339(created_at)
-                .ok()?
-                .with_timezone(&Utc),
+            created_at,
             id: id.parse().ok()?,
         })
     }
@@ -96,7 +99,7 @@ impl Cursor {
 
 /// One row of `GET /tasks`: what identifies a task and where it is, not
 /// its event or result.
-#[derive(Debug, Clone, PartialEq, Serialize, Queryable)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema, Queryable)]
 pub struct TaskSummary {
     /// The task's id.
     pub id: TaskId,
@@ -120,7 +123,7 @@ pub struct TaskSummary {
 }
 
 /// What `GET /tasks/<id>` shows: the status view and the event as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TaskRecord {
     /// Everything `GET /status` shows.
     #[serde(flatten)]
@@ -130,7 +133,7 @@ pub struct TaskRecord {
 }
 
 /// How many tasks are in each status, overall and per event type.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TaskCounts {
     /// Every task.
     pub total: i64,

@@ -20,6 +20,8 @@
 //! - `control.rs`: what a client asks afterwards: cancel a task, run a
 //!   finished one again.
 //! - `listing.rs`: what `GET /tasks` (pages, counts, full records) reads.
+//! - `events.rs`: every change of status, as triggers record it: what
+//!   `GET /status/<id>/events` streams and the api's waiters' hub reads.
 //!
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
@@ -71,6 +73,7 @@ mod attempts;
 mod control;
 mod dialect;
 mod error;
+mod events;
 pub mod listing;
 mod outbox;
 mod retention;
@@ -79,6 +82,7 @@ mod submit;
 
 pub use control::{CancelAnswer, Lease, RetryAnswer};
 pub use error::{DbError, DbResult};
+pub use events::TaskEvent;
 
 #[derive(Debug)]
 struct SqlitePragmas;

@@ -42,5 +42,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    task_events (task_id, seq) {
+        task_id -> Text,
+        seq -> Integer,
+        status -> Text,
+        at -> TimestamptzSqlite,
+    }
+}
+
 diesel::joinable!(task_attempts -> tasks (task_id));
 diesel::allow_tables_to_appear_in_same_query!(tasks, task_attempts);

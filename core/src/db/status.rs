@@ -27,6 +27,7 @@ struct TaskRow {
     result: Option<Value>,
     error: Option<String>,
     run_after: Option<DateTime<Utc>>,
+    cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 impl Db {
@@ -91,6 +92,7 @@ impl Db {
                         t::result,
                         t::error,
                         t::run_after,
+                        t::cancel_requested_at,
                     ),
                     (
                         a::attempt,
@@ -124,6 +126,10 @@ impl Db {
                         .filter(|_| TaskStatus::CLAIMABLE.contains(&row.status)),
                     started_at: row.started_at,
                     finished_at: row.finished_at,
+                    // Only a running task has a stop still to come.
+                    cancel_requested_at: row
+                        .cancel_requested_at
+                        .filter(|_| row.status == TaskStatus::Running),
                     result: row.result,
                     error: row.error,
                     attempt_history: Vec::new(),

@@ -1,0 +1,314 @@
+//! Hints of state changes: whoever changes a task's status says so, and
+//! every api process hears it and wakes the clients waiting on that task
+//! (`GET /status/<id>?wait=`, `GET /status/<id>/events`).
+//!
+//! With RabbitMQ this is a topic exchange, `<queue>.events`, carrying
+//! non-persistent messages, each a JSON array of `{"id", "status"}`; the
+//! routing key is `<event type>.<status>` (just `<status>` when the
+//! publisher does not know the type: the api's cancel and retry). Every api
+//! process binds an exclusive, auto-deleted queue of its own with `#`. In
+//! standalone mode ([`Queue::local`]) it is an in-process broadcast. This is
+//! the reverse direction of [`crate::control`], and built the same way.
+//!
+//! Delivery is best effort: a hint is never waited for, a full buffer or a
+//! broker that is down drops it, and the database stays the truth (the
+//! `task_events` table, which the api re-reads at a fallback interval), so
+//! a lost hint only delays a waiter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::broker::{AmqpQueue, BrokerError, Queue};
+use crate::retry::RetryPolicy;
+use crate::task::{TaskId, TaskStatus};
+
+/// Hints an in-process broadcast holds for a subscriber that lags.
+const LOCAL_CAPACITY: usize = 1024;
+/// Hints a process buffers before publishing; past that they are dropped.
+const BUFFER: usize = 16 * 1024;
+/// Hints published together, at most (one message per type and status).
+const BATCH: usize = 1024;
+/// A routing key is at most 255 bytes (AMQP's short string).
+const MAX_KEY: usize = 255;
+
+/// One change of a task's status, as a hint carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The task.
+    pub id: TaskId,
+    /// The status it went to.
+    pub status: TaskStatus,
+}
+
+/// The in-process hint channel of a [`Queue::local`].
+pub(crate) fn local_channel() -> broadcast::Sender<Arc<[Change]>> {
+    broadcast::channel(LOCAL_CAPACITY).0
+}
+
+/// The topic exchange of hints beside the task queue `queue`.
+pub fn exchange_name(queue: &str) -> String {
+    format!("{queue}.events")
+}
+
+/// The routing key of a change: `<event type>.<status>`, or `<status>`
+/// without a type; a type too long for a key is cut (at a character
+/// boundary) so that the status stays at its end.
+pub fn routing_key(event_type: Option<&str>, status: TaskStatus) -> String {
+    let status = status.as_str();
+    let Some(event_type) = event_type.filter(|t| !t.is_empty()) else {
+        return status.to_string();
+    };
+    let mut room = MAX_KEY - status.len() - 1;
+    while room < event_type.len() && !event_type.is_char_boundary(room) {
+        room -= 1;
+    }
+    format!("{}.{status}", &event_type[..room.min(event_type.len())])
+}
+
+/// A change waiting to be published.
+#[derive(Debug)]
+struct Pending {
+    event_type: Option<String>,
+    change: Change,
+}
+
+/// A process's publisher of hints; cheap to clone. Sending never waits and
+/// never fails: a background loop publishes, and drops what it cannot.
+#[derive(Debug, Clone)]
+pub struct Hints {
+    pending: mpsc::Sender<Pending>,
+}
+
+impl Hints {
+    /// Starts the publishing loop on `queue`; it ends when every handle is
+    /// dropped.
+    pub fn spawn(queue: &Queue) -> Self {
+        let (pending, receiver) = mpsc::channel(BUFFER);
+        tokio::spawn(publish_loop(queue.clone(), receiver));
+        Self { pending }
+    }
+
+    /// Says that task `id` (of `event_type`, if known) went to `status`.
+    pub fn send(&self, id: TaskId, event_type: Option<&str>, status: TaskStatus) {
+        let pending = Pending {
+            event_type: event_type.map(str::to_string),
+            change: Change { id, status },
+        };
+        if self.pending.try_send(pending).is_err() {
+            tracing::debug!(task = %id, "hint buffer full; hint dropped");
+        }
+    }
+}
+
+async fn publish_loop(queue: Queue, mut receiver: mpsc::Receiver<Pending>) {
+    let mut link: Option<(Connection, Channel)> = None;
+    let mut backoff = RetryPolicy::RECONNECT.backoff();
+    let mut retry_at = tokio::time::Instant::now();
+    let mut batch = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        let mut groups: HashMap<String, Vec<Change>> = HashMap::new();
+        for pending in batch.drain(..) {
+            let key = routing_key(pending.event_type.as_deref(), pending.change.status);
+            groups.entry(key).or_default().push(pending.change);
+        }
+        match &queue {
+            Queue::Local(local) => {
+                for changes in groups.into_values() {
+                    // No subscriber (no api in this process) is not an error.
+                    let _ = local.events.send(changes.into());
+                }
+            }
+            Queue::Amqp(amqp) => {
+                if tokio::time::Instant::now() < retry_at {
+                    continue; // The broker is down: these hints are dropped.
+                }
+                if let Err(e) = publish_amqp(amqp, &mut link, groups).await {
+                    link = None;
+                    let wait = backoff.next_wait();
+                    retry_at = tokio::time::Instant::now() + wait;
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot publish hints; dropping them meanwhile");
+                } else {
+                    backoff.reset();
+                }
+            }
+        }
+    }
+}
+
+async fn publish_amqp(
+    amqp: &AmqpQueue,
+    link: &mut Option<(Connection, Channel)>,
+    groups: HashMap<String, Vec<Change>>,
+) -> Result<(), BrokerError> {
+    let usable = link
+        .as_ref()
+        .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
+    if !usable {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("ferry-hints-{}", std::process::id()).into());
+        let connection = Connection::connect(&amqp.url, props).await?;
+        let channel = connection.create_channel().await?;
+        declare_exchange(&channel, &amqp.name).await?;
+        *link = Some((connection, channel));
+    }
+    let (_, channel) = link.as_ref().expect("connected above");
+    let exchange = exchange_name(&amqp.name);
+    for (key, changes) in groups {
+        let body = serde_json::to_vec(&changes).expect("changes serialize");
+        let properties = BasicProperties::default()
+            // Not persistent: a hint is only a hint (see the module).
+            .with_delivery_mode(1)
+            .with_content_type("application/json".into());
+        // No publisher confirms on this channel: nothing waits for them.
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn declare_exchange(channel: &Channel, queue: &str) -> Result<String, BrokerError> {
+    let exchange = exchange_name(queue);
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(exchange)
+}
+
+impl Queue {
+    /// Subscribes to hints: from now on, every change any process
+    /// publishes ([`Hints::send`]) reaches the subscription.
+    pub async fn subscribe_changes(&self, tag: &str) -> Result<Changes, BrokerError> {
+        match self {
+            Self::Amqp(queue) => subscribe_amqp(queue, tag).await,
+            Self::Local(queue) => Ok(Changes::Local(queue.events.subscribe())),
+        }
+    }
+}
+
+async fn subscribe_amqp(amqp: &AmqpQueue, tag: &str) -> Result<Changes, BrokerError> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("ferry-events-{}", std::process::id()).into());
+    let connection = Connection::connect(&amqp.url, props).await?;
+    let channel = connection.create_channel().await?;
+    let exchange = declare_exchange(&channel, &amqp.name).await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(Changes::Amqp {
+        _connection: Box::new(connection),
+        consumer: Box::new(consumer),
+    })
+}
+
+/// A subscription to hints ([`Queue::subscribe_changes`]).
+#[derive(Debug)]
+pub enum Changes {
+    /// From the topic exchange, through this process's own queue.
+    Amqp {
+        /// Keeps the subscription's connection (and its queue) alive.
+        _connection: Box<Connection>,
+        /// lapin's consumer of the process's queue.
+        consumer: Box<lapin::Consumer>,
+    },
+    /// From the in-process broadcast.
+    Local(broadcast::Receiver<Arc<[Change]>>),
+}
+
+/// A change as a message carries it.
+#[derive(Deserialize)]
+struct Wire {
+    id: String,
+    status: String,
+}
+
+impl Changes {
+    /// The next changes heard; `Err` when the subscription broke
+    /// (resubscribe). Unreadable messages are skipped; hints missed by a
+    /// lagging in-process subscriber are skipped too (the fallback read
+    /// finds them).
+    pub async fn next(&mut self) -> Result<Vec<Change>, BrokerError> {
+        loop {
+            match self {
+                Self::Amqp { consumer, .. } => {
+                    let delivery = match consumer.next().await {
+                        Some(delivery) => delivery?,
+                        None => return Err(BrokerError::Closed),
+                    };
+                    let wire: Option<Vec<Wire>> = serde_json::from_slice(&delivery.data).ok();
+                    let changes: Option<Vec<Change>> = wire.and_then(|wire| {
+                        wire.into_iter()
+                            .map(|w| {
+                                Some(Change {
+                                    id: w.id.parse().ok()?,
+                                    status: w.status.parse().ok()?,
+                                })
+                            })
+                            .collect()
+                    });
+                    match changes {
+                        Some(changes) => return Ok(changes),
+                        None => tracing::warn!("unreadable hint message; ignored"),
+                    }
+                }
+                Self::Local(receiver) => match receiver.recv().await {
+                    Ok(changes) => return Ok(changes.to_vec()),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "hints missed");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(BrokerError::Closed),
+                },
+            }
+        }
+    }
+}
