@@ -440,3 +440,72 @@ impl Delivery {
         Ok(())
     }
 }
+
+/// Declares the exchange `exchange` of `kind` (not durable: what it carries
+/// is best effort, and every process declares it again on connect).
+pub(crate) async fn declare_exchange(
+    channel: &Channel,
+    exchange: &str,
+    kind: lapin::ExchangeKind,
+) -> Result<(), BrokerError> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            kind,
+            lapin::options::ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A process's own subscription to the exchange `exchange` of `kind`: a
+/// connection named `connection_name`, an exclusive, auto-deleted queue
+/// bound with `binding`, consumed without acks. The connection must live as
+/// long as the consumer.
+pub(crate) async fn subscribe_exclusive(
+    url: &str,
+    connection_name: String,
+    exchange: &str,
+    kind: lapin::ExchangeKind,
+    binding: &str,
+    tag: &str,
+) -> Result<(Connection, lapin::Consumer), BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name(connection_name.into());
+    let connection = Connection::connect(url, props).await?;
+    let channel = connection.create_channel().await?;
+    declare_exchange(&channel, exchange, kind).await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            binding.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((connection, consumer))
+}

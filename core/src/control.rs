@@ -11,15 +11,11 @@
 //! so a lost message only delays the stop.
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::sync::broadcast;
 
-use crate::broker::{AmqpQueue, BrokerError, Queue};
+use crate::broker::{self, AmqpQueue, BrokerError, Queue};
 use crate::task::{AttemptRef, TaskId};
 
 /// Cancels an in-process broadcast holds for a subscriber that lags.
@@ -115,14 +111,7 @@ impl Queue {
 
 async fn declare_exchange(channel: &Channel, queue: &str) -> Result<String, BrokerError> {
     let exchange = exchange_name(queue);
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    broker::declare_exchange(channel, &exchange, ExchangeKind::Fanout).await?;
     Ok(exchange)
 }
 
@@ -149,43 +138,15 @@ impl AmqpQueue {
     }
 
     async fn subscribe_cancels(&self, tag: &str) -> Result<Cancels, BrokerError> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("ferry-control-{}", std::process::id()).into());
-        let connection = Connection::connect(&self.url, props).await?;
-        let channel = connection.create_channel().await?;
-        let exchange = declare_exchange(&channel, &self.name).await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                tag.into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (connection, consumer) = broker::subscribe_exclusive(
+            &self.url,
+            format!("ferry-control-{}", std::process::id()),
+            &exchange_name(&self.name),
+            ExchangeKind::Fanout,
+            "",
+            tag,
+        )
+        .await?;
         Ok(Cancels::Amqp {
             _connection: Box::new(connection),
             consumer: Box::new(consumer),

@@ -19,16 +19,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::broker::{AmqpQueue, BrokerError, Queue};
+use crate::broker::{self, AmqpQueue, BrokerError, Queue};
 use crate::retry::RetryPolicy;
 use crate::task::{TaskId, TaskStatus};
 
@@ -185,14 +181,7 @@ async fn publish_amqp(
 
 async fn declare_exchange(channel: &Channel, queue: &str) -> Result<String, BrokerError> {
     let exchange = exchange_name(queue);
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    broker::declare_exchange(channel, &exchange, ExchangeKind::Topic).await?;
     Ok(exchange)
 }
 
@@ -208,43 +197,15 @@ impl Queue {
 }
 
 async fn subscribe_amqp(amqp: &AmqpQueue, tag: &str) -> Result<Changes, BrokerError> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(format!("ferry-events-{}", std::process::id()).into());
-    let connection = Connection::connect(&amqp.url, props).await?;
-    let channel = connection.create_channel().await?;
-    let exchange = declare_exchange(&channel, &amqp.name).await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            tag.into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                exclusive: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (connection, consumer) = broker::subscribe_exclusive(
+        &amqp.url,
+        format!("ferry-events-{}", std::process::id()),
+        &exchange_name(&amqp.name),
+        ExchangeKind::Topic,
+        "#",
+        tag,
+    )
+    .await?;
     Ok(Changes::Amqp {
         _connection: Box::new(connection),
         consumer: Box::new(consumer),
