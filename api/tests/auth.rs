@@ -6,14 +6,14 @@
 //! every route the app mounts, called without a token, and
 //! `ferry-api hash-token`.
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_api::{auth, rocket, AppState};
-use ferry_core::broker::Queue;
-use ferry_core::{Config, Db};
+use ferry_api::{auth, rocket};
+use ferry_core::Config;
 use ferry_testkit::{token_hash, Api, Layout, Reply, Stack};
 use rocket::http::{Header, Method, Status};
 use rocket::local::asynchronous::Client;
@@ -378,8 +378,6 @@ ferry_testkit::layout_tests!(open_without_tokens:
 /// The app with one token per scope, built in-process.
 async fn configured_app(dir: &tempfile::TempDir) -> Client {
     let database_url = format!("sqlite://{}", dir.path().join("ferry.db").display());
-    let db = Db::connect(&database_url, 2).unwrap();
-    db.migrate().unwrap();
     let tokens: String = [
         ("ops", OPS, "admin"),
         ("producer", PRODUCER, "submit"),
@@ -393,9 +391,8 @@ async fn configured_app(dir: &tempfile::TempDir) -> Client {
         )
     })
     .collect();
-    let mut config = Config::from_toml(&tokens).unwrap();
-    config.database_url = database_url;
-    let state = AppState::new(Arc::new(config), db, Queue::local());
+    let config = Config::from_toml(&tokens).unwrap();
+    let (state, _db) = common::local_state(database_url, config);
     Client::tracked(rocket(state)).await.unwrap()
 }
 

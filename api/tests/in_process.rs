@@ -5,14 +5,10 @@
 //! oversized heads, stalled clients — is tested in `listener`'s unit tests
 //! and in `slow_clients.rs`.)
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
 use ferry_api::{rocket, AppState};
-use ferry_core::broker::Queue;
-use ferry_core::retry::RetryPolicy;
-use ferry_core::routes::{HandlerSpec, Route, Routes};
-use ferry_core::{Config, Db};
+use ferry_core::Config;
 use rocket::http::{ContentType, Header, Status};
 use rocket::local::asynchronous::Client;
 use serde_json::{json, Value};
@@ -28,24 +24,13 @@ struct App {
 }
 
 async fn app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let database_url = format!("sqlite://{}", dir.path().join("ferry.db").display());
-    let db = Db::connect(&database_url, 4).unwrap();
-    db.migrate().unwrap();
-    let routes = Routes::new(vec![Route {
-        event_type: "org.ferry.echo".into(),
-        handler: HandlerSpec::Echo,
-        timeout: Duration::from_secs(10),
-        retry: RetryPolicy::ROUTE_DEFAULT,
-    }])
-    .unwrap();
+    let (database_url, dir) = common::sqlite_file();
     let config = Config {
-        database_url,
         max_body_bytes: MAX_BODY as u64,
-        routes,
+        routes: common::echo_routes(&["org.ferry.echo"]),
         ..Config::default()
     };
-    let state = AppState::new(Arc::new(config), db, Queue::local());
+    let (state, _db) = common::local_state(database_url, config);
     let client = Client::tracked(rocket(state)).await.unwrap();
     App { client, _dir: dir }
 }

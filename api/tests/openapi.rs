@@ -10,19 +10,15 @@
 //!
 //! `openapi_http.rs` checks the document served by real deployments.
 
+mod common;
 mod schema;
 
 use schema::{document, operation};
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use ferry_api::{rocket, AppState};
-use ferry_core::broker::Queue;
-use ferry_core::retry::RetryPolicy;
-use ferry_core::routes::{HandlerSpec, Route, Routes};
 use ferry_core::task::Outcome;
 use ferry_core::{Config, Db, TaskId};
 use rocket::http::{ContentType, Header, Method};
@@ -35,24 +31,13 @@ const MAX_BODY: u64 = 4096;
 /// The state of an app on a fresh SQLite file with `org.ferry.echo`
 /// routed; the file lives as long as the directory.
 fn state() -> (AppState, Db, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let database_url = format!("sqlite://{}", dir.path().join("ferry.db").display());
-    let db = Db::connect(&database_url, 4).unwrap();
-    db.migrate().unwrap();
-    let routes = Routes::new(vec![Route {
-        event_type: "org.ferry.echo".into(),
-        handler: HandlerSpec::Echo,
-        timeout: Duration::from_secs(10),
-        retry: RetryPolicy::ROUTE_DEFAULT,
-    }])
-    .unwrap();
+    let (database_url, dir) = common::sqlite_file();
     let config = Config {
-        database_url,
         max_body_bytes: MAX_BODY,
-        routes,
+        routes: common::echo_routes(&["org.ferry.echo"]),
         ..Config::default()
     };
-    let state = AppState::new(Arc::new(config), db.clone(), Queue::local());
+    let (state, db) = common::local_state(database_url, config);
     (state, db, dir)
 }
 

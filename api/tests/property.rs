@@ -15,17 +15,14 @@
 //! default). Nothing is persisted: a failure prints the shrunk request, and
 //! what it found becomes a case in the test of the code it broke.
 
+mod common;
 #[path = "property/strategies.rs"]
 mod strategies;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ferry_api::{rocket, AppState};
-use ferry_core::broker::Queue;
-use ferry_core::retry::RetryPolicy;
-use ferry_core::routes::{HandlerSpec, Route, Routes};
+use ferry_api::rocket;
 use ferry_core::task::Outcome;
 use ferry_core::{Config, Db, TaskId};
 use ferry_testkit::{require, test_file, PgSchema};
@@ -56,28 +53,12 @@ async fn app(
     dir: Option<tempfile::TempDir>,
     schema: Option<PgSchema>,
 ) -> App {
-    let db = Db::connect(&database_url, 4).unwrap();
-    db.migrate().unwrap();
-    let route = |event_type: &str| Route {
-        event_type: event_type.into(),
-        handler: HandlerSpec::Echo,
-        timeout: Duration::from_secs(10),
-        retry: RetryPolicy::ROUTE_DEFAULT,
-    };
-    let routes = Routes::new(vec![
-        route("org.ferry.echo"),
-        route("org.pacifica.metadata.ingest"),
-    ])
-    .unwrap();
     let config = Config {
-        database_url,
         max_body_bytes: MAX_BODY as u64,
-        routes,
+        routes: common::echo_routes(&["org.ferry.echo", "org.pacifica.metadata.ingest"]),
         ..Config::default()
     };
-    // An in-process queue and no worker: tasks move only when the test (or
-    // a request) moves them.
-    let state = AppState::new(Arc::new(config), db.clone(), Queue::local());
+    let (state, db) = common::local_state(database_url, config);
     let client = Client::tracked(rocket(state)).await.unwrap();
     App {
         client,
@@ -88,8 +69,7 @@ async fn app(
 }
 
 async fn sqlite_app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
+    let (url, dir) = common::sqlite_file();
     app(url, Some(dir), None).await
 }
 
