@@ -13,7 +13,6 @@ use anyhow::{bail, Context as _};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use ferry_core::Db;
-use ferry_testkit::Database;
 use serde_json::{json, Value};
 
 use super::{closed_loop_gets, fmt, ms, summary, Args};
@@ -209,11 +208,7 @@ fn reads_an_index_in_order(plan: &[String]) -> bool {
 
 /// The listing row on one backend.
 pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow::Result<Value> {
-    let database = match backend {
-        "sqlite" => Database::Sqlite,
-        "postgres" => Database::Postgres(args.postgres_url.clone()),
-        other => bail!("unknown backend {other:?} (sqlite, postgres)"),
-    };
+    let database = super::database(args, backend)?;
     let deployment = ferry_testkit::Deployment::new(database, "list")
         .config(super::ECHO_ONLY)
         .broker(&args.broker_url)

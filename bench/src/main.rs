@@ -262,13 +262,18 @@ struct Deployment {
     _deployment: ferry_testkit::Deployment,
 }
 
+/// The database of the backend named `backend` (`sqlite`, `postgres`).
+fn database(args: &Args, backend: &str) -> anyhow::Result<Database> {
+    Ok(match backend {
+        "sqlite" => Database::Sqlite,
+        "postgres" => Database::Postgres(args.postgres_url.clone()),
+        other => bail!("unknown backend {other:?} (sqlite, postgres)"),
+    })
+}
+
 impl Deployment {
     async fn start(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Result<Self> {
-        let database = match backend {
-            "sqlite" => Database::Sqlite,
-            "postgres" => Database::Postgres(args.postgres_url.clone()),
-            other => bail!("unknown backend {other:?} (sqlite, postgres)"),
-        };
+        let database = database(args, backend)?;
         let deployment = ferry_testkit::Deployment::new(database, "bench")
             .config(ECHO_ONLY)
             .broker(&args.broker_url)

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
-use ferry_testkit::{Database, SseStream};
+use ferry_testkit::SseStream;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -142,20 +142,9 @@ fn reads_per_s(
     }
 }
 
-fn vm_rss_mib(pid: i32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// The waiters row on one backend.
 pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow::Result<Value> {
-    let database = match backend {
-        "sqlite" => Database::Sqlite,
-        "postgres" => Database::Postgres(args.postgres_url.clone()),
-        other => bail!("unknown backend {other:?} (sqlite, postgres)"),
-    };
+    let database = super::database(args, backend)?;
     let deployment = ferry_testkit::Deployment::new(database, "waiters")
         .config(super::ECHO_ONLY)
         .broker(&args.broker_url)
@@ -211,7 +200,7 @@ pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow
     let idle_from = Utc::now();
     tokio::time::sleep(Duration::from_secs(if args.quick { 3 } else { 5 })).await;
     let idle_to = Utc::now();
-    let holding_rss = vm_rss_mib(api.proc.pid());
+    let holding_rss = api.proc.rss_mib();
 
     eprintln!("waiters ({backend}): a worker runs the tasks");
     let started = Utc::now();

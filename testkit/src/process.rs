@@ -113,8 +113,18 @@ impl Proc {
 
     /// Peak resident memory so far (VmHWM), in MiB, while it runs.
     pub fn peak_rss_mib(&self) -> Option<f64> {
+        self.memory_mib("VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS), in MiB, while it runs.
+    pub fn rss_mib(&self) -> Option<f64> {
+        self.memory_mib("VmRSS:")
+    }
+
+    /// The `field` (in kB) of `/proc/<pid>/status`, in MiB.
+    fn memory_mib(&self, field: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib / 1024.0)
     }
