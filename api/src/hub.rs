@@ -5,7 +5,7 @@
 //! through a `tokio::sync::watch` channel holding every event of the task
 //! read so far (the `task_events` rows, in order). No waiter reads the
 //! database: the hub does, in one query for all the tasks it has to read
-//! (chunked past 500), and only
+//! (chunked past [`EVENTS_CHUNK`]), and only
 //!
 //! - when a hint says a watched task changed (`ferry_core::hints`: a worker
 //!   in any process, the api's own cancel and retry), or a task is newly
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use ferry_core::broker::Queue;
-use ferry_core::db::TaskEvent;
+use ferry_core::db::{TaskEvent, EVENTS_CHUNK};
 use ferry_core::retry::RetryPolicy;
 use ferry_core::{Db, TaskId};
 use tokio::sync::{watch, Notify};
@@ -256,7 +256,7 @@ async fn read_loop(hub: Weak<Inner>, db: Db) {
         if wanted.is_empty() {
             continue;
         }
-        let statements = wanted.len().div_ceil(500) as u64;
+        let statements = wanted.len().div_ceil(EVENTS_CHUNK) as u64;
         inner.reads.fetch_add(statements, Ordering::Relaxed);
         let ids: Vec<TaskId> = wanted.iter().map(|(id, _)| *id).collect();
         match db

@@ -16,7 +16,7 @@ use crate::task::{TaskId, TaskStatus};
 
 /// Tasks whose events one statement reads, at most (bound parameters stay
 /// well under both backends' limits).
-const CHUNK: usize = 500;
+pub const EVENTS_CHUNK: usize = 500;
 
 /// One change of a task's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Queryable, Serialize, utoipa::ToSchema)]
@@ -36,10 +36,10 @@ pub struct TaskEvent {
 impl Db {
     /// The events of each `(task, after)` of `tasks` whose `seq` is above
     /// `after`, ordered by task and then `seq`: one statement per
-    /// [`CHUNK`] tasks, whatever their number.
+    /// [`EVENTS_CHUNK`] tasks, whatever their number.
     pub fn task_events_after(&self, tasks: &[(TaskId, i32)]) -> DbResult<Vec<TaskEvent>> {
         let mut events = Vec::new();
-        for chunk in tasks.chunks(CHUNK) {
+        for chunk in tasks.chunks(EVENTS_CHUNK) {
             let after: HashMap<TaskId, i32> = chunk.iter().copied().collect();
             let ids: Vec<TaskId> = after.keys().copied().collect();
             // One lower bound for the chunk keeps the statement simple and

@@ -82,7 +82,7 @@ mod submit;
 
 pub use control::{CancelAnswer, Lease, RetryAnswer};
 pub use error::{DbError, DbResult};
-pub use events::TaskEvent;
+pub use events::{TaskEvent, EVENTS_CHUNK};
 
 #[derive(Debug)]
 struct SqlitePragmas;
