@@ -4,6 +4,7 @@
 //! tests and `main` assemble the same application.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod hub;
 pub mod listener;
@@ -184,6 +185,7 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .manage(routes::tasks::SharedCounts::default())
         .mount("/", traced(routes::tasks::routes()))
         .mount("/", traced(openapi::routes()))
+        .mount("/", traced(dashboard::routes()))
         .register(
             "/",
             catchers![error::default_catcher, auth::unauthorized, auth::forbidden],

@@ -49,12 +49,16 @@ use bodies::ErrorBody;
         crate::routes::control::retry,
         crate::routes::status::health,
         openapi_json,
+        crate::dashboard::index,
+        crate::dashboard::file,
     ),
     components(schemas(ErrorBody, ErrorCode, ferry_core::db::TaskEvent)),
     modifiers(&EveryRequest, &NullsAreSent, &BearerAuth),
     tags(
         (name = "tasks", description = "Submit events, follow and steer their tasks."),
         (name = "service", description = "Probes and this document."),
+        (name = "dashboard", description = "The operator's dashboard: a page and its files, \
+            which hold no data (its script reads the task routes)."),
     )
 )]
 pub struct ApiDoc;
@@ -135,6 +139,10 @@ const ANY_REQUEST: &[(u16, &str)] = &[
     (500, "`internal`: an unexpected error (the cause is logged)"),
 ];
 
+/// The paths whose answers never touch the database: this document and the
+/// dashboard's files, all compiled in.
+const WITHOUT_DATABASE: &[&str] = &["/openapi.json", "/", "/dashboard/{file}"];
+
 /// The response of every route that uses the database when it cannot.
 const DATABASE_UNAVAILABLE: &str = "`database_unavailable`: the task database cannot be reached \
      (or SQLite stayed locked); retry after `Retry-After` seconds";
@@ -171,7 +179,7 @@ fn add_error(op: &mut Operation, status: u16, description: &str) {
 impl Modify for EveryRequest {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         for (path, item) in doc.paths.paths.iter_mut() {
-            let uses_database = path != "/openapi.json";
+            let uses_database = !WITHOUT_DATABASE.contains(&path.as_str());
             for (_, op) in operations_mut(item) {
                 for (status, description) in ANY_REQUEST {
                     add_error(op, *status, description);
