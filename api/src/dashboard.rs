@@ -120,7 +120,7 @@ impl<'r> Responder<'r, 'static> for Asset {
 
 /// The routes of this module.
 pub fn routes() -> Vec<Route> {
-    routes![index, file]
+    routes![dashboard_page, dashboard_file]
 }
 
 /// The dashboard: counts by status, the newest tasks with filters, a page
@@ -137,7 +137,7 @@ pub fn routes() -> Vec<Route> {
     )
 )]
 #[get("/")]
-fn index() -> Asset {
+fn dashboard_page() -> Asset {
     Asset::named("index.html").expect("the dashboard has its page")
 }
 
@@ -160,7 +160,7 @@ fn index() -> Asset {
     )
 )]
 #[get("/dashboard/<file>")]
-fn file(file: &str) -> Result<Asset, ApiError> {
+fn dashboard_file(file: &str) -> Result<Asset, ApiError> {
     Asset::named(file).ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
