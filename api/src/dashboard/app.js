@@ -336,7 +336,7 @@ function newRow(id) {
     el("td", { class: "type" }),
     el("td", { class: "opt source" }),
     el("td", {}, el("span", { class: "badge" })),
-    el("td", { class: "num attempts" }),
+    el("td", { class: "opt num attempts" }),
     el("td", {}, el("time")),
     el("td", { class: "opt num took" }),
   );
