@@ -301,12 +301,12 @@ async fn live_dashboard(stack: &Stack, name: &str) {
     assert_eq!(total_before, "0", "a fresh deployment has no task");
 
     // Submitted over the API, shown without a reload.
+    let hostile = submit(api, None, event(HOSTILE_TYPE, "hostile-1")).await;
     let mut echoes = Vec::new();
     for i in 0..3 {
         echoes.push(submit(api, None, event("org.ferry.echo", &format!("echo-{i}"))).await);
     }
     let slow = submit(api, None, event("org.ferry.sleep-1s", "slow-1")).await;
-    let hostile = submit(api, None, event(HOSTILE_TYPE, "hostile-1")).await;
     for id in echoes.iter().chain([&slow, &hostile]) {
         browser
             .until(
@@ -486,12 +486,15 @@ async fn live_dashboard(stack: &Stack, name: &str) {
     let mark = browser.js("return window.__mark || null").await;
     assert_eq!(mark, "no reload", "the page reloaded");
 
-    // A busier queue for the picture: one task failing through its
-    // retries, others running and waiting.
+    // A busier queue for the picture (docs/dashboard.png is one): the
+    // pacifica ingest script, a task failing through its retries, others
+    // running and done.
+    let ingest = api.post_file("C234-1234-1234/event.json").await;
+    assert_eq!(ingest.status, 202, "{:?}", ingest.body);
     let failing = submit(api, None, event("org.ferry.fail", "fail-1")).await;
     submit(api, None, event("org.ferry.sleep", "sleep-1")).await;
     submit(api, None, event("org.ferry.flaky", "flaky-1")).await;
-    for i in 0..3 {
+    for i in 0..4 {
         submit(
             api,
             None,
