@@ -131,21 +131,22 @@ impl Browser {
             .connect(&url)
             .await
             .expect("a WebDriver session in headless Chromium");
-        // A 1280x800 page, whatever the browser's frame takes.
-        let frame = client
-            .execute(
-                "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]",
-                Vec::new(),
-            )
-            .await
-            .expect("the browser's frame");
+        browser.client = Some(client);
+        browser.resize(1280, 800).await;
+        Some(browser)
+    }
+
+    /// Sizes the window so that the page is `width` x `height`, whatever
+    /// the browser's frame takes.
+    async fn resize(&self, width: u32, height: u32) {
+        let frame = self
+            .js("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]")
+            .await;
         let extra = |i: usize| frame[i].as_u64().unwrap_or(0) as u32;
-        client
-            .set_window_size(1280 + extra(0), 800 + extra(1))
+        self.client()
+            .set_window_size(width + extra(0), height + extra(1))
             .await
             .expect("size the window");
-        browser.client = Some(client);
-        Some(browser)
     }
 
     fn client(&self) -> &Client {
@@ -469,11 +470,23 @@ async fn live_dashboard(stack: &Stack, name: &str) {
         .js("return document.querySelectorAll('#attempt-rows tr').length")
         .await;
     assert_eq!(attempts, 1);
-    // A finished task cannot be cancelled: the button is off.
+    // A finished task cannot be cancelled: the button is off. Were it on (a
+    // page behind the task's changes), the API's 409 would be shown.
     let off = browser
         .js("return document.getElementById('cancel').disabled")
         .await;
     assert_eq!(off, true);
+    browser
+        .js("document.getElementById('cancel').disabled = false; return true")
+        .await;
+    browser.click("#cancel").await;
+    browser
+        .until(
+            "the 409's message",
+            "const m = document.getElementById('action-message'); \
+             return m.classList.contains('error') && m.textContent.includes('nothing to cancel')",
+        )
+        .await;
 
     // Back to the list: the counts followed.
     browser.click("#back").await;
@@ -518,6 +531,17 @@ async fn live_dashboard(stack: &Stack, name: &str) {
         )
         .await;
     browser.screenshot("table-busy").await;
+
+    // A phone's width: nothing but the table's own box scrolls sideways.
+    browser.resize(390, 844).await;
+    browser
+        .until(
+            "the page to fit 390 pixels",
+            "return window.innerWidth === 390 \
+                 && document.documentElement.scrollWidth <= window.innerWidth",
+        )
+        .await;
+    browser.screenshot("table-narrow").await;
     browser.close().await;
 }
 
