@@ -22,9 +22,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use ferry_testkit::{bin_dir, services, Api, Layout, Stack};
 use serde_json::{json, Value};
+
+/// WebDriver's code of the Tab key.
+const TAB: char = '\u{E004}';
 
 /// Longest any one thing may take to show up in the page.
 const WAIT: Duration = Duration::from_secs(60);
@@ -147,6 +151,18 @@ impl Browser {
             .set_window_size(width + extra(0), height + extra(1))
             .await
             .expect("size the window");
+    }
+
+    /// Presses and releases a key, as a keyboard does (on the focused
+    /// element, or the page).
+    async fn press(&self, key: char) {
+        let keys = KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value: key })
+            .then(KeyAction::Up { value: key });
+        self.client()
+            .perform_actions(keys)
+            .await
+            .unwrap_or_else(|e| panic!("press {key:?}: {e}"));
     }
 
     fn client(&self) -> &Client {
@@ -291,6 +307,23 @@ async fn live_dashboard(stack: &Stack, name: &str) {
             "return document.getElementById('live').dataset.state === 'live'",
         )
         .await;
+    // The keyboard: Tab goes from the skip link to the brand, the counts
+    // and the filters, each showing where the focus is.
+    for expected in ["skip", "brand", "count", "count"] {
+        browser.press(TAB).await;
+        let focused = browser.js("return document.activeElement.className").await;
+        assert!(
+            focused
+                .as_str()
+                .is_some_and(|c| c.split(' ').any(|c| c == expected)),
+            "Tab reached {focused}, not .{expected}"
+        );
+    }
+    let ring = browser
+        .js("return getComputedStyle(document.activeElement).outlineStyle")
+        .await;
+    assert_eq!(ring, "solid", "the focused link shows its focus");
+    browser.screenshot("keyboard-focus").await;
     // Gone if the page ever reloads.
     browser.js("window.__mark = 'no reload'; return true").await;
     let total_before = browser
