@@ -176,6 +176,22 @@ async fn main() -> ExitCode {
 }
 
 async fn run(client: &Client, command: Command, out: Out) -> Result<Exit, Failure> {
+    let needs = match &command {
+        Command::Submit { wait, limit, .. }
+        | Command::Cancel { wait, limit, .. }
+        | Command::Retry { wait, limit, .. } => {
+            (!wait && limit.timeout.is_some()).then_some("--wait")
+        }
+        Command::Status { watch, limit, .. } => {
+            (!watch && limit.timeout.is_some()).then_some("--watch")
+        }
+        _ => None,
+    };
+    if let Some(flag) = needs {
+        return Err(Failure::Usage(format!(
+            "--timeout limits {flag}: give both"
+        )));
+    }
     match command {
         Command::Submit { file, wait, limit } => submit(client, &file, wait, &limit, out).await,
         Command::Status { id, watch, limit } => {
