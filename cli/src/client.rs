@@ -211,10 +211,12 @@ impl Client {
 
     /// A transport error, said with the URL it was about.
     pub fn unreachable(&self, error: &reqwest::Error) -> Failure {
+        // The innermost cause says what happened ("Connection refused");
+        // the layers above it only repeat the URL.
         let mut cause = error.to_string();
         let mut source = std::error::Error::source(error);
         while let Some(inner) = source {
-            cause = format!("{cause}: {inner}");
+            cause = inner.to_string();
             source = inner.source();
         }
         let what = if error.is_timeout() {

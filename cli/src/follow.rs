@@ -33,12 +33,11 @@ pub struct Spinner(ProgressBar);
 impl Spinner {
     /// A spinner, hidden unless stderr is a terminal.
     pub fn new() -> Self {
-        let target = if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let bar = ProgressBar::with_draw_target(None, target);
+        if !std::io::stderr().is_terminal() {
+            let hidden = ProgressDrawTarget::hidden();
+            return Self(ProgressBar::with_draw_target(None, hidden));
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
         );

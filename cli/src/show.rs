@@ -172,7 +172,11 @@ pub fn task(view: &Value) -> String {
         lines.push(("error", text(&view["error"])));
     }
     if !view["result"].is_null() {
-        let result = serde_json::to_string_pretty(&view["result"]).unwrap_or_default();
+        // On one line when it is short, indented under its key when not.
+        let result = match view["result"].to_string() {
+            short if short.chars().count() <= 100 => short,
+            _ => serde_json::to_string_pretty(&view["result"]).unwrap_or_default(),
+        };
         lines.push(("result", result.replace('\n', "\n              ")));
     }
     let mut out = String::new();

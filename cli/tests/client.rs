@@ -35,7 +35,10 @@ async fn submit_and_follow_to_each_exit_code() {
     // status --watch follows it to `succeeded`: exit 0, its details.
     let run = ferry(url, &["status", &echo, "--watch"]).await.expect(0);
     assert!(run.stdout.contains("succeeded"), "{run:?}");
-    assert!(run.stdout.contains("\"hello\": \"world\""), "{run:?}");
+    assert!(
+        run.stdout.contains("result        {\"hello\":\"world\"}"),
+        "{run:?}"
+    );
     // --json: the API's status document, alone.
     let view = ferry(url, &["status", &echo, "--json"])
         .await
