@@ -14,8 +14,9 @@ use tokio::time::Instant;
 
 use crate::client::{Client, Failure};
 
-/// Times a stream may break in a row before `ferry` gives up (exit 6).
-const RECONNECTS: u32 = 5;
+/// How long the api may stay unreachable (or failing) while `ferry`
+/// follows a task before it gives up (exit 6).
+const GIVE_UP: Duration = Duration::from_secs(30);
 
 /// How following a task ended.
 #[derive(Debug)]
@@ -107,36 +108,47 @@ async fn follow_stream(
     *last_view = Some(view);
     let events_url = client.url(&["status", id, "events"]);
     let mut last_seq = None;
-    let mut broken = 0;
+    // Since when, and how many times in a row, the api could not be read.
+    let mut failing: Option<(Instant, u32)> = None;
     loop {
-        let ended = match client.open_stream(events_url.clone(), last_seq).await {
+        let read = match client.open_stream(events_url.clone(), last_seq).await {
             Ok(response) => read_stream(response, id, spinner, &mut last_seq).await,
-            Err(Failure::Unreachable(e)) => Err(e),
-            Err(refused) => return Err(refused),
+            Err(failure) => Err(failure),
         };
-        // The stream ended: read the whole view. It ends by itself only
-        // after a final status; anything else was a broken connection.
-        match ended {
-            Ok(()) => {
-                let view = client
-                    .send(client.request(Method::GET, status_url.clone()))
-                    .await?
-                    .body;
+        // The stream ends by itself only after a final status: read the
+        // whole view. Anything else was a broken connection.
+        let read = match read {
+            Ok(()) => client
+                .send(client.request(Method::GET, status_url.clone()))
+                .await
+                .map(|answer| answer.body),
+            Err(failure) => Err(failure),
+        };
+        match read {
+            Ok(view) => {
+                failing = None;
                 if is_final(view["status"].as_str().unwrap_or_default()) {
                     return Ok(view);
                 }
                 *last_view = Some(view);
             }
-            Err(cause) => {
-                broken += 1;
-                if broken >= RECONNECTS {
+            // The api restarting, or a connection cut on the way: again,
+            // for a while.
+            Err(failure @ (Failure::Unreachable(_) | Failure::Server { .. })) => {
+                let (since, times) = failing.get_or_insert((Instant::now(), 0));
+                *times += 1;
+                if since.elapsed() >= GIVE_UP {
                     return Err(Failure::Unreachable(format!(
-                        "lost the API while following task {id}: {cause}"
+                        "lost the API while following task {id}: {}",
+                        failure.message()
                     )));
                 }
             }
+            Err(refused) => return Err(refused),
         }
-        tokio::time::sleep(Duration::from_millis(250 << broken.min(5))).await;
+        let times = failing.map_or(0, |(_, times)| times);
+        let wait = Duration::from_millis(250 << times.min(3));
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -147,14 +159,14 @@ async fn read_stream(
     id: &str,
     spinner: &Spinner,
     last_seq: &mut Option<i64>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut buffer = Vec::new();
     let mut data = String::new();
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Failure::Unreachable(format!("the stream broke: {e}"))),
         };
         buffer.extend_from_slice(&chunk);
         while let Some(end) = buffer.iter().position(|&b| b == b'\n') {

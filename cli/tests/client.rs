@@ -447,6 +447,66 @@ async fn tokens_usage_and_unreachable_apis() {
     drop(deployment);
 }
 
+/// `status --watch` outlives a restart of the api it follows: the stream
+/// breaks, `ferry` opens it again on the new process, and the task the
+/// worker finished meanwhile ends the watch with exit 0.
+#[tokio::test]
+async fn watch_survives_an_api_restart() {
+    let Some(Stack {
+        api,
+        workers,
+        deployment,
+    }) = Stack::start_with(Layout::Sqlite, 1, |d| {
+        // The api logs each answer at DEBUG: the test sees the stream open.
+        d.env("RUST_LOG", "info,ferry_worker=debug,ferry_api=debug")
+    })
+    .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = api.base.clone();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let sleep = event_file(
+        dir.path(),
+        "sleep.json",
+        &event("org.ferry.sleep", "restart"),
+    );
+    let id = ferry(&url, &["submit", &sleep])
+        .await
+        .expect(0)
+        .stdout
+        .trim()
+        .to_string();
+    api.wait_for(&id, "running", std::time::Duration::from_secs(60))
+        .await;
+    let watch = {
+        let (url, id) = (url.clone(), id.clone());
+        tokio::spawn(
+            async move { ferry(&url, &["status", &id, "--watch", "--timeout", "60s"]).await },
+        )
+    };
+    // Once the watch has its stream, take the api away under it.
+    let stream = format!("/status/{id}/events");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !api.proc.log_text().contains(&stream) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stream opened:\n{}",
+            api.proc.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    api.proc.signal("KILL");
+    drop(api);
+    let proc = deployment.spawn("ferry-api", &[], "api-again", Some(port), &[]);
+    let api = ferry_testkit::Api::start(proc, port).await;
+    let run = watch.await.unwrap().expect(0);
+    assert!(run.stdout.contains("status        succeeded"), "{run:?}");
+    drop(api);
+    drop(workers);
+}
+
 /// The production layout: an api and a worker process on PostgreSQL.
 #[tokio::test]
 async fn production_layout_on_postgres() {
