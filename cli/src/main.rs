@@ -410,6 +410,9 @@ fn report(views: Vec<Followed>, out: Out, batch: bool) -> Exit {
             }
         };
         if !out.json && !view.is_null() {
+            if !documents.is_empty() {
+                println!();
+            }
             print!("{}", show::task(&view));
         }
         documents.push(view);
