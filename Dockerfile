@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image, two binaries: ferry-api and ferry-worker. Built in a Rust
-# image, run in a slim Debian with only what the binaries load at run time.
+# One image, three binaries: ferry-api, ferry-worker and the ferry client.
+# Built in a Rust image, run in a slim Debian with only what the binaries
+# load at run time.
 
 FROM rust:1-bookworm AS builder
 RUN apt-get update \
@@ -13,9 +14,9 @@ COPY . .
 # SQLite is compiled in (libsqlite3-sys `bundled`); PostgreSQL is libpq.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin ferry-api --bin ferry-worker \
+    cargo build --release --locked --bin ferry-api --bin ferry-worker --bin ferry \
  && mkdir -p /out \
- && cp target/release/ferry-api target/release/ferry-worker /out/
+ && cp target/release/ferry-api target/release/ferry-worker target/release/ferry /out/
 
 FROM debian:bookworm-slim AS runtime
 # libpq5: PostgreSQL; python3: the example exec handler (handlers/ingest.py);
@@ -24,7 +25,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libpq5 python3 curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --create-home --home-dir /app ferry
-COPY --from=builder /out/ferry-api /out/ferry-worker /usr/local/bin/
+COPY --from=builder /out/ferry-api /out/ferry-worker /out/ferry /usr/local/bin/
 # A working default: the example configuration and handlers (compose mounts
 # the repository's over them).
 COPY server.conf /etc/ferry/server.conf

@@ -13,7 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::logging::{redact_url, LogFormat};
-use crate::routes::{RawRoute, Routes};
+use crate::routes::{HandlerSpec, RawRoute, Routes};
 use crate::tokens::{RawToken, Tokens};
 
 /// Default HTTP port, the one pacifica's receivers listen on.
@@ -450,6 +450,114 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The configuration as `server.conf` TOML, every key written out (the
+    /// defaults too), with the passwords of `database_url`, `broker_url`
+    /// and `http` route URLs masked as `***`. Tokens are only ever held as
+    /// hashes, which are shown. The text parses back to this configuration,
+    /// but for the masked passwords.
+    pub fn to_masked_toml(&self) -> String {
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        let effective = Effective {
+            database_url: redact_url(&self.database_url),
+            database_pool_size: self.database_pool_size,
+            broker_url: redact_url(&self.broker_url),
+            queue: &self.queue,
+            queue_type: self.queue_type,
+            delivery_limit: self.delivery_limit,
+            address: &self.address,
+            port: self.port,
+            concurrency: self.concurrency as u64,
+            max_body_bytes: self.max_body_bytes,
+            lease: duration(self.lease),
+            relay_interval: duration(self.relay_interval),
+            drain_timeout: duration(self.drain_timeout),
+            request_timeout: duration(self.request_timeout),
+            retention: self.retention.map_or_else(|| "off".into(), duration),
+            log_format: self.log_format,
+            routes: self
+                .routes
+                .iter()
+                .map(|route| {
+                    let (mut command, mut url, mut sleep) = (None, None, None);
+                    match &route.handler {
+                        HandlerSpec::Exec { command: c } => command = Some(c.clone()),
+                        HandlerSpec::Http { url: u } => url = Some(redact_url(u)),
+                        HandlerSpec::Sleep { duration: d } => sleep = Some(duration(*d)),
+                        HandlerSpec::Echo | HandlerSpec::Fail => {}
+                    }
+                    EffectiveRoute {
+                        event_type: &route.event_type,
+                        handler: route.handler.name(),
+                        command,
+                        url,
+                        duration: sleep,
+                        timeout: duration(route.timeout),
+                        max_attempts: route.retry.attempts,
+                        retry_backoff: duration(route.retry.base),
+                    }
+                })
+                .collect(),
+            tokens: self
+                .tokens
+                .iter()
+                .map(|token| EffectiveToken {
+                    name: &token.name,
+                    hash: crate::tokens::format_hash(&token.hash),
+                    scopes: token.scopes.iter().map(|s| s.as_str()).collect(),
+                })
+                .collect(),
+        };
+        toml::to_string(&effective).expect("the configuration serializes as TOML")
+    }
+}
+
+/// [`Config::to_masked_toml`]'s document, in `server.conf`'s words.
+#[derive(Serialize)]
+struct Effective<'a> {
+    database_url: String,
+    database_pool_size: u32,
+    broker_url: String,
+    queue: &'a str,
+    queue_type: QueueType,
+    delivery_limit: u32,
+    address: &'a str,
+    port: u16,
+    concurrency: u64,
+    max_body_bytes: u64,
+    lease: String,
+    relay_interval: String,
+    drain_timeout: String,
+    request_timeout: String,
+    retention: String,
+    log_format: LogFormat,
+    routes: Vec<EffectiveRoute<'a>>,
+    tokens: Vec<EffectiveToken<'a>>,
+}
+
+#[derive(Serialize)]
+struct EffectiveRoute<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    handler: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration: Option<String>,
+    timeout: String,
+    max_attempts: u32,
+    retry_backoff: String,
+}
+
+#[derive(Serialize)]
+struct EffectiveToken<'a> {
+    name: &'a str,
+    hash: String,
+    scopes: Vec<&'static str>,
+}
+
 /// A TOML syntax error, named by the key on the line where it is.
 fn toml_syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let key = e
@@ -753,6 +861,52 @@ mod tests {
         );
         let err = with_env("", &[("FERRY_QUEUE_TYPE", "Quorum")]).unwrap_err();
         assert_eq!(err.key, "FERRY_QUEUE_TYPE");
+    }
+
+    #[test]
+    fn the_masked_toml_parses_back_without_its_secrets() {
+        let text = r#"
+            database_url = "postgres://ferry:hunter2@db.example.org/ferry"
+            broker_url = "amqp://ferry:s3cr%40t@mq.example.org:5672/%2f"
+            retention = "off"
+            lease = "1m 30s"
+            [[routes]]
+            type = "b"
+            handler = "http"
+            url = "https://hook:pa55word@hooks.example.org/run"
+            [[routes]]
+            type = "*"
+            handler = "sleep"
+            duration = "250ms"
+            [[routes]]
+            type = "a"
+            handler = "exec"
+            command = ["python3", "x.py"]
+            max_attempts = 7
+            retry_backoff = "2s"
+            [[tokens]]
+            name = "reader"
+            hash = "sha256:06040bf144a7268669a1f156bbc943caab6ca5df56a315302a4ad042584a2c86"
+            scopes = ["read", "admin"]
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        let masked = config.to_masked_toml();
+        for secret in ["hunter2", "s3cr", "pa55word"] {
+            assert!(!masked.contains(secret), "{masked}");
+        }
+        assert!(
+            masked.contains("database_url = \"postgres://ferry:***@db.example.org/ferry\""),
+            "{masked}"
+        );
+        let again = Config::from_toml(&masked).unwrap();
+        assert_eq!(again.to_masked_toml(), masked);
+        assert_eq!(again.retention, None);
+        assert_eq!(again.lease, Duration::from_secs(90));
+        assert_eq!(again.routes.get("a"), config.routes.get("a"));
+        assert_eq!(again.routes.get("zzz"), config.routes.get("zzz"));
+        assert_eq!(again.tokens.iter().count(), 1);
+        let types: Vec<&str> = again.routes.iter().map(|r| r.event_type.as_str()).collect();
+        assert_eq!(types, ["a", "b", "*"]);
     }
 
     #[test]

@@ -95,6 +95,13 @@ impl Routes {
         self.exact.get(event_type).or(self.fallback.as_ref())
     }
 
+    /// Every route: the exact ones by type, then the fallback.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        let mut exact: Vec<&Route> = self.exact.values().collect();
+        exact.sort_by(|a, b| a.event_type.cmp(&b.event_type));
+        exact.into_iter().chain(self.fallback.as_ref())
+    }
+
     /// Whether nothing is routed at all.
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.fallback.is_none()

@@ -106,6 +106,29 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
+/// The names (`2026-11-23-000000_create_tasks`) of the applied `versions`
+/// of `source`, in the order they were applied.
+fn migration_names<DB: diesel::backend::Backend>(
+    source: &EmbeddedMigrations,
+    versions: Vec<String>,
+) -> Vec<String>
+where
+    EmbeddedMigrations: diesel::migration::MigrationSource<DB>,
+{
+    let migrations =
+        diesel::migration::MigrationSource::<DB>::migrations(source).unwrap_or_default();
+    versions
+        .iter()
+        .map(|version| {
+            migrations
+                .iter()
+                .map(|m| m.name())
+                .find(|name| name.version().to_string() == *version)
+                .map_or_else(|| version.to_string(), |name| name.to_string())
+        })
+        .collect()
+}
+
 /// A handle on the database pool; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -146,8 +169,10 @@ impl Db {
         }
     }
 
-    /// Applies pending migrations. Safe to call from several processes at once.
-    pub fn migrate(&self) -> DbResult<()> {
+    /// Applies pending migrations; returns the names of those it applied,
+    /// oldest first (none when the database was up to date). Safe to call
+    /// from several processes at once.
+    pub fn migrate(&self) -> DbResult<Vec<String>> {
         let err = |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
         match &self.pool {
             Pool::Postgres(pool) => {
@@ -156,16 +181,21 @@ impl Db {
                 conn.batch_execute("SELECT pg_advisory_lock(460069)")?;
                 let result = conn
                     .run_pending_migrations(PG_MIGRATIONS)
-                    .map(drop)
+                    .map(|applied| applied.iter().map(ToString::to_string).collect())
                     .map_err(err);
                 conn.batch_execute("SELECT pg_advisory_unlock(460069)")?;
-                result
+                Ok(migration_names::<diesel::pg::Pg>(&PG_MIGRATIONS, result?))
             }
             Pool::Sqlite(pool) => {
                 let conn = &mut *pool.get()?;
-                conn.run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map(drop)
-                    .map_err(err)
+                let applied = conn
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|applied| applied.iter().map(ToString::to_string).collect())
+                    .map_err(err)?;
+                Ok(migration_names::<diesel::sqlite::Sqlite>(
+                    &SQLITE_MIGRATIONS,
+                    applied,
+                ))
             }
         }
     }
