@@ -35,7 +35,7 @@ use crate::AppState;
 /// balancers and orchestrators that carry no credentials. Every other
 /// mounted route must take an [`Auth`] guard (a test calls each one
 /// without a token and expects a 401).
-pub const OPEN_ROUTES: &[(Method, &str)] = &[(Method::Get, "/health")];
+pub const OPEN_ROUTES: &[(Method, &str)] = &[(Method::Get, "/health"), (Method::Get, "/ready")];
 
 /// Whether the route `method path` (as mounted, such as `/status/<id>`) is
 /// one of the [`OPEN_ROUTES`].
