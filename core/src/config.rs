@@ -788,7 +788,10 @@ mod tests {
     fn http_port_is_off_unless_set() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config.http_port, None);
-        assert_eq!(config.metrics_counts_max_age, DEFAULT_METRICS_COUNTS_MAX_AGE);
+        assert_eq!(
+            config.metrics_counts_max_age,
+            DEFAULT_METRICS_COUNTS_MAX_AGE
+        );
         assert_eq!(
             Config::from_toml("http_port = 9000").unwrap().http_port,
             Some(9000)
@@ -803,7 +806,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.http_port, Some(9001));
         assert_eq!(config.metrics_counts_max_age, Duration::from_millis(250));
-        assert_eq!(Config::from_toml("http_port = 0").unwrap_err().key, "http_port");
+        assert_eq!(
+            Config::from_toml("http_port = 0").unwrap_err().key,
+            "http_port"
+        );
         assert_eq!(
             with_env("", &[("FERRY_HTTP_PORT", "x")]).unwrap_err().key,
             "FERRY_HTTP_PORT"

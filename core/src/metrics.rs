@@ -139,12 +139,18 @@ fn describe() {
         "Tasks in the database by status (a cached count, see age in the README)."
     );
     describe_gauge!(WORKER_RUNNING, "Attempts a worker runs now.");
-    describe_gauge!(WORKER_FREE_SLOTS, "Free slots of a worker (concurrency minus running).");
+    describe_gauge!(
+        WORKER_FREE_SLOTS,
+        "Free slots of a worker (concurrency minus running)."
+    );
     describe_counter!(
         RELAY_PUBLISHED,
         "Tasks the relay published: unconfirmed publishes, delayed tasks and retries once due."
     );
-    describe_counter!(LEASE_EXPIRIES, "Running tasks taken back because their lease expired.");
+    describe_counter!(
+        LEASE_EXPIRIES,
+        "Running tasks taken back because their lease expired."
+    );
     describe_counter!(
         DEAD_LETTERED,
         "Messages a worker moved to <queue>.dead itself, by reason."
@@ -153,7 +159,10 @@ fn describe() {
         DEAD_LETTER_QUEUE,
         "Messages in <queue>.dead, whoever moved them there (RabbitMQ's delivery limit too)."
     );
-    describe_counter!(HTTP_REQUESTS, "API answers, by method, route template and status.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "API answers, by method, route template and status."
+    );
     describe_histogram!(
         HTTP_DURATION,
         Unit::Seconds,
@@ -235,8 +244,9 @@ impl TypeMetrics {
         Self {
             received: metrics::counter!(TASKS_RECEIVED, &[label()]),
             started: metrics::counter!(TASKS_STARTED, &[label()]),
-            finished: Finish::ALL
-                .map(|f| metrics::counter!(TASKS_FINISHED, &[label(), ("status", f.as_str().into())])),
+            finished: Finish::ALL.map(|f| {
+                metrics::counter!(TASKS_FINISHED, &[label(), ("status", f.as_str().into())])
+            }),
             duration: metrics::histogram!(ATTEMPT_DURATION, &[label()]),
             retries: metrics::counter!(RETRIES, &[label()]),
         }

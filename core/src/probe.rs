@@ -48,7 +48,11 @@ impl Readiness {
         }
         let message = [("database", &self.database), ("broker", &self.broker)]
             .into_iter()
-            .filter_map(|(name, part)| part.as_ref().err().map(|e| format!("{name} unreachable: {e}")))
+            .filter_map(|(name, part)| {
+                part.as_ref()
+                    .err()
+                    .map(|e| format!("{name} unreachable: {e}"))
+            })
             .collect::<Vec<_>>()
             .join("; ");
         json!({
@@ -73,7 +77,10 @@ impl Probe {
     /// of `config`'s URLs.
     pub fn new(config: &Config, db: Db, queue: Queue) -> Self {
         Self {
-            scrubber: Scrubber::for_urls([config.database_url.as_str(), config.broker_url.as_str()]),
+            scrubber: Scrubber::for_urls([
+                config.database_url.as_str(),
+                config.broker_url.as_str(),
+            ]),
             db,
             queue,
         }

@@ -383,12 +383,11 @@ impl Worker {
         let attempt = id.attempt(claimed.attempt);
         let event_type = claimed.event_type.clone();
         self.hints.send(id, Some(&event_type), TaskStatus::Running);
-        let metrics = self.metrics.of(
-            self.config
-                .routes
-                .get(&event_type)
-                .map_or(UNROUTED, |route| route.event_type.as_str()),
-        );
+        let metrics = self.metrics.of(self
+            .config
+            .routes
+            .get(&event_type)
+            .map_or(UNROUTED, |route| route.event_type.as_str()));
         metrics.started.increment(1);
         let cancelled = CancellationToken::new();
         self.attempts.lock().expect("not poisoned").insert(

@@ -6,8 +6,8 @@ use clap::Parser;
 use ferry_core::broker::Queue;
 use ferry_core::cli::CommonArgs;
 use ferry_core::probe::Probe;
-use ferry_worker::http;
 use ferry_core::{relay, runtime};
+use ferry_worker::http;
 
 /// Consumes Ferry's task queue and runs each task's handler.
 #[derive(Debug, Parser)]
