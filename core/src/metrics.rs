@@ -136,7 +136,7 @@ fn describe() {
     describe_counter!(RETRIES, "Retries scheduled, by route type.");
     describe_gauge!(
         TASKS,
-        "Tasks in the database by status (a cached count, see age in the README)."
+        "Tasks in the database by status, counted at most every metrics_counts_max_age."
     );
     describe_gauge!(WORKER_RUNNING, "Attempts a worker runs now.");
     describe_gauge!(

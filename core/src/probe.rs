@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::broker::Queue;
-use crate::db::Db;
+use crate::broker::{BrokerError, Queue};
+use crate::db::{Db, DbError};
 use crate::logging::Scrubber;
 use crate::Config;
 
@@ -92,6 +92,8 @@ impl Probe {
             let ping = self.db.run_blocking(|db| db.ping());
             match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
                 Ok(Ok(())) => Ok(()),
+                // The cause, without "database unavailable: " before it.
+                Ok(Err(DbError::Unavailable(e))) => Err(self.scrubber.scrub(&e)),
                 Ok(Err(e)) => Err(self.scrubber.scrub(&e.to_string())),
                 Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
             }
@@ -99,6 +101,7 @@ impl Probe {
         let broker = async {
             match tokio::time::timeout(PROBE_TIMEOUT, self.queue.ping()).await {
                 Ok(Ok(())) => Ok(()),
+                Ok(Err(BrokerError::Unavailable(e))) => Err(self.scrubber.scrub(&e.to_string())),
                 Ok(Err(e)) => Err(self.scrubber.scrub(&e.to_string())),
                 Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
             }
