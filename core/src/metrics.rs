@@ -355,3 +355,40 @@ pub fn set_dead_letter_depth(messages: u32) {
 pub fn batch_size(name: &'static str) -> Histogram {
     metrics::histogram!(BATCH_SIZE, "batcher" => name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_finish_as_their_label_says() {
+        use chrono::Utc;
+        let cases = [
+            (Outcome::Succeeded(serde_json::json!(1)), "succeeded"),
+            (Outcome::Failed("x".into()), "failed"),
+            (
+                Outcome::Unstorable {
+                    error: "x".into(),
+                    output: serde_json::json!(null),
+                },
+                "failed",
+            ),
+            (Outcome::Cancelled("x".into()), "cancelled"),
+            (
+                Outcome::Retry {
+                    run_after: Utc::now(),
+                    error: "x".into(),
+                },
+                "retrying",
+            ),
+            (Outcome::HandedBack("x".into()), "handed_back"),
+        ];
+        for (outcome, label) in cases {
+            assert_eq!(Finish::of(&outcome).as_str(), label, "{outcome:?}");
+        }
+        // The handles' array is indexed by the variant.
+        for (i, finish) in Finish::ALL.iter().enumerate() {
+            assert_eq!(*finish as usize, i);
+        }
+    }
+}

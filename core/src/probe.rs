@@ -174,3 +174,43 @@ impl CountGauges {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_and_not_ready_bodies_name_what_does_not_answer() {
+        let ready = Readiness {
+            database: Ok(()),
+            broker: Ok(()),
+        };
+        assert!(ready.is_ready());
+        assert_eq!(
+            ready.body(),
+            json!({"status": "ready", "database": "ok", "broker": "ok"})
+        );
+        let no_broker = Readiness {
+            database: Ok(()),
+            broker: Err("connection refused".into()),
+        };
+        assert!(!no_broker.is_ready());
+        assert_eq!(
+            no_broker.body(),
+            json!({
+                "error": "not_ready",
+                "message": "broker unreachable: connection refused",
+                "database": "ok",
+                "broker": "unreachable: connection refused",
+            })
+        );
+        let neither = Readiness {
+            database: Err("timed out".into()),
+            broker: Err("refused".into()),
+        };
+        assert_eq!(
+            neither.body()["message"],
+            "database unreachable: timed out; broker unreachable: refused"
+        );
+    }
+}

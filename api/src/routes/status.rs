@@ -240,7 +240,8 @@ async fn health(state: &State<AppState>) -> Result<JsonResponse, ApiError> {
     responses(
         (status = 200, description = "Ready: the database and the broker answered.", body = crate::openapi::bodies::Ready),
         (status = 503, description = "`not_ready`: the database or the broker (named in `message`, and by its field) did not answer; sent with `Retry-After: 5`",
-            body = crate::openapi::bodies::ErrorBody),
+            body = crate::openapi::bodies::ErrorBody,
+            headers(("Retry-After" = i32, description = "Seconds to wait: 5."))),
     )
 )]
 #[get("/ready")]
