@@ -310,9 +310,9 @@ impl Default for RelayMetrics {
     }
 }
 
-/// The gauges of one worker.
+/// The gauges and the dead-letter counter of one worker.
 #[derive(Debug, Clone)]
-pub struct WorkerGauges {
+pub struct WorkerMetrics {
     /// [`WORKER_RUNNING`].
     pub running: Gauge,
     /// [`WORKER_FREE_SLOTS`].
@@ -321,7 +321,7 @@ pub struct WorkerGauges {
     pub unreadable: Counter,
 }
 
-impl WorkerGauges {
+impl WorkerMetrics {
     /// The handles of the worker `name`.
     pub fn new(name: &str) -> Self {
         let worker = || [("worker", name.to_string())];

@@ -23,7 +23,7 @@ use ferry_core::broker::{Delivery, Queue};
 use ferry_core::control::CancelRequest;
 use ferry_core::db::{DbError, DbResult, Lease};
 use ferry_core::hints::Hints;
-use ferry_core::metrics::{Finish, TaskMetrics, TypeMetrics, WorkerGauges, UNROUTED};
+use ferry_core::metrics::{Finish, TaskMetrics, TypeMetrics, WorkerMetrics, UNROUTED};
 use ferry_core::retry::RetryPolicy;
 use ferry_core::task::{AttemptRef, Claimed, Outcome};
 use ferry_core::{storable, Config, Db, TaskId, TaskStatus};
@@ -57,8 +57,8 @@ struct Worker {
     hints: Hints,
     /// Started and finished attempts, by route type.
     metrics: TaskMetrics,
-    /// Running tasks and free slots of this worker.
-    gauges: WorkerGauges,
+    /// Running tasks, free slots and dead-lettered messages of this worker.
+    gauges: WorkerMetrics,
 }
 
 /// An attempt this worker runs.
@@ -129,7 +129,7 @@ pub async fn run(
             })
         },
     );
-    let gauges = WorkerGauges::new(&name);
+    let gauges = WorkerMetrics::new(&name);
     gauges.free_slots.set(config.concurrency as f64);
     gauges.running.set(0.0);
     let worker = Arc::new(Worker {
