@@ -31,14 +31,15 @@ use ferry_core::tokens::{hash_token, is_b64token, Scope, Token, Tokens};
 use crate::error::{default_catcher, ApiError, ErrorCode, JsonResponse};
 use crate::AppState;
 
-/// The routes every client may call, token or not: health checks, for load
-/// balancers and orchestrators that carry no credentials, and the
-/// dashboard's page and files, which hold no data (its script reads tasks
-/// with the token the operator enters). Every other mounted route must take
+/// The routes every client may call, token or not: the health checks
+/// (`/health`, `/ready`), for load balancers and orchestrators that carry no
+/// credentials, and the dashboard's page and files, which hold no data (its
+/// script reads tasks with the token the operator enters). Every other mounted route must take
 /// an [`Auth`] guard (a test calls each one without a token and expects a
 /// 401).
 pub const OPEN_ROUTES: &[(Method, &str)] = &[
     (Method::Get, "/health"),
+    (Method::Get, "/ready"),
     (Method::Get, "/"),
     (Method::Get, "/dashboard/<file>"),
 ];

@@ -101,6 +101,8 @@ pub enum ErrorCode {
     Internal,
     /// 503: the database cannot be reached.
     DatabaseUnavailable,
+    /// 503: `GET /ready`: the database or the broker does not answer.
+    NotReady,
     /// 400: a request Rocket itself refuses.
     BadRequest,
     /// 405: a wrong method, if Rocket ever says so (it answers 404).
@@ -125,7 +127,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of README.md's tables.
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 31] = [
         Self::EmptyBody,
         Self::MalformedJson,
         Self::UnreadableBody,
@@ -146,6 +148,7 @@ impl ErrorCode {
         Self::IdempotencyKeyReused,
         Self::Internal,
         Self::DatabaseUnavailable,
+        Self::NotReady,
         Self::BadRequest,
         Self::MethodNotAllowed,
         Self::UnprocessableEntity,
@@ -181,6 +184,7 @@ impl ErrorCode {
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Internal => "internal",
             Self::DatabaseUnavailable => "database_unavailable",
+            Self::NotReady => "not_ready",
             Self::BadRequest => "bad_request",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnprocessableEntity => "unprocessable_entity",
@@ -222,7 +226,9 @@ impl ErrorCode {
             | Self::UnprocessableEntity => Status::UnprocessableEntity,
             Self::HeadersTooLarge => Status::RequestHeaderFieldsTooLarge,
             Self::Internal => Status::InternalServerError,
-            Self::DatabaseUnavailable | Self::Unavailable => Status::ServiceUnavailable,
+            Self::DatabaseUnavailable | Self::NotReady | Self::Unavailable => {
+                Status::ServiceUnavailable
+            }
             Self::Error => return None,
         })
     }

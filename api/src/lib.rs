@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod error;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod openapi;
 pub mod request_id;
 pub mod routes;
@@ -21,6 +22,8 @@ use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::db::{DbError, DbResult};
 use ferry_core::hints::Hints;
+use ferry_core::metrics::TaskMetrics;
+use ferry_core::probe::{CountGauges, Probe};
 use ferry_core::task::{NewTask, Stored, TaskView};
 use ferry_core::{relay, runtime, Config, Db, TaskId};
 use listener::GuardedListener;
@@ -61,6 +64,12 @@ pub struct AppState {
     pub hub: hub::Hub,
     /// Hints of the changes this process makes (cancel, retry).
     pub hints: Hints,
+    /// `/ready`: the database and the broker answer.
+    pub probe: Probe,
+    /// The task counts `/metrics` shows, cached.
+    pub counts: CountGauges,
+    /// Tasks received, by route type.
+    pub task_metrics: TaskMetrics,
 }
 
 impl AppState {
@@ -111,6 +120,9 @@ impl AppState {
         Self {
             hub: hub::Hub::spawn(db.clone(), queue.clone()),
             hints: Hints::spawn(&queue),
+            probe: Probe::new(&config, db.clone(), queue.clone()),
+            counts: CountGauges::new(db.clone(), queue.clone(), config.metrics_counts_max_age),
+            task_metrics: TaskMetrics::default(),
             config,
             db,
             queue,
@@ -179,6 +191,7 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
     rocket::custom(figment)
         .manage(state)
         .attach(request_id::RequestIds)
+        .attach(metrics::HttpMetrics::default())
         .mount("/", traced(routes::receive::routes()))
         .mount("/", traced(routes::status::routes()))
         .mount("/", traced(routes::control::routes()))
@@ -186,6 +199,7 @@ pub fn rocket(state: AppState) -> Rocket<Build> {
         .mount("/", traced(routes::tasks::routes()))
         .mount("/", traced(openapi::routes()))
         .mount("/", traced(dashboard::routes()))
+        .mount("/", traced(metrics::routes()))
         .register(
             "/",
             catchers![error::default_catcher, auth::unauthorized, auth::forbidden],
@@ -203,6 +217,8 @@ pub async fn serve(
     standalone: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Before anything records: handles made earlier would record nothing.
+    ferry_core::metrics::install();
     let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT).await?;
     let queue = if standalone {
         standalone_queue(&db).await?

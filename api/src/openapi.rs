@@ -48,6 +48,8 @@ use bodies::ErrorBody;
         crate::routes::control::cancel,
         crate::routes::control::retry,
         crate::routes::status::health,
+        crate::routes::status::ready,
+        crate::metrics::metrics,
         openapi_json,
         crate::dashboard::dashboard_page,
         crate::dashboard::dashboard_file,
@@ -139,9 +141,17 @@ const ANY_REQUEST: &[(u16, &str)] = &[
     (500, "`internal`: an unexpected error (the cause is logged)"),
 ];
 
-/// The paths whose answers never touch the database: this document and the
-/// dashboard's files, all compiled in.
-const WITHOUT_DATABASE: &[&str] = &["/openapi.json", "/", "/dashboard/{file}"];
+/// The paths whose answers never fail for the database: this document and
+/// the dashboard's files, all compiled in; `/ready`, which says what does not
+/// answer in its own 503; `/metrics`, whose counts come from a cache that a
+/// failed recount leaves as it was.
+const WITHOUT_DATABASE: &[&str] = &[
+    "/openapi.json",
+    "/",
+    "/dashboard/{file}",
+    "/ready",
+    "/metrics",
+];
 
 /// The response of every route that uses the database when it cannot.
 const DATABASE_UNAVAILABLE: &str = "`database_unavailable`: the task database cannot be reached \

@@ -265,6 +265,7 @@ async fn real_answers_match_the_document() {
 
     // Probes and the document itself.
     expect(app.get("/health").await, 200);
+    expect(app.get("/ready").await, 200);
     expect(app.get("/openapi.json").await, 200);
 
     // /receive, every mode and every refusal.

@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 type Job<Req, Resp> = (Req, Option<oneshot::Sender<Resp>>);
 
 /// Sends requests to a background loop that runs them in batches of up to
-/// `max` through a blocking function (on tokio's blocking pool).
+/// `max` through a blocking function (on tokio's blocking pool). Each batch's
+/// size is recorded in the `ferry_batch_size` histogram under its name.
 #[derive(Debug)]
 pub struct Batcher<Req, Resp> {
     jobs: mpsc::UnboundedSender<Job<Req, Resp>>,
@@ -33,9 +34,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job<Req, Resp>>();
         let run = Arc::new(run);
+        let sizes = crate::metrics::batch_size(name);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max);
             while queue.recv_many(&mut batch, max).await > 0 {
+                sizes.record(batch.len() as f64);
                 let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
                 let run = run.clone();
                 match tokio::task::spawn_blocking(move || run(requests)).await {

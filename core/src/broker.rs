@@ -105,6 +105,27 @@ impl Queue {
         }
     }
 
+    /// Whether the broker answers: the publishing connection is open, or
+    /// one opens now (and declares the queue). The in-process queue always
+    /// answers. Callers bound the wait: a broker that drops packets makes a
+    /// connect hang until the system gives up.
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        match self {
+            Self::Amqp(queue) => queue.publisher().await.map(drop),
+            Self::Local(_) => Ok(()),
+        }
+    }
+
+    /// How many messages wait in `<queue>.dead` (a passive declare on a
+    /// channel of its own, so that the publishing channel is never closed
+    /// by it); `None` for the in-process queue, which has none.
+    pub async fn dead_letter_depth(&self) -> Result<Option<u32>, BrokerError> {
+        match self {
+            Self::Amqp(queue) => queue.dead_letter_depth().await.map(Some),
+            Self::Local(_) => Ok(None),
+        }
+    }
+
     /// A new in-process queue.
     pub fn local() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
@@ -249,6 +270,30 @@ impl AmqpQueue {
             .await?;
         *slot = Some((connection, channel.clone()));
         Ok(channel)
+    }
+
+    async fn dead_letter_depth(&self) -> Result<u32, BrokerError> {
+        self.publisher().await?;
+        let channel = {
+            let slot = self.publisher.lock().await;
+            match slot.as_ref() {
+                Some((connection, _)) => connection.create_channel().await?,
+                None => return Err(BrokerError::Closed),
+            }
+        };
+        let dead = Self::dead_letter_name(&self.name);
+        let declared = channel
+            .queue_declare(
+                dead.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(declared?.message_count())
     }
 
     async fn publish(&self, ids: &[TaskId]) -> Result<(), BrokerError> {

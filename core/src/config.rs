@@ -31,6 +31,8 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default delivery limit of a quorum queue: deliveries of one message
 /// beyond the first before it is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+/// Default longest age of the task counts `/metrics` shows.
+pub const DEFAULT_METRICS_COUNTS_MAX_AGE: Duration = Duration::from_secs(10);
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "server.conf";
 
@@ -73,6 +75,12 @@ pub struct Config {
     pub address: String,
     /// Port the API binds to.
     pub port: u16,
+    /// A worker's own HTTP port (`/health`, `/ready`, `/metrics`), on
+    /// `address`; `None`: no port.
+    pub http_port: Option<u16>,
+    /// Longest age of the task counts by status that `/metrics` shows
+    /// (they are recounted at most this often).
+    pub metrics_counts_max_age: Duration,
     /// Tasks one worker process runs at once (also its prefetch).
     pub concurrency: usize,
     /// Largest `/receive` body accepted, in bytes.
@@ -108,6 +116,8 @@ impl Default for Config {
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
             address: "127.0.0.1".into(),
             port: DEFAULT_PORT,
+            http_port: None,
+            metrics_counts_max_age: DEFAULT_METRICS_COUNTS_MAX_AGE,
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             lease: Duration::from_secs(30),
@@ -143,6 +153,14 @@ pub(crate) struct Layer {
     pub(crate) address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) http_port: Option<u16>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) metrics_counts_max_age: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) concurrency: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,6 +228,10 @@ impl Layer {
             port: var("FERRY_PORT")
                 .map(|v| parse("FERRY_PORT", &v))
                 .transpose()?,
+            http_port: var("FERRY_HTTP_PORT")
+                .map(|v| parse("FERRY_HTTP_PORT", &v))
+                .transpose()?,
+            metrics_counts_max_age: duration("FERRY_METRICS_COUNTS_MAX_AGE")?,
             concurrency: var("FERRY_CONCURRENCY")
                 .map(|v| parse("FERRY_CONCURRENCY", &v))
                 .transpose()?,
@@ -258,8 +280,12 @@ impl Layer {
             relay_interval,
             drain_timeout,
             request_timeout,
+            metrics_counts_max_age,
             log_format
         );
+        if let Some(port) = self.http_port {
+            config.http_port = Some(port);
+        }
         if let Some(retention) = self.retention {
             config.retention = retention.parse("retention")?;
         }
@@ -437,6 +463,9 @@ impl Config {
         if self.relay_interval < Duration::from_millis(10) {
             return Err(ConfigError::new("relay_interval", "must be at least 10ms"));
         }
+        if self.http_port == Some(0) {
+            return Err(ConfigError::new("http_port", "must be between 1 and 65535"));
+        }
         if self.lease < Duration::from_secs(1) {
             return Err(ConfigError::new("lease", "must be at least 1s"));
         }
@@ -467,6 +496,7 @@ impl Config {
             delivery_limit: self.delivery_limit,
             address: &self.address,
             port: self.port,
+            http_port: self.http_port,
             concurrency: self.concurrency as u64,
             max_body_bytes: self.max_body_bytes,
             lease: duration(self.lease),
@@ -475,6 +505,7 @@ impl Config {
             request_timeout: duration(self.request_timeout),
             retention: self.retention.map_or_else(|| "off".into(), duration),
             log_format: self.log_format,
+            metrics_counts_max_age: duration(self.metrics_counts_max_age),
             routes: self
                 .routes
                 .iter()
@@ -523,6 +554,9 @@ struct Effective<'a> {
     delivery_limit: u32,
     address: &'a str,
     port: u16,
+    /// Off (left out) unless set, as in `server.conf`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_port: Option<u16>,
     concurrency: u64,
     max_body_bytes: u64,
     lease: String,
@@ -531,6 +565,7 @@ struct Effective<'a> {
     request_timeout: String,
     retention: String,
     log_format: LogFormat,
+    metrics_counts_max_age: String,
     routes: Vec<EffectiveRoute<'a>>,
     tokens: Vec<EffectiveToken<'a>>,
 }
@@ -870,6 +905,8 @@ mod tests {
             broker_url = "amqp://ferry:s3cr%40t@mq.example.org:5672/%2f"
             retention = "off"
             lease = "1m 30s"
+            http_port = 8070
+            metrics_counts_max_age = "30s"
             [[routes]]
             type = "b"
             handler = "http"
@@ -902,11 +939,45 @@ mod tests {
         assert_eq!(again.to_masked_toml(), masked);
         assert_eq!(again.retention, None);
         assert_eq!(again.lease, Duration::from_secs(90));
+        assert_eq!(again.http_port, Some(8070));
+        assert_eq!(again.metrics_counts_max_age, Duration::from_secs(30));
         assert_eq!(again.routes.get("a"), config.routes.get("a"));
         assert_eq!(again.routes.get("zzz"), config.routes.get("zzz"));
         assert_eq!(again.tokens.iter().count(), 1);
         let types: Vec<&str> = again.routes.iter().map(|r| r.event_type.as_str()).collect();
         assert_eq!(types, ["a", "b", "*"]);
+    }
+
+    #[test]
+    fn http_port_is_off_unless_set() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.http_port, None);
+        assert_eq!(
+            config.metrics_counts_max_age,
+            DEFAULT_METRICS_COUNTS_MAX_AGE
+        );
+        assert_eq!(
+            Config::from_toml("http_port = 9000").unwrap().http_port,
+            Some(9000)
+        );
+        let config = with_env(
+            "http_port = 9000",
+            &[
+                ("FERRY_HTTP_PORT", "9001"),
+                ("FERRY_METRICS_COUNTS_MAX_AGE", "250ms"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.http_port, Some(9001));
+        assert_eq!(config.metrics_counts_max_age, Duration::from_millis(250));
+        assert_eq!(
+            Config::from_toml("http_port = 0").unwrap_err().key,
+            "http_port"
+        );
+        assert_eq!(
+            with_env("", &[("FERRY_HTTP_PORT", "x")]).unwrap_err().key,
+            "FERRY_HTTP_PORT"
+        );
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! - [`hints`]: state changes, from whoever made them to every api process
 //!   (a RabbitMQ topic exchange, or an in-process broadcast).
 //! - [`logging`]: text or JSON log lines on stderr, without secrets.
+//! - [`metrics`]: the process's Prometheus registry and the handles Ferry
+//!   records through.
+//! - [`probe`]: readiness (database and broker) and the task-count gauges,
+//!   for the api and a worker's HTTP port.
 //! - [`retry`]: one retry policy for route retries and reconnect loops.
 //! - [`relay`]: publishes what the broker never confirmed and takes back
 //!   tasks whose worker died.
@@ -31,6 +35,8 @@ pub mod db;
 pub mod event;
 pub mod hints;
 pub mod logging;
+pub mod metrics;
+pub mod probe;
 pub mod relay;
 pub mod retry;
 pub mod routes;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Queue;
 use crate::db::Db;
+use crate::metrics::RelayMetrics;
 
 /// Tasks published per relay round.
 const BATCH: i64 = 500;
@@ -48,7 +49,13 @@ pub async fn expire_finished(db: &Db, retention: Duration) -> anyhow::Result<usi
 
 /// One round: returns how many tasks were published.
 pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
+    relay_round(db, queue, &RelayMetrics::new()).await
+}
+
+/// [`relay_once`], counted in `metrics`.
+async fn relay_round(db: &Db, queue: &Queue, metrics: &RelayMetrics) -> anyhow::Result<usize> {
     let expired = db.run_blocking(|db| db.expire_leases()).await?;
+    metrics.lease_expiries.increment(expired as u64);
     if expired > 0 {
         tracing::warn!(
             tasks = expired,
@@ -66,6 +73,7 @@ pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
         match queue.publish(&ids).await {
             Ok(()) => {
                 published += ids.len();
+                metrics.published.increment(ids.len() as u64);
                 let n = ids.len();
                 db.run_blocking(move |db| db.mark_enqueued(&ids)).await?;
                 if (n as i64) < BATCH {
@@ -102,6 +110,7 @@ pub async fn run(
     retention: Option<Duration>,
     shutdown: CancellationToken,
 ) {
+    let metrics = RelayMetrics::new();
     loop {
         if let Some(retention) = retention {
             match expire_finished(&db, retention).await {
@@ -114,7 +123,7 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "retention round failed; will retry"),
             }
         }
-        match relay_once(&db, &queue).await {
+        match relay_round(&db, &queue, &metrics).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(tasks = n, "relay published tasks"),
             Err(e) => tracing::warn!(error = %e, "relay round failed; will retry"),

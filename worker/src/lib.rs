@@ -12,6 +12,7 @@
 //!   the route's `max_attempts`.
 
 pub mod handlers;
+pub mod http;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use ferry_core::broker::{Delivery, Queue};
 use ferry_core::control::CancelRequest;
 use ferry_core::db::{DbError, DbResult, Lease};
 use ferry_core::hints::Hints;
+use ferry_core::metrics::{Finish, TaskMetrics, TypeMetrics, WorkerMetrics, UNROUTED};
 use ferry_core::retry::RetryPolicy;
 use ferry_core::task::{AttemptRef, Claimed, Outcome};
 use ferry_core::{storable, Config, Db, TaskId, TaskStatus};
@@ -45,14 +47,50 @@ struct Worker {
     /// Group commit of outcomes.
     outcomes: Batcher<(AttemptRef, Outcome), DbResult<bool>>,
     /// Attempts running now, handed back if the drain timeout passes; each
-    /// with the token a cancel of its task cancels.
-    attempts: std::sync::Mutex<std::collections::HashMap<TaskId, (i32, CancellationToken)>>,
+    /// with the token a cancel of its task cancels, and its type's metrics.
+    attempts: std::sync::Mutex<std::collections::HashMap<TaskId, RunningAttempt>>,
     config: Config,
     db: Db,
     name: String,
     handlers: Handlers,
     /// Hints of the changes this worker makes, to the api processes.
     hints: Hints,
+    /// Started and finished attempts, by route type.
+    metrics: TaskMetrics,
+    /// Running tasks, free slots and dead-lettered messages of this worker.
+    gauges: WorkerMetrics,
+}
+
+/// An attempt this worker runs.
+#[derive(Debug)]
+struct RunningAttempt {
+    attempt: i32,
+    cancel: CancellationToken,
+    metrics: Arc<TypeMetrics>,
+}
+
+/// Moves one of the worker's gauges by `by` while it lives (so a task
+/// aborted on shutdown still gives its slot back).
+#[derive(Debug)]
+struct Held {
+    gauge: metrics::Gauge,
+    by: f64,
+}
+
+impl Held {
+    fn new(gauge: &metrics::Gauge, by: f64) -> Self {
+        gauge.increment(by);
+        Self {
+            gauge: gauge.clone(),
+            by,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.decrement(self.by);
+    }
 }
 
 /// A name for this worker that is unique across hosts and restarts.
@@ -72,6 +110,7 @@ pub async fn run(
     queue: Queue,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    ferry_core::metrics::install();
     let name = worker_name();
     let (claim_db, claimer, lease) = (db.clone(), name.clone(), config.lease);
     let claims = Batcher::spawn("claim", BATCH, move |ids: Vec<TaskId>| {
@@ -90,10 +129,15 @@ pub async fn run(
             })
         },
     );
+    let gauges = WorkerMetrics::new(&name);
+    gauges.free_slots.set(config.concurrency as f64);
+    gauges.running.set(0.0);
     let worker = Arc::new(Worker {
         claims,
         outcomes,
         attempts: Default::default(),
+        metrics: TaskMetrics::default(),
+        gauges,
         name,
         handlers: Handlers::new(),
         hints: Hints::spawn(&queue),
@@ -163,7 +207,10 @@ pub async fn run(
                 Some(Ok(delivery)) => {
                     let worker = worker.clone();
                     running.spawn(async move {
+                        // A slot is taken while a delivery is handled.
+                        let slot = Held::new(&worker.gauges.free_slots, -1.0);
                         worker.handle(delivery).await;
+                        drop(slot);
                         drop(permit);
                     });
                 }
@@ -209,7 +256,10 @@ pub async fn run(
             .lock()
             .expect("not poisoned")
             .drain()
-            .map(|(id, (attempt, _))| id.attempt(attempt))
+            .map(|(id, running)| {
+                running.metrics.finished(Finish::HandedBack).increment(1);
+                id.attempt(running.attempt)
+            })
             .collect();
         tracing::warn!(
             tasks = abandoned.len(),
@@ -298,6 +348,7 @@ impl Worker {
     async fn handle(&self, delivery: Delivery) {
         let Some(id) = delivery.task_id() else {
             tracing::warn!(payload = %String::from_utf8_lossy(&delivery.payload), "unreadable message; dead-lettering it");
+            self.gauges.unreadable.increment(1);
             settle(delivery.dead_letter().await);
             return;
         };
@@ -332,24 +383,55 @@ impl Worker {
         let attempt = id.attempt(claimed.attempt);
         let event_type = claimed.event_type.clone();
         self.hints.send(id, Some(&event_type), TaskStatus::Running);
+        let metrics = self.metrics.of(self
+            .config
+            .routes
+            .get(&event_type)
+            .map_or(UNROUTED, |route| route.event_type.as_str()));
+        metrics.started.increment(1);
         let cancelled = CancellationToken::new();
-        self.attempts
+        self.attempts.lock().expect("not poisoned").insert(
+            id,
+            RunningAttempt {
+                attempt: attempt.attempt,
+                cancel: cancelled.clone(),
+                metrics: metrics.clone(),
+            },
+        );
+        let started = std::time::Instant::now();
+        let running = Held::new(&self.gauges.running, 1.0);
+        let outcome = self.run_attempt(id, claimed, cancelled).await;
+        drop(running);
+        metrics.duration.record(started.elapsed().as_secs_f64());
+        // Handed back meanwhile (drain timeout): counted there.
+        let ours = self
+            .attempts
             .lock()
             .expect("not poisoned")
-            .insert(id, (attempt.attempt, cancelled.clone()));
-        let outcome = self.run_attempt(id, claimed, cancelled).await;
-        self.attempts.lock().expect("not poisoned").remove(&id);
+            .remove(&id)
+            .is_some();
         match outcome {
             Some(outcome) => {
                 if self.record(attempt, &outcome).await {
+                    if ours {
+                        let finish = Finish::of(&outcome);
+                        metrics.finished(finish).increment(1);
+                        if finish == Finish::Retrying {
+                            metrics.retries.increment(1);
+                        }
+                    }
                     self.hints.send(id, Some(&event_type), outcome.status());
                     settle(delivery.ack().await);
                 } else {
                     // Never ack what was not recorded: the lease brings it back.
+                    metrics.finished(Finish::Lost).increment(1);
                     settle(delivery.requeue().await);
                 }
             }
-            None => settle(delivery.ack().await),
+            None => {
+                metrics.finished(Finish::Lost).increment(1);
+                settle(delivery.ack().await)
+            }
         }
     }
 
@@ -381,10 +463,11 @@ impl Worker {
     /// (the task retried after the cancel, the message late).
     fn cancel(&self, request: CancelRequest) {
         let id = request.task;
-        if let Some((attempt, token)) = self.attempts.lock().expect("not poisoned").get(&id) {
-            if request.stops(*attempt) {
+        if let Some(running) = self.attempts.lock().expect("not poisoned").get(&id) {
+            let attempt = running.attempt;
+            if request.stops(attempt) {
                 tracing::info!(task = %id, attempt, "cancel requested; stopping the attempt");
-                token.cancel();
+                running.cancel.cancel();
             } else {
                 tracing::info!(task = %id, attempt, cancelled = ?request.attempt, "a cancel of another attempt; ignored");
             }

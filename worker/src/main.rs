@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferry_core::broker::Queue;
 use ferry_core::cli::CommonArgs;
+use ferry_core::probe::Probe;
 use ferry_core::{relay, runtime};
+use ferry_worker::http;
 
 /// Consumes Ferry's task queue and runs each task's handler.
 #[derive(Debug, Parser)]
@@ -13,12 +15,21 @@ use ferry_core::{relay, runtime};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    /// Serve GET /health, /ready and /metrics on this port (on `address`).
+    #[arg(long)]
+    http_port: Option<u16>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match args.common.load() {
+    let config = match args.common.load().and_then(|mut config| {
+        if let Some(port) = args.http_port {
+            config.http_port = Some(port);
+            config.validate()?;
+        }
+        Ok(config)
+    }) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("ferry-worker: bad configuration: {e}");
@@ -37,10 +48,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
+    // Before anything records: handles made earlier would record nothing.
+    ferry_core::metrics::install();
     let shutdown = runtime::shutdown_on_signals();
     let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT).await?;
     let queue = Queue::from_config(&config);
     runtime::declare_queue(&queue).await?;
+    // Once the database is connected: a probe before that would only wait.
+    let http = http::bind(&config).await?.map(|listener| {
+        let probe = Probe::new(&config, db.clone(), queue.clone());
+        http::spawn(listener, probe, shutdown.clone())
+    });
     let relay = relay::spawn(
         db.clone(),
         queue.clone(),
@@ -48,8 +66,11 @@ async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
         config.retention,
         shutdown.clone(),
     );
-    ferry_worker::run(config, db, queue, shutdown.clone()).await?;
+    let result = ferry_worker::run(config, db, queue, shutdown.clone()).await;
     shutdown.cancel();
     relay.await?;
-    Ok(())
+    if let Some(http) = http {
+        http.await?;
+    }
+    result
 }

@@ -58,6 +58,12 @@ pub struct ErrorBody {
     /// `forbidden`: the scope the route needs (`submit`, `read`, `admin`).
     #[schema(required = false)]
     pub scope: String,
+    /// `not_ready`: `ok`, or `unreachable: ` and why.
+    #[schema(required = false)]
+    pub database: String,
+    /// `not_ready`: `ok`, or `unreachable: ` and why.
+    #[schema(required = false)]
+    pub broker: String,
 }
 
 /// One event's task, as `/receive` answers it.
@@ -160,6 +166,20 @@ pub struct Health {
     /// The backend that answered: `sqlite` or `postgres`.
     #[schema(pattern = "^(sqlite|postgres)$")]
     pub database: String,
+}
+
+/// `GET /ready`: the database and the broker answered.
+#[derive(Debug, ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    #[schema(pattern = "^ready$")]
+    pub status: String,
+    /// `ok`.
+    #[schema(pattern = "^ok$")]
+    pub database: String,
+    /// `ok`.
+    #[schema(pattern = "^ok$")]
+    pub broker: String,
 }
 
 /// The query of `GET /tasks`; every parameter is optional and narrows the

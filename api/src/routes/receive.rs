@@ -275,6 +275,7 @@ async fn receive(
         }
     };
     let mut tasks = Vec::with_capacity(events.len());
+    let mut counters = Vec::with_capacity(events.len());
     for event in events {
         let Some(route) = state.config.routes.get(&event.event_type) else {
             return Err(ApiError::new(
@@ -285,6 +286,7 @@ async fn receive(
                 ),
             ));
         };
+        counters.push(state.task_metrics.of(&route.event_type));
         tasks.push(NewTask {
             id: TaskId::new(),
             // A batch never has one (refused above): one event, one key.
@@ -304,6 +306,11 @@ async fn receive(
         .collect();
     let due: Vec<_> = tasks.iter().map(|t| t.run_after).collect();
     let stored = state.store(tasks).await?;
+    for (task, metrics) in stored.iter().zip(&counters) {
+        if task.created {
+            metrics.received.increment(1);
+        }
+    }
     // Committed: from here on the task exists whatever happens to the publish.
     #[cfg(feature = "failpoints")]
     if std::env::var("FERRY_FAILPOINT").as_deref() == Ok("abort-after-commit") {

@@ -1,6 +1,7 @@
 //! `GET /status/<id>`: where a task is; with `?wait=`, a long poll until it
 //! is final. `GET /status/<id>/events`: its changes as Server-Sent Events.
-//! `GET /health`: is the API serving.
+//! `GET /health`: is the API serving. `GET /ready`: do its database and
+//! broker answer.
 //!
 //! Waiters read nothing themselves: the api's hub ([`crate::hub`]) reads
 //! the changes of every watched task in one query and wakes them.
@@ -25,7 +26,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// The routes of this module.
 pub fn routes() -> Vec<Route> {
-    routes![status, events, health]
+    routes![status, events, health, ready]
 }
 
 /// `?wait=`: `30s`, `500ms`, `2m`, or a whole number of seconds; at most
@@ -230,9 +231,38 @@ async fn health(state: &State<AppState>) -> Result<JsonResponse, ApiError> {
     ))
 }
 
+/// Whether the API can do its work: its database answers a query and its
+/// broker a connection (in standalone, the in-process queue always does),
+/// each within 3 s. For an orchestrator's readiness probe; `/health` is
+/// the liveness one.
+#[utoipa::path(
+    tag = "service",
+    responses(
+        (status = 200, description = "Ready: the database and the broker answered.", body = crate::openapi::bodies::Ready),
+        (status = 503, description = "`not_ready`: the database or the broker (named in `message`, and by its field) did not answer; sent with `Retry-After: 5`",
+            body = crate::openapi::bodies::ErrorBody,
+            headers(("Retry-After" = i32, description = "Seconds to wait: 5."))),
+    )
+)]
+#[get("/ready")]
+async fn ready(state: &State<AppState>) -> JsonResponse {
+    let readiness = state.probe.ready().await;
+    if readiness.is_ready() {
+        JsonResponse::new(Status::Ok, readiness.body())
+    } else {
+        JsonResponse::new(Status::ServiceUnavailable, readiness.body())
+            .with_header("Retry-After", "5".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_ready_is_the_error_code() {
+        assert_eq!(ErrorCode::NotReady.as_str(), ferry_core::probe::NOT_READY);
+    }
 
     #[test]
     fn waits_parse_with_a_cap() {
