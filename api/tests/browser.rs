@@ -33,6 +33,9 @@ const TAB: char = '\u{E004}';
 /// Longest any one thing may take to show up in the page.
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The WebDriver key code of Enter.
+const ENTER: &str = "\u{E007}";
+
 /// An event type written as markup: the page must show it as text.
 const HOSTILE_TYPE: &str = "<img src=x onerror=window.__xss=1>";
 
@@ -220,6 +223,17 @@ impl Browser {
             .click()
             .await
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// Types `keys` into the element with id `id` (`ENTER` presses Enter).
+    async fn type_into(&self, id: &str, keys: &str) {
+        self.client()
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+            .send_keys(keys)
+            .await
+            .unwrap_or_else(|e| panic!("typing into #{id}: {e}"));
     }
 
     async fn select(&self, css: &str, value: &str) {
@@ -425,7 +439,7 @@ async fn live_dashboard(stack: &Stack, name: &str) {
         .find(Locator::Css(&format!("{} a", row(echo))))
         .await
         .unwrap();
-    link.send_keys("\u{E007}")
+    link.send_keys(ENTER)
         .await
         .expect("Enter on the task's link");
     browser
@@ -642,13 +656,9 @@ async fn dashboard_asks_for_a_token() {
     browser.screenshot("token-form").await;
 
     // A token the server does not know: the form says so.
-    let input = browser
-        .client()
-        .find(Locator::Id("token-input"))
-        .await
-        .unwrap();
-    input.send_keys("not-a-known-token").await.unwrap();
-    input.send_keys("\u{E007}").await.unwrap();
+    browser
+        .type_into("token-input", &format!("not-a-known-token{ENTER}"))
+        .await;
     browser
         .until(
             "the refusal of an unknown token",
@@ -657,12 +667,7 @@ async fn dashboard_asks_for_a_token() {
         .await;
 
     // The read token: the list.
-    let input = browser
-        .client()
-        .find(Locator::Id("token-input"))
-        .await
-        .unwrap();
-    input.send_keys(READER).await.unwrap();
+    browser.type_into("token-input", READER).await;
     browser.click("#token-form button[type=submit]").await;
     browser
         .until(
@@ -702,13 +707,9 @@ async fn dashboard_asks_for_a_token() {
             "return !document.getElementById('token-view').hidden",
         )
         .await;
-    let input = browser
-        .client()
-        .find(Locator::Id("token-input"))
-        .await
-        .unwrap();
-    input.send_keys(ADMIN).await.unwrap();
-    input.send_keys("\u{E007}").await.unwrap();
+    browser
+        .type_into("token-input", &format!("{ADMIN}{ENTER}"))
+        .await;
     browser
         .until(
             "the task page with the admin token",

@@ -244,12 +244,7 @@ async fn tasks_and_stats() {
         .await
         .expect(0)
         .json();
-    let ids: Vec<&str> = page["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let ids = page_ids(&page);
     assert_eq!(ids, [failed.as_str()], "{page}");
     let run = ferry(url, &["tasks", "--status", "cancelled"])
         .await
@@ -286,12 +281,7 @@ async fn tasks_and_stats() {
     .await
     .expect(0)
     .json();
-    let ids: Vec<&str> = page["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let ids = page_ids(&page);
     assert_eq!(ids, [echoes[0].as_str()], "{page}");
     assert_eq!(page["next"], Value::Null);
     // The API's refusal of a bad filter.
@@ -566,12 +556,7 @@ async fn production_layout_on_postgres() {
         .await
         .expect(0)
         .json();
-    let mut ids: Vec<&str> = page["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let mut ids = page_ids(&page);
     ids.sort();
     let mut expected = vec![echo.as_str(), sleep.as_str(), hang.as_str()];
     expected.sort();
@@ -580,4 +565,14 @@ async fn production_layout_on_postgres() {
     assert_eq!(counts["by_status"]["cancelled"], 1, "{counts}");
     assert_eq!(counts["total"], 4, "{counts}");
     drop(stack);
+}
+
+/// The task ids of a `GET /tasks` page, in its order.
+fn page_ids(page: &Value) -> Vec<&str> {
+    page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect()
 }
