@@ -30,9 +30,10 @@ use listener::GuardedListener;
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Longest `/receive` waits for the broker's confirm before leaving the
-/// publish to the relay.
+/// Longest a publish waits for the broker's confirm before leaving the task
+/// to the relay.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the API owns the publish of a task it just stored; past that the
@@ -70,6 +71,8 @@ pub struct AppState {
     pub counts: CountGauges,
     /// Tasks received, by route type.
     pub task_metrics: TaskMetrics,
+    /// Publishes under way, off the request path: shutdown waits for them.
+    publishing: TaskTracker,
 }
 
 impl AppState {
@@ -129,6 +132,7 @@ impl AppState {
             inserts,
             enqueued,
             views,
+            publishing: TaskTracker::new(),
         }
     }
 
@@ -150,12 +154,32 @@ impl AppState {
             .unwrap_or_else(|| Err(DbError::Unavailable("the insert batch failed".into())))
     }
 
-    /// Publishes freshly stored tasks and records the broker's confirm. A
-    /// failure is only logged: the rows are committed and the relay will
-    /// publish them once their publish lock expires.
-    pub async fn publish(&self, ids: Vec<TaskId>) {
-        // A broker that does not answer must not hold the client: the row is
-        // committed, so the relay can finish the job.
+    /// Publishes freshly stored tasks off the request path: the caller
+    /// answers once the rows are committed, because a committed row is owed
+    /// to the broker until a confirm is recorded (its publish lock runs out
+    /// and the relay publishes it if this process cannot). The publishes of
+    /// concurrent requests share the publisher channel, their confirms in
+    /// flight together.
+    pub fn publish_soon(&self, ids: Vec<TaskId>) {
+        let state = self.clone();
+        self.publishing
+            .spawn(async move { state.publish(ids).await });
+    }
+
+    /// Waits for the publishes [`publish_soon`](Self::publish_soon) started
+    /// (each ends within [`PUBLISH_TIMEOUT`]); the shutdown does, so that a
+    /// stopping api hands the broker what it stored rather than leaving it
+    /// to a relay after the publish lock.
+    pub async fn publishes_done(&self) {
+        self.publishing.close();
+        self.publishing.wait().await;
+    }
+
+    /// Publishes tasks and records the broker's confirm. A failure is only
+    /// logged: the rows are committed and the relay will publish them.
+    async fn publish(&self, ids: Vec<TaskId>) {
+        // A broker that does not answer must not hold the publish for ever:
+        // the row is committed, so the relay can finish the job.
         let published = tokio::time::timeout(PUBLISH_TIMEOUT, self.queue.publish(&ids))
             .await
             .unwrap_or_else(|_| Err(BrokerError::Timeout(PUBLISH_TIMEOUT)));
@@ -262,6 +286,7 @@ pub async fn serve(
         "ferry-api starting"
     );
     let state = AppState::new(Arc::new(config), db, queue);
+    let publishes = state.clone();
     let result = async {
         let rocket = rocket(state).ignite().await?;
         let stop = rocket.shutdown();
@@ -272,6 +297,7 @@ pub async fn serve(
         rocket.launch_on(listener).await
     }
     .await;
+    publishes.publishes_done().await;
     background.cancel();
     if let Some(workers) = workers {
         workers.await??;

@@ -153,7 +153,7 @@ async fn retry(
         RetryAnswer::Retried { max_attempts } => {
             state.hints.send(id, None, TaskStatus::Pending);
             // As /receive does: published now, or by the relay once the lock passes.
-            state.publish(vec![id]).await;
+            state.publish_soon(vec![id]);
             let status_url = format!("/status/{id}");
             Ok(JsonResponse::new(
                 Status::Accepted,

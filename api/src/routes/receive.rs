@@ -1,7 +1,8 @@
-//! `POST /receive`: an event (or a batch) becomes tasks. The rows are
-//! committed before the answer, then the task ids are published with
-//! confirms; a publish that fails is left to the relay, so a 202 always
-//! means the task is recorded and will run.
+//! `POST /receive`: an event (or a batch) becomes tasks. The answer comes
+//! once the rows are committed; the task ids are published with confirms
+//! off the request path, and a publish that fails or never happens (the
+//! process died) is left to the relay, so a 202 always means the task is
+//! recorded and will run.
 //!
 //! An `Idempotency-Key` header names the task as the (source, id) pair
 //! does: the same key with the same event is the stored task again (200),
@@ -325,7 +326,7 @@ async fn receive(
         .map(|(s, _)| s.id)
         .collect();
     if !new.is_empty() {
-        state.publish(new).await;
+        state.publish_soon(new);
     }
     if let Some(held) = stored.iter().find(|s| s.key_conflict) {
         let task = held.id;
