@@ -103,6 +103,8 @@ pub enum ErrorCode {
     DatabaseUnavailable,
     /// 503: `GET /ready`: the database or the broker does not answer.
     NotReady,
+    /// 503: `/receive` has `receive_limit` requests waiting already.
+    Overloaded,
     /// 400: a request Rocket itself refuses.
     BadRequest,
     /// 405: a wrong method, if Rocket ever says so (it answers 404).
@@ -127,7 +129,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of README.md's tables.
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 32] = [
         Self::EmptyBody,
         Self::MalformedJson,
         Self::UnreadableBody,
@@ -149,6 +151,7 @@ impl ErrorCode {
         Self::Internal,
         Self::DatabaseUnavailable,
         Self::NotReady,
+        Self::Overloaded,
         Self::BadRequest,
         Self::MethodNotAllowed,
         Self::UnprocessableEntity,
@@ -185,6 +188,7 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::NotReady => "not_ready",
+            Self::Overloaded => "overloaded",
             Self::BadRequest => "bad_request",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnprocessableEntity => "unprocessable_entity",
@@ -226,7 +230,7 @@ impl ErrorCode {
             | Self::UnprocessableEntity => Status::UnprocessableEntity,
             Self::HeadersTooLarge => Status::RequestHeaderFieldsTooLarge,
             Self::Internal => Status::InternalServerError,
-            Self::DatabaseUnavailable | Self::NotReady | Self::Unavailable => {
+            Self::DatabaseUnavailable | Self::NotReady | Self::Overloaded | Self::Unavailable => {
                 Status::ServiceUnavailable
             }
             Self::Error => return None,
@@ -314,7 +318,14 @@ impl<'r> Responder<'r, 'static> for ApiError {
             json!({ "error": self.code, "message": self.message }),
         );
         if self.status == Status::ServiceUnavailable {
-            response = response.with_header("Retry-After", "5".into());
+            // Overload passes quickly: the queue of waiting requests drains
+            // in milliseconds. An unreachable database takes longer.
+            let after = if self.code == ErrorCode::Overloaded {
+                "1"
+            } else {
+                "5"
+            };
+            response = response.with_header("Retry-After", after.into());
         }
         response.respond_to(request)
     }

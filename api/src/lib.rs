@@ -16,6 +16,7 @@ pub mod routes;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::metrics::Gauge;
 use anyhow::Context as _;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
@@ -29,6 +30,7 @@ use ferry_core::{relay, runtime, Config, Db, TaskId};
 use listener::GuardedListener;
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -73,6 +75,10 @@ pub struct AppState {
     pub task_metrics: TaskMetrics,
     /// Publishes under way, off the request path: shutdown waits for them.
     publishing: TaskTracker,
+    /// `/receive` requests waiting for the database: at most `receive_limit`.
+    admission: Arc<Semaphore>,
+    /// How many hold a place now.
+    waiting: Gauge,
 }
 
 impl AppState {
@@ -116,6 +122,7 @@ impl AppState {
                 .collect()
             },
         );
+        let admission = Arc::new(Semaphore::new(config.receive_limit));
         let view_db = db.clone();
         let views = Batcher::spawn("status", READ_BATCH, move |ids: Vec<TaskId>| {
             DbError::isolate("status", &ids, |ids| view_db.task_views(ids))
@@ -133,6 +140,8 @@ impl AppState {
             enqueued,
             views,
             publishing: TaskTracker::new(),
+            admission,
+            waiting: ferry_core::metrics::receive_waiting(),
         }
     }
 
@@ -143,6 +152,19 @@ impl AppState {
             .call(id)
             .await
             .unwrap_or_else(|| Err(DbError::Unavailable("the status read failed".into())))
+    }
+
+    /// A place among the `/receive` requests that may wait for the
+    /// database, held until dropped; `None` when all `receive_limit` are
+    /// taken. Refusing at once keeps the wait of those admitted short and
+    /// the memory of an overloaded api flat.
+    pub fn admit(&self) -> Option<Admitted> {
+        let permit = self.admission.clone().try_acquire_owned().ok()?;
+        self.waiting.increment(1);
+        Some(Admitted {
+            _permit: permit,
+            waiting: self.waiting.clone(),
+        })
     }
 
     /// Stores one request's tasks, committed together with those of other
@@ -196,6 +218,20 @@ impl AppState {
                 }
             }
         }
+    }
+}
+
+/// A `/receive` request's place among those waiting for the database
+/// ([`AppState::admit`]), given back when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    waiting: Gauge,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.waiting.decrement(1);
     }
 }
 

@@ -197,6 +197,9 @@ impl Modify for EveryRequest {
                 if uses_database {
                     add_error(op, 503, DATABASE_UNAVAILABLE);
                     if let Some(RefOr::T(response)) = op.responses.responses.get_mut("503") {
+                        if response.headers.contains_key("Retry-After") {
+                            continue; // The route says it already.
+                        }
                         let seconds = ObjectBuilder::new().schema_type(Type::Integer).build();
                         response.headers.insert(
                             "Retry-After".into(),

@@ -110,7 +110,11 @@ scopes = ["read"]
     // File < environment < flags.
     let run = ferry_api(
         &["check-config", "--config", path, "--port", "3000"],
-        &[("FERRY_PORT", "2000"), ("FERRY_QUEUE", "from.env")],
+        &[
+            ("FERRY_PORT", "2000"),
+            ("FERRY_QUEUE", "from.env"),
+            ("FERRY_RECEIVE_LIMIT", "64"),
+        ],
         dir.path(),
     )
     .expect(0);
@@ -123,6 +127,7 @@ scopes = ["read"]
         "broker_url = \"amqp://ferry:***@mq.example.org:5672/%2f\"",
         "port = 3000",
         "queue = \"from.env\"",
+        "receive_limit = 64",
         "lease = \"1m\"",
         "retention = \"7days\"",
         "url = \"https://hook:***@hooks.example.org/run\"",

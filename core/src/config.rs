@@ -26,6 +26,13 @@ pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_QUEUE: &str = "ferry.tasks";
 /// Default limit on a `/receive` body.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// `/receive` requests of one api waiting for the database at once, at
+/// most, by default. A group commit of this many rows takes a few
+/// milliseconds, so those admitted wait tens of milliseconds at worst while
+/// the rest are told to come back, and memory does not grow with overload.
+pub const DEFAULT_RECEIVE_LIMIT: usize = 128;
+/// The largest `receive_limit` accepted.
+pub const MAX_RECEIVE_LIMIT: usize = 1 << 20;
 /// Default retention of final tasks: 7 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default delivery limit of a quorum queue: deliveries of one message
@@ -85,6 +92,9 @@ pub struct Config {
     pub concurrency: usize,
     /// Largest `/receive` body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// `/receive` requests of one api that may wait for the database at
+    /// once; past it `/receive` answers `503 overloaded` at once.
+    pub receive_limit: usize,
     /// How long a claimed task is held before another worker may take it over.
     pub lease: Duration,
     /// How often the relay looks for tasks the broker never received.
@@ -120,6 +130,7 @@ impl Default for Config {
             metrics_counts_max_age: DEFAULT_METRICS_COUNTS_MAX_AGE,
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            receive_limit: DEFAULT_RECEIVE_LIMIT,
             lease: Duration::from_secs(30),
             relay_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
@@ -165,6 +176,8 @@ pub(crate) struct Layer {
     pub(crate) concurrency: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_body_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) receive_limit: Option<usize>,
     #[serde(
         default,
         with = "humantime_serde",
@@ -241,6 +254,9 @@ impl Layer {
             max_body_bytes: var("FERRY_MAX_BODY_BYTES")
                 .map(|v| parse("FERRY_MAX_BODY_BYTES", &v))
                 .transpose()?,
+            receive_limit: var("FERRY_RECEIVE_LIMIT")
+                .map(|v| parse("FERRY_RECEIVE_LIMIT", &v))
+                .transpose()?,
             lease: duration("FERRY_LEASE")?,
             relay_interval: duration("FERRY_RELAY_INTERVAL")?,
             drain_timeout: duration("FERRY_DRAIN_TIMEOUT")?,
@@ -276,6 +292,7 @@ impl Layer {
             port,
             concurrency,
             max_body_bytes,
+            receive_limit,
             lease,
             relay_interval,
             drain_timeout,
@@ -460,6 +477,12 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err(ConfigError::new("max_body_bytes", "must be at least 1"));
         }
+        if self.receive_limit == 0 || self.receive_limit > MAX_RECEIVE_LIMIT {
+            return Err(ConfigError::new(
+                "receive_limit",
+                format!("must be between 1 and {MAX_RECEIVE_LIMIT}"),
+            ));
+        }
         if self.relay_interval < Duration::from_millis(10) {
             return Err(ConfigError::new("relay_interval", "must be at least 10ms"));
         }
@@ -499,6 +522,7 @@ impl Config {
             http_port: self.http_port,
             concurrency: self.concurrency as u64,
             max_body_bytes: self.max_body_bytes,
+            receive_limit: self.receive_limit as u64,
             lease: duration(self.lease),
             relay_interval: duration(self.relay_interval),
             drain_timeout: duration(self.drain_timeout),
@@ -559,6 +583,7 @@ struct Effective<'a> {
     http_port: Option<u16>,
     concurrency: u64,
     max_body_bytes: u64,
+    receive_limit: u64,
     lease: String,
     relay_interval: String,
     drain_timeout: String,
@@ -776,6 +801,7 @@ mod tests {
             ),
             ("database_url = \"mysql://x\"", "database_url"),
             ("concurrency = 0", "concurrency"),
+            ("receive_limit = 0", "receive_limit"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err();

@@ -57,6 +57,9 @@ pub const HTTP_REQUESTS: &str = "ferry_http_requests_total";
 pub const HTTP_DURATION: &str = "ferry_http_request_duration_seconds";
 /// Histogram: requests in one group commit, by `batcher`.
 pub const BATCH_SIZE: &str = "ferry_batch_size";
+/// Gauge: `/receive` requests admitted and waiting for the database (at
+/// most `receive_limit`); past it they are refused as `503 overloaded`.
+pub const RECEIVE_WAITING: &str = "ferry_receive_waiting";
 
 /// Seconds: attempts run from milliseconds to the default 10-minute timeout.
 const ATTEMPT_BUCKETS: &[f64] = &[
@@ -169,6 +172,10 @@ fn describe() {
         "Time to the head of an API answer, by method and route template."
     );
     describe_histogram!(BATCH_SIZE, "Requests in one group commit, by batcher.");
+    describe_gauge!(
+        RECEIVE_WAITING,
+        "/receive requests admitted and waiting for the database (at most receive_limit)."
+    );
 }
 
 /// How an attempt ended, as the `status` label of [`TASKS_FINISHED`].
@@ -349,6 +356,11 @@ pub fn set_task_counts(counts: &[(TaskStatus, i64)]) {
 /// Sets [`DEAD_LETTER_QUEUE`].
 pub fn set_dead_letter_depth(messages: u32) {
     metrics::gauge!(DEAD_LETTER_QUEUE).set(f64::from(messages));
+}
+
+/// The [`RECEIVE_WAITING`] gauge.
+pub fn receive_waiting() -> Gauge {
+    metrics::gauge!(RECEIVE_WAITING)
 }
 
 /// A [`BATCH_SIZE`] histogram of the batcher `name`.

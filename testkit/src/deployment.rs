@@ -335,6 +335,28 @@ impl Deployment {
         }
     }
 
+    /// Holds the `tasks` table against writes until the guard is dropped
+    /// (reads go on): an open SQLite write transaction, or PostgreSQL's
+    /// `LOCK TABLE tasks IN EXCLUSIVE MODE`. Ferry's inserts wait meanwhile
+    /// (on SQLite up to its `busy_timeout`, 10 s).
+    pub fn hold_writes(&self) -> WriteHold {
+        let conn = match &self.pg {
+            Some(schema) => {
+                let mut conn = schema.connect();
+                conn.batch_execute("BEGIN; LOCK TABLE tasks IN EXCLUSIVE MODE")
+                    .expect("lock the tasks table");
+                HeldConnection::Pg(conn)
+            }
+            None => {
+                let mut conn = self.sqlite_conn();
+                conn.batch_execute("BEGIN IMMEDIATE")
+                    .expect("open an SQLite write transaction");
+                HeldConnection::Sqlite(conn)
+            }
+        };
+        WriteHold(conn)
+    }
+
     /// The text column `v` of each row a query returns.
     pub fn texts(&self, sql: &str) -> Vec<String> {
         #[derive(QueryableByName)]
@@ -356,6 +378,30 @@ impl Deployment {
     pub fn task_rows(&self, filter: &str) -> usize {
         let sql = format!("SELECT CAST(COUNT(*) AS TEXT) AS v FROM tasks {filter}");
         self.texts(&sql)[0].parse().expect("a count")
+    }
+}
+
+/// [`Deployment::hold_writes`]'s guard: dropping it rolls the holding
+/// transaction back.
+pub struct WriteHold(HeldConnection);
+
+enum HeldConnection {
+    Sqlite(SqliteConnection),
+    Pg(diesel::PgConnection),
+}
+
+impl std::fmt::Debug for WriteHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteHold")
+    }
+}
+
+impl Drop for WriteHold {
+    fn drop(&mut self) {
+        let _ = match &mut self.0 {
+            HeldConnection::Sqlite(conn) => conn.batch_execute("ROLLBACK"),
+            HeldConnection::Pg(conn) => conn.batch_execute("ROLLBACK"),
+        };
     }
 }
 

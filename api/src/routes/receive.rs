@@ -218,6 +218,11 @@ fn task_json(stored: &Stored) -> Value {
         (status = 422, description = "`invalid_event`: not an event Ferry can store; \
             `unrouted_event`: no route for its type; `idempotency_key_reused`: the key is held by \
             a task with another event (`task` names it)", body = crate::openapi::bodies::ErrorBody),
+        (status = 503, description = "`overloaded`: `receive_limit` requests already wait for \
+            the database; nothing was stored, retry after `Retry-After` seconds",
+            headers(("Retry-After" = i64, description = "Seconds to wait: 1 for `overloaded`, \
+                5 for `database_unavailable`.")),
+            body = crate::openapi::bodies::ErrorBody),
     )
 )]
 #[post("/receive", data = "<body>")]
@@ -251,6 +256,18 @@ async fn receive(
             format!("the body is larger than the limit of {limit} bytes"),
         ));
     }
+    // Taken once the body is in, so a client that sends slowly holds no
+    // place; held until the rows are committed (the answer does not wait
+    // for the broker).
+    let Some(_admitted) = state.admit() else {
+        return Err(ApiError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "{} requests are already waiting for the database; retry after a second",
+                state.config.receive_limit
+            ),
+        ));
+    };
     let events = match mode {
         Mode::Structured => {
             vec![Event::from_json(parse_json(&body)?).map_err(|e| invalid_event(e.0))?]
