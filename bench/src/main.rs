@@ -63,9 +63,10 @@ struct Args {
     /// Worker replicas (processes).
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Tasks each worker runs at once.
-    #[arg(long, default_value_t = 32)]
-    worker_concurrency: usize,
+    /// Task slots of each worker (`FERRY_CONCURRENCY`). Unset, the workers
+    /// run with no knob set, on the defaults, as users run them.
+    #[arg(long)]
+    worker_concurrency: Option<usize>,
     /// Concurrent HTTP clients in the closed-loop phases.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -274,12 +275,14 @@ fn database(args: &Args, backend: &str) -> anyhow::Result<Database> {
 impl Deployment {
     async fn start(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Result<Self> {
         let database = database(args, backend)?;
-        let deployment = ferry_testkit::Deployment::new(database, "bench")
+        let mut deployment = ferry_testkit::Deployment::new(database, "bench")
             .config(ECHO_ONLY)
             .broker(&args.broker_url)
             .bins(bin_dir)
-            .env("FERRY_CONCURRENCY", &args.worker_concurrency.to_string())
             .env("RUST_LOG", "warn");
+        if let Some(slots) = args.worker_concurrency {
+            deployment = deployment.env("FERRY_CONCURRENCY", &slots.to_string());
+        }
         let api = deployment.api().await;
         let workers = (0..args.workers)
             .map(|i| deployment.worker(&format!("worker-{i}")))
@@ -583,7 +586,7 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
     Ok(json!({
         "backend": backend,
         "workers": args.workers,
-        "worker_concurrency": args.worker_concurrency,
+        "worker_concurrency": args.worker_concurrency.unwrap_or(ferry_core::config::DEFAULT_CONCURRENCY),
         "burst": burst,
         "status": reads,
         "http_floor": floor,

@@ -145,12 +145,14 @@ fn reads_per_s(
 /// The waiters row on one backend.
 pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow::Result<Value> {
     let database = super::database(args, backend)?;
-    let deployment = ferry_testkit::Deployment::new(database, "waiters")
+    let mut deployment = ferry_testkit::Deployment::new(database, "waiters")
         .config(super::ECHO_ONLY)
         .broker(&args.broker_url)
         .bins(bin_dir)
-        .env("FERRY_CONCURRENCY", &args.worker_concurrency.to_string())
         .env("RUST_LOG", "warn,ferry_api::hub=debug");
+    if let Some(slots) = args.worker_concurrency {
+        deployment = deployment.env("FERRY_CONCURRENCY", &slots.to_string());
+    }
     let api = deployment.api().await;
     let base = api.base.clone();
     let client = reqwest::Client::builder()

@@ -20,9 +20,12 @@ pub struct CommonArgs {
     /// Queue name.
     #[arg(long)]
     pub queue: Option<String>,
-    /// Tasks run at once by this process's workers.
+    /// Task slots of this process's worker: tasks run at once, and its prefetch.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Of those, `exec` commands run at once by this process's worker.
+    #[arg(long)]
+    pub exec_concurrency: Option<usize>,
     /// How log lines are written: `text` or `json` (one object a line).
     #[arg(long, value_enum)]
     pub log_format: Option<crate::logging::LogFormat>,
@@ -38,6 +41,7 @@ impl CommonArgs {
             broker_url: self.broker_url.clone(),
             queue: self.queue.clone(),
             concurrency: self.concurrency,
+            exec_concurrency: self.exec_concurrency,
             log_format: self.log_format,
             ..Layer::default()
         };

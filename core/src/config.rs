@@ -38,6 +38,11 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default delivery limit of a quorum queue: deliveries of one message
 /// beyond the first before it is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+/// Default task slots of one worker process (`concurrency`): enough that
+/// short async handlers keep the claim and outcome group commits full,
+/// whatever the core count. CPU-heavy `exec` commands are bounded apart,
+/// by `exec_concurrency`.
+pub const DEFAULT_CONCURRENCY: usize = 64;
 /// Default longest age of the task counts `/metrics` shows.
 pub const DEFAULT_METRICS_COUNTS_MAX_AGE: Duration = Duration::from_secs(10);
 /// The file read when `--config` is not given, if it exists.
@@ -90,6 +95,9 @@ pub struct Config {
     pub metrics_counts_max_age: Duration,
     /// Tasks one worker process runs at once (also its prefetch).
     pub concurrency: usize,
+    /// Of those, `exec` commands running at once in one worker process;
+    /// the other `exec` tasks are `running` and wait for a permit.
+    pub exec_concurrency: usize,
     /// Largest `/receive` body accepted, in bytes.
     pub max_body_bytes: u64,
     /// `/receive` requests of one api that may wait for the database at
@@ -128,7 +136,8 @@ impl Default for Config {
             port: DEFAULT_PORT,
             http_port: None,
             metrics_counts_max_age: DEFAULT_METRICS_COUNTS_MAX_AGE,
-            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            concurrency: DEFAULT_CONCURRENCY,
+            exec_concurrency: default_exec_concurrency(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             receive_limit: DEFAULT_RECEIVE_LIMIT,
             lease: Duration::from_secs(30),
@@ -174,6 +183,8 @@ pub(crate) struct Layer {
     pub(crate) metrics_counts_max_age: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) exec_concurrency: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_body_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,6 +259,9 @@ impl Layer {
             concurrency: var("FERRY_CONCURRENCY")
                 .map(|v| parse("FERRY_CONCURRENCY", &v))
                 .transpose()?,
+            exec_concurrency: var("FERRY_EXEC_CONCURRENCY")
+                .map(|v| parse("FERRY_EXEC_CONCURRENCY", &v))
+                .transpose()?,
             database_pool_size: var("FERRY_DATABASE_POOL_SIZE")
                 .map(|v| parse("FERRY_DATABASE_POOL_SIZE", &v))
                 .transpose()?,
@@ -291,6 +305,7 @@ impl Layer {
             address,
             port,
             concurrency,
+            exec_concurrency,
             max_body_bytes,
             receive_limit,
             lease,
@@ -371,6 +386,13 @@ impl Retention {
         };
         Ok((!duration.is_zero()).then_some(duration))
     }
+}
+
+/// The default `exec_concurrency`: the number of CPUs this process may
+/// use (2 if that cannot be read), since an `exec` command is taken to be
+/// CPU-bound.
+pub fn default_exec_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Parses `"250ms"`, `"2s"`, `"10m"`, `"1h 30m"`.
@@ -471,6 +493,12 @@ impl Config {
                 "must be between 1 and 65535",
             ));
         }
+        if self.exec_concurrency == 0 || self.exec_concurrency > u16::MAX as usize {
+            return Err(ConfigError::new(
+                "exec_concurrency",
+                "must be between 1 and 65535",
+            ));
+        }
         if self.database_pool_size == 0 {
             return Err(ConfigError::new("database_pool_size", "must be at least 1"));
         }
@@ -521,6 +549,7 @@ impl Config {
             port: self.port,
             http_port: self.http_port,
             concurrency: self.concurrency as u64,
+            exec_concurrency: self.exec_concurrency as u64,
             max_body_bytes: self.max_body_bytes,
             receive_limit: self.receive_limit as u64,
             lease: duration(self.lease),
@@ -582,6 +611,7 @@ struct Effective<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     http_port: Option<u16>,
     concurrency: u64,
+    exec_concurrency: u64,
     max_body_bytes: u64,
     receive_limit: u64,
     lease: String,
@@ -711,6 +741,35 @@ mod tests {
     }
 
     #[test]
+    fn slots_do_not_follow_the_cores_and_exec_permits_do() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(config.concurrency, 64);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(config.exec_concurrency, cpus);
+        assert_eq!(default_exec_concurrency(), cpus);
+        let config = with_env(
+            "concurrency = 8\nexec_concurrency = 3",
+            &[("FERRY_EXEC_CONCURRENCY", "5")],
+        )
+        .unwrap();
+        assert_eq!((config.concurrency, config.exec_concurrency), (8, 5));
+        assert_eq!(
+            Config::from_toml("exec_concurrency = 0")
+                .unwrap_err()
+                .to_string(),
+            "exec_concurrency: must be between 1 and 65535"
+        );
+        let err = with_env("", &[("FERRY_EXEC_CONCURRENCY", "0")]).unwrap_err();
+        assert_eq!(err.key, "exec_concurrency");
+        let err = with_env("", &[("FERRY_EXEC_CONCURRENCY", "cores")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "FERRY_EXEC_CONCURRENCY: \"cores\": invalid digit found in string"
+        );
+    }
+
+    #[test]
     fn retention_is_a_duration_or_off() {
         let retention = |text: &str, env: &[(&str, &str)]| with_env(text, env).map(|c| c.retention);
         assert_eq!(retention("", &[]).unwrap(), Some(DEFAULT_RETENTION));
@@ -802,6 +861,11 @@ mod tests {
             ("database_url = \"mysql://x\"", "database_url"),
             ("concurrency = 0", "concurrency"),
             ("receive_limit = 0", "receive_limit"),
+            ("concurrency = 70000", "concurrency"),
+            ("exec_concurrency = 0", "exec_concurrency"),
+            ("exec_concurrency = 70000", "exec_concurrency"),
+            ("exec_concurrency = -1", "exec_concurrency"),
+            ("exec_concurrency = \"2\"", "exec_concurrency"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err();
@@ -933,6 +997,8 @@ mod tests {
             lease = "1m 30s"
             http_port = 8070
             metrics_counts_max_age = "30s"
+            concurrency = 16
+            exec_concurrency = 3
             [[routes]]
             type = "b"
             handler = "http"
@@ -967,6 +1033,8 @@ mod tests {
         assert_eq!(again.lease, Duration::from_secs(90));
         assert_eq!(again.http_port, Some(8070));
         assert_eq!(again.metrics_counts_max_age, Duration::from_secs(30));
+        assert_eq!((again.concurrency, again.exec_concurrency), (16, 3));
+        assert!(masked.contains("\nexec_concurrency = 3\n"), "{masked}");
         assert_eq!(again.routes.get("a"), config.routes.get("a"));
         assert_eq!(again.routes.get("zzz"), config.routes.get("zzz"));
         assert_eq!(again.tokens.iter().count(), 1);
@@ -1016,10 +1084,16 @@ mod tests {
 
     #[test]
     fn flags_override_the_environment() {
-        let env: HashMap<&str, &str> = [("FERRY_QUEUE", "env"), ("FERRY_CONCURRENCY", "0")].into();
+        let env: HashMap<&str, &str> = [
+            ("FERRY_QUEUE", "env"),
+            ("FERRY_CONCURRENCY", "0"),
+            ("FERRY_EXEC_CONCURRENCY", "0"),
+        ]
+        .into();
         let flags = Layer {
             queue: Some("flag".into()),
             concurrency: Some(3),
+            exec_concurrency: Some(2),
             ..Layer::default()
         };
         let config = Config::from_layers(
@@ -1028,7 +1102,14 @@ mod tests {
             flags,
         )
         .unwrap();
-        assert_eq!((config.queue.as_str(), config.concurrency), ("flag", 3));
+        assert_eq!(
+            (
+                config.queue.as_str(),
+                config.concurrency,
+                config.exec_concurrency
+            ),
+            ("flag", 3, 2)
+        );
     }
 
     #[test]

@@ -84,6 +84,15 @@ type = "org.ferry.hang"
 handler = "exec"
 command = ["sh", "testkit/fixtures/hang.sh", '{runs}']
 timeout = "5m"
+
+# Counts its run and waits until the test opens the gate
+# (Deployment::open_gate); its result says how many other gate commands were
+# running when it started.
+[[routes]]
+type = "org.ferry.gate"
+handler = "exec"
+command = ["sh", "testkit/fixtures/gate.sh", '{runs}']
+timeout = "5m"
 "#;
 
 /// Where a deployment keeps its tasks.
@@ -309,6 +318,12 @@ impl Deployment {
         let text = std::fs::read_to_string(self.dir.path().join(format!("pids-{task}"))).ok()?;
         let (command, grandchild) = text.trim().split_once(' ')?;
         Some((command.parse().ok()?, grandchild.parse().ok()?))
+    }
+
+    /// Lets every `org.ferry.gate` command past its gate, those waiting
+    /// and those to come.
+    pub fn open_gate(&self) {
+        std::fs::write(self.dir.path().join("gate"), "").expect("open the gate");
     }
 
     /// The SQLite file of an SQLite deployment.

@@ -139,7 +139,7 @@ pub async fn run(
         metrics: TaskMetrics::default(),
         gauges,
         name,
-        handlers: Handlers::new(),
+        handlers: Handlers::new(config.exec_concurrency),
         hints: Hints::spawn(&queue),
         config,
         db,
@@ -150,6 +150,7 @@ pub async fn run(
     tracing::info!(
         worker = %worker.name,
         concurrency,
+        exec_concurrency = worker.config.exec_concurrency,
         queue = %worker.config.queue,
         broker_url = %ferry_core::logging::redact_url(&worker.config.broker_url),
         "worker started"

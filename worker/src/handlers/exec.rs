@@ -2,7 +2,9 @@
 //! `FERRY_TASK_ID`, `FERRY_ATTEMPT` in its environment. Its stdout is the
 //! result (JSON if it parses, else text). A non-zero exit fails the attempt
 //! with the tail of stderr: exit code 75 (`EX_TEMPFAIL`) or death by a signal
-//! is retried, any other code fails the task for good.
+//! is retried, any other code fails the task for good. The command starts
+//! only once the attempt holds one of the worker's exec permits
+//! (`exec_concurrency`; see [`super::Handlers::run`]).
 //!
 //! The command runs in a process group of its own. An attempt that is
 //! stopped before the command exits (a cancel, a timeout, a lost lease,
