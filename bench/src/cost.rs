@@ -384,7 +384,9 @@ fn pg_stats(url: &str, schema: &str) -> Option<Value> {
          UNION ALL SELECT 'xact_rollback', xact_rollback FROM pg_stat_database WHERE datname = current_database() \
          UNION ALL SELECT relname || '.inserted', n_tup_ins FROM pg_stat_user_tables WHERE schemaname = $1 \
          UNION ALL SELECT relname || '.updated', n_tup_upd FROM pg_stat_user_tables WHERE schemaname = $1 \
-         UNION ALL SELECT relname || '.deleted', n_tup_del FROM pg_stat_user_tables WHERE schemaname = $1",
+         UNION ALL SELECT relname || '.deleted', n_tup_del FROM pg_stat_user_tables WHERE schemaname = $1 \
+         UNION ALL SELECT 'autovacuum_runs', coalesce(sum(autovacuum_count + autoanalyze_count), 0)::bigint \
+                   FROM pg_stat_user_tables WHERE schemaname = $1",
     )
     .bind::<diesel::sql_types::Text, _>(schema)
     .load(&mut conn)
@@ -686,7 +688,7 @@ pub fn print(cost: &Value, ceiling: &Value) {
     if let Some(idle) = cost.get("idle") {
         println!(
             "{}",
-            cpu_row("  per second, idle", &idle["cpu_us_per_s"], &names)
+            cpu_row("  per second idle (µs/s)", &idle["cpu_us_per_s"], &names)
         );
     }
     let db = &burst["db_per_task"]["ferry"];
@@ -748,11 +750,12 @@ pub fn print(cost: &Value, ceiling: &Value) {
             .map(|(k, v)| format!("{k} {}", us(v)))
             .collect();
         println!(
-            "pg_stat cross-check over {} s: {} transactions committed + {} rolled back by the server, {} counted by the hook (Ferry and bench); rows per task: {}",
+            "pg_stat cross-check over {} s: {} transactions committed + {} rolled back by the server, {} counted by the hook (Ferry and bench), {} autovacuum/autoanalyze runs on the schema; rows per task: {}",
             us(&pg["window_s"]),
             us(&pg["total"]["xact_commit"]),
             us(&pg["total"]["xact_rollback"]),
             us(&json!(hook_tx)),
+            us(&pg["total"]["autovacuum_runs"]),
             rows.join(", ")
         );
     }
