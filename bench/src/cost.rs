@@ -340,6 +340,9 @@ fn broker_counters(ports: &HashSet<u16>) -> Option<[u64; 4]> {
             "list_connections",
             "-q",
             "--no-table-headers",
+            // A slow broker must not hold the run.
+            "--timeout",
+            "10",
             "peer_port",
             "recv_cnt",
             "send_cnt",
