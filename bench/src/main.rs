@@ -22,7 +22,12 @@
 //! each filter and `GET /tasks/counts`. Then the waiters row (also alone:
 //! `ferry-bench waiters`, in `waiters.rs`): one api holding 1 000 long
 //! polls and SSE streams while a worker finishes their tasks.
+//!
+//! Beside the burst and the broker's ceiling, `cost.rs` reads what each
+//! process spent: CPU per task, database statements and transactions per
+//! task, the broker's socket reads and writes per task, and an idle row.
 
+mod cost;
 mod list;
 mod waiters;
 
@@ -82,11 +87,13 @@ struct Args {
     /// RabbitMQ.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     broker_url: String,
-    /// PostgreSQL database in which each run gets a schema of its own (TLS
-    /// off: on loopback it only costs CPU; libpq otherwise prefers it).
+    /// PostgreSQL database in which each run gets a schema of its own,
+    /// created if missing: the bench's alone, so that the server's
+    /// statistics of it are the bench's (TLS off: on loopback it only costs
+    /// CPU; libpq otherwise prefers it).
     #[arg(
         long,
-        default_value = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+        default_value = "postgres://postgres@127.0.0.1:5432/ferry_bench?sslmode=disable"
     )]
     postgres_url: String,
     /// Stalled connections in the full run's slow-client row (default 1000,
@@ -260,6 +267,8 @@ struct Deployment {
     workers: Vec<Proc>,
     database_url: String,
     base: String,
+    /// What each process spends (`cost.rs`).
+    meter: cost::Meter,
     _deployment: ferry_testkit::Deployment,
 }
 
@@ -280,14 +289,27 @@ impl Deployment {
             .broker(&args.broker_url)
             .bins(bin_dir)
             .env("RUST_LOG", "warn");
+        // Each process writes its database counts into the deployment's directory.
+        let counts_dir = deployment.dir.path().to_path_buf();
+        deployment = deployment.env(
+            ferry_core::db::counts::ENV,
+            counts_dir.to_str().context("a UTF-8 path")?,
+        );
         if let Some(slots) = args.worker_concurrency {
             deployment = deployment.env("FERRY_CONCURRENCY", &slots.to_string());
         }
         let api = deployment.api().await;
-        let workers = (0..args.workers)
+        let workers: Vec<Proc> = (0..args.workers)
             .map(|i| deployment.worker(&format!("worker-{i}")))
             .collect();
+        let mut pids = vec![("api".to_string(), api.proc.pid())];
+        pids.extend(workers.iter().map(|w| (w.name.clone(), w.pid())));
+        let pg = deployment
+            .pg
+            .as_ref()
+            .map(|schema| (deployment.database_url.clone(), schema.name.clone()));
         Ok(Self {
+            meter: cost::Meter::new(&pids, &counts_dir, pg),
             database_url: deployment.database_url.clone(),
             base: api.base.clone(),
             api,
@@ -559,8 +581,12 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
         .pool_max_idle_per_host(1024)
         .build()?;
     let tasks = args.tasks.unwrap_or(if args.quick { 500 } else { 20_000 });
+    eprintln!("[{backend}] idle CPU");
+    let idle = d.meter.idle(Duration::from_secs(2)).await;
     eprintln!("[{backend}] burst of {tasks} tasks");
+    let before = d.meter.start().await;
     let (burst, ids) = burst(&d, &db, &client, tasks, args.concurrency).await?;
+    let burst_cost = d.meter.finish(before, tasks, true).await;
     eprintln!("[{backend}] status reads");
     let reads = status_reads(&d, &client, &ids, tasks * 2, args.concurrency).await?;
     eprintln!("[{backend}] HTTP floor (no database work)");
@@ -592,6 +618,7 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
         "http_floor": floor,
         "open_loop": open,
         "memory": d.rss(),
+        "cost": {"idle": idle, "burst": burst_cost, "by_name": d.meter.pids_by_name()},
     }))
 }
 
@@ -857,6 +884,7 @@ fn print_table(results: &Value) {
             fmt(&b["memory"]["api_peak_rss_mib"]),
             workers_rss(&b["memory"])
         );
+        cost::print(&b["cost"], &ceiling["cpu_us_per_message"]);
     }
 }
 
@@ -871,6 +899,9 @@ async fn main() -> anyhow::Result<()> {
                 bin_dir.join(binary).display()
             );
         }
+    }
+    if args.backends.iter().any(|b| b == "postgres") {
+        create_database(&args.postgres_url)?;
     }
     if let Some(Mode::Stall(plan)) = &args.mode {
         eprintln!(
@@ -936,7 +967,11 @@ async fn main() -> anyhow::Result<()> {
         "broker ceiling: {ceiling_n} messages pipelined, {} one at a time",
         ceiling_n / 10
     );
-    let pipelined = broker_ceiling(&args.broker_url, ceiling_n, true).await?;
+    // The harness counts its own statements too, for the PostgreSQL cross-check.
+    ferry_core::db::counts::count();
+    let (pipelined, ceiling_cpu) =
+        cost::broker_ceiling(ceiling_n, broker_ceiling(&args.broker_url, ceiling_n, true)).await;
+    let pipelined = pipelined?;
     let sequential = broker_ceiling(&args.broker_url, ceiling_n / 10, false).await?;
     let mut backends = Vec::new();
     for backend in &args.backends {
@@ -946,7 +981,7 @@ async fn main() -> anyhow::Result<()> {
         "when": chrono::Utc::now().to_rfc3339(),
         "quick": args.quick,
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "broker_ceiling": {"pipelined_per_s": pipelined, "sequential_per_s": sequential, "messages": ceiling_n},
+        "broker_ceiling": {"pipelined_per_s": pipelined, "sequential_per_s": sequential, "messages": ceiling_n, "cpu_us_per_message": ceiling_cpu},
         "backends": backends,
     });
     let ratios: HashMap<String, f64> = results["backends"]
@@ -998,6 +1033,28 @@ async fn main() -> anyhow::Result<()> {
             .as_deref()
             .unwrap_or(Path::new("bench-results/latest.json")),
     )
+}
+
+/// Creates the database of a PostgreSQL URL if it is missing, from the
+/// server's `postgres` database.
+fn create_database(url: &str) -> anyhow::Result<()> {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut admin = reqwest::Url::parse(url).context("the PostgreSQL URL")?;
+    let name = admin.path().trim_start_matches('/').to_string();
+    if diesel::PgConnection::establish(url).is_ok() || name.is_empty() {
+        return Ok(());
+    }
+    admin.set_path("/postgres");
+    let mut conn = diesel::PgConnection::establish(admin.as_str())
+        .with_context(|| format!("connecting to {admin} to create {name}"))?;
+    if let Err(e) = conn.batch_execute(&format!("CREATE DATABASE \"{name}\"")) {
+        // Another run may have created it meanwhile.
+        if diesel::PgConnection::establish(url).is_err() {
+            bail!("CREATE DATABASE {name}: {e}");
+        }
+    }
+    Ok(())
 }
 
 fn write_results(results: &Value, out: &Path) -> anyhow::Result<()> {

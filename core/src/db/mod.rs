@@ -26,7 +26,8 @@
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
 //! (raw SQL, `SKIP LOCKED`, `unnest`) is in `dialect.rs`. Errors and their
-//! classification are in `error.rs`.
+//! classification are in `error.rs`. `counts.rs` counts statements and
+//! transactions for the benchmark harness, only when asked to.
 
 pub mod schema_pg;
 pub mod schema_sqlite;
@@ -71,6 +72,7 @@ macro_rules! with_conn {
 // After the macro: the query files use it.
 mod attempts;
 mod control;
+pub mod counts;
 mod dialect;
 mod error;
 mod events;
@@ -138,6 +140,8 @@ pub struct Db {
 impl Db {
     /// Connects a pool to `url` (`sqlite://PATH` or `postgres://…`).
     pub fn connect(url: &str, pool_size: u32) -> DbResult<Self> {
+        // Before the pool's first connection: counting is per connection.
+        counts::install();
         fn builder<M: diesel::r2d2::ManageConnection>(size: u32) -> diesel::r2d2::Builder<M> {
             R2d2Pool::builder()
                 .max_size(size)
