@@ -165,7 +165,9 @@ async fn relay_round(
             "took back tasks whose worker stopped renewing its lease"
         );
     }
-    let mut published = 0;
+    // Before the owed tasks: its depth count declares a deleted queue
+    // again, which the publishes below need.
+    let mut published = republish_lost(db, queue, republish_after, metrics).await?;
     loop {
         let ids = db
             .run_blocking(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK))
@@ -180,8 +182,7 @@ async fn relay_round(
             break;
         }
     }
-    // After the owed ones: what this round just published is not stale.
-    Ok(published + republish_lost(db, queue, republish_after, metrics).await?)
+    Ok(published)
 }
 
 /// Starts this process's relay, rounds every `settings.interval` until
