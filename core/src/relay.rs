@@ -166,8 +166,15 @@ async fn relay_round(
         );
     }
     // Before the owed tasks: its depth count declares a deleted queue
-    // again, which the publishes below need.
-    let mut published = republish_lost(db, queue, republish_after, metrics).await?;
+    // again, which the publishes below need. Its failure (the depth could
+    // not be had) does not hold them up.
+    let mut published = match republish_lost(db, queue, republish_after, metrics).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for lost messages failed; will retry");
+            0
+        }
+    };
     loop {
         let ids = db
             .run_blocking(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK))
