@@ -601,3 +601,27 @@ pub(crate) async fn subscribe_exclusive(
         .await?;
     Ok((connection, consumer))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-process queue's depth: sent and not yet received, a message
+    /// given back counted again.
+    #[tokio::test]
+    async fn the_local_queue_counts_what_waits_in_it() {
+        let queue = Queue::local();
+        assert_eq!(queue.depth().await.unwrap(), 0);
+        let ids = [TaskId::new(), TaskId::new(), TaskId::new()];
+        queue.publish(&ids).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 3);
+        let mut consumer = queue.consume(1, "test").await.unwrap();
+        let delivery = consumer.next().await.unwrap().unwrap();
+        assert_eq!(delivery.task_id(), Some(ids[0]));
+        assert_eq!(queue.depth().await.unwrap(), 2);
+        delivery.requeue().await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 3);
+        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 2);
+    }
+}
