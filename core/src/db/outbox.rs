@@ -54,7 +54,11 @@ pub const LOST_COUNT_CAP: u64 = 10_000;
 /// counted up to `min(D + batch, LOST_COUNT_CAP)`, which is all the rule
 /// needs below the cap; a queue deeper than [`LOST_COUNT_CAP`] republishes
 /// nothing until it drains below it, so a loss inside a deep backlog costs
-/// time, never the task. Republished tasks lose `enqueued_at` in the same
+/// time, never the task. `enqueued_at` is written on the clock of the
+/// process that saw the confirm: hosts whose clocks disagree can only
+/// count in M tasks confirmed just after D was measured, which are not
+/// stale, so the error is a few harmless duplicates among the stale ones,
+/// never a flood. Republished tasks lose `enqueued_at` in the same
 /// transaction, so the next count no longer holds them, and relays of
 /// several processes take the decision one at a time
 /// ([`Db::claim_lost`]).
