@@ -301,8 +301,7 @@ pub async fn serve(
     let relay = relay::spawn(
         db.clone(),
         queue.clone(),
-        config.relay_interval,
-        config.retention,
+        relay::Settings::of(&config),
         background.clone(),
     );
     let workers = standalone.then(|| spawn_workers(&config, &db, &queue, &background));

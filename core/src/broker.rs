@@ -2,6 +2,7 @@
 //! in-process queue (`--standalone`). A message is a task id; the task
 //! itself lives in the database, so a lost message is found again there.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -126,12 +127,27 @@ impl Queue {
         }
     }
 
+    /// How many messages are ready in the task queue: not delivered to a
+    /// consumer, or given back (a consumer's unacknowledged deliveries are
+    /// not counted). RabbitMQ answers it to a queue declare, made on a
+    /// channel of its own with the arguments every process declares the
+    /// queue with, so that a deleted queue is declared again (and counts
+    /// 0) rather than failing every count until a worker reconnects. The
+    /// in-process queue counts what was sent and not yet received.
+    pub async fn depth(&self) -> Result<u64, BrokerError> {
+        match self {
+            Self::Amqp(queue) => queue.depth().await.map(u64::from),
+            Self::Local(queue) => Ok(queue.ready.load(Ordering::Acquire) as u64),
+        }
+    }
+
     /// A new in-process queue.
     pub fn local() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         Self::Local(LocalQueue {
             sender,
             receiver: Arc::new(Mutex::new(receiver)),
+            ready: Arc::new(AtomicUsize::new(0)),
             control: crate::control::local_channel(),
             events: crate::hints::local_channel(),
         })
@@ -145,10 +161,7 @@ impl Queue {
             Self::Amqp(queue) => queue.publish(ids).await,
             Self::Local(queue) => {
                 for id in ids {
-                    queue
-                        .sender
-                        .send(id.to_string().into_bytes())
-                        .map_err(|_| BrokerError::Closed)?;
+                    queue.send(id.to_string().into_bytes())?;
                 }
                 Ok(())
             }
@@ -272,15 +285,19 @@ impl AmqpQueue {
         Ok(channel)
     }
 
-    async fn dead_letter_depth(&self) -> Result<u32, BrokerError> {
+    /// A channel of its own on the publishing connection: a declare that
+    /// fails closes it, never the publishing channel.
+    async fn side_channel(&self) -> Result<Channel, BrokerError> {
         self.publisher().await?;
-        let channel = {
-            let slot = self.publisher.lock().await;
-            match slot.as_ref() {
-                Some((connection, _)) => connection.create_channel().await?,
-                None => return Err(BrokerError::Closed),
-            }
-        };
+        let slot = self.publisher.lock().await;
+        match slot.as_ref() {
+            Some((connection, _)) => Ok(connection.create_channel().await?),
+            None => Err(BrokerError::Closed),
+        }
+    }
+
+    async fn dead_letter_depth(&self) -> Result<u32, BrokerError> {
+        let channel = self.side_channel().await?;
         let dead = Self::dead_letter_name(&self.name);
         let declared = channel
             .queue_declare(
@@ -290,6 +307,22 @@ impl AmqpQueue {
                     ..QueueDeclareOptions::default()
                 },
                 FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(declared?.message_count())
+    }
+
+    /// See [`Queue::depth`]: the declare `open` makes, whose answer
+    /// carries the ready count.
+    async fn depth(&self) -> Result<u32, BrokerError> {
+        let channel = self.side_channel().await?;
+        let (_, args) = self.arguments();
+        let declared = channel
+            .queue_declare(
+                self.name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                args,
             )
             .await;
         let _ = channel.close(200, "counted".into()).await;
@@ -368,10 +401,23 @@ impl AmqpQueue {
 pub struct LocalQueue {
     sender: mpsc::UnboundedSender<Vec<u8>>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
+    /// Messages sent and not yet received: counted up before a send and
+    /// down after a receive, so never less than the channel holds.
+    ready: Arc<AtomicUsize>,
     /// Control messages (cancels) to this process's workers.
     pub(crate) control: tokio::sync::broadcast::Sender<crate::control::CancelRequest>,
     /// Hints of state changes to this process's api.
     pub(crate) events: tokio::sync::broadcast::Sender<Arc<[crate::hints::Change]>>,
+}
+
+impl LocalQueue {
+    fn send(&self, payload: Vec<u8>) -> Result<(), BrokerError> {
+        self.ready.fetch_add(1, Ordering::AcqRel);
+        self.sender.send(payload).map_err(|_| {
+            self.ready.fetch_sub(1, Ordering::AcqRel);
+            BrokerError::Closed
+        })
+    }
 }
 
 /// A stream of deliveries.
@@ -417,10 +463,11 @@ impl Consumer {
             }
             Self::Local(queue) => {
                 let payload = queue.receiver.lock().await.recv().await?;
+                queue.ready.fetch_sub(1, Ordering::AcqRel);
                 Some(Ok(Delivery {
                     payload,
                     redelivered: false,
-                    acker: Acker::Local(queue.sender.clone()),
+                    acker: Acker::Local(queue.clone()),
                 }))
             }
         }
@@ -430,7 +477,7 @@ impl Consumer {
 #[derive(Debug)]
 enum Acker {
     Amqp(lapin::Acker),
-    Local(mpsc::UnboundedSender<Vec<u8>>),
+    Local(LocalQueue),
 }
 
 /// One message, to be settled exactly once with ack, requeue or dead-letter.
@@ -468,7 +515,7 @@ impl Delivery {
                 })
                 .await
                 .map(drop)?,
-            Acker::Local(sender) => sender.send(self.payload).map_err(|_| BrokerError::Closed)?,
+            Acker::Local(queue) => queue.send(self.payload)?,
         }
         Ok(())
     }
@@ -553,4 +600,28 @@ pub(crate) async fn subscribe_exclusive(
         )
         .await?;
     Ok((connection, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-process queue's depth: sent and not yet received, a message
+    /// given back counted again.
+    #[tokio::test]
+    async fn the_local_queue_counts_what_waits_in_it() {
+        let queue = Queue::local();
+        assert_eq!(queue.depth().await.unwrap(), 0);
+        let ids = [TaskId::new(), TaskId::new(), TaskId::new()];
+        queue.publish(&ids).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 3);
+        let mut consumer = queue.consume(1, "test").await.unwrap();
+        let delivery = consumer.next().await.unwrap().unwrap();
+        assert_eq!(delivery.task_id(), Some(ids[0]));
+        assert_eq!(queue.depth().await.unwrap(), 2);
+        delivery.requeue().await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 3);
+        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 2);
+    }
 }

@@ -35,6 +35,10 @@ pub const DEFAULT_RECEIVE_LIMIT: usize = 128;
 pub const MAX_RECEIVE_LIMIT: usize = 1 << 20;
 /// Default retention of final tasks: 7 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Default age after which a confirmed, unclaimed task's message may be
+/// taken for lost: 5 minutes, far beyond the seconds a message waits in a
+/// queue that workers keep up with.
+pub const DEFAULT_REPUBLISH_AFTER: Duration = Duration::from_secs(5 * 60);
 /// Default delivery limit of a quorum queue: deliveries of one message
 /// beyond the first before it is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
@@ -107,6 +111,11 @@ pub struct Config {
     pub lease: Duration,
     /// How often the relay looks for tasks the broker never received.
     pub relay_interval: Duration,
+    /// How long after the broker confirmed a task's message the relay may
+    /// take the message for lost, if no worker has claimed the task, and
+    /// publish it again (within the bound of the queue's depth: see
+    /// `crate::db::LostBound`).
+    pub republish_after: Duration,
     /// How long a running task may take to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// How long the API waits for a request's headers, and separately for
@@ -142,6 +151,7 @@ impl Default for Config {
             receive_limit: DEFAULT_RECEIVE_LIMIT,
             lease: Duration::from_secs(30),
             relay_interval: Duration::from_secs(2),
+            republish_after: DEFAULT_REPUBLISH_AFTER,
             drain_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             retention: Some(DEFAULT_RETENTION),
@@ -201,6 +211,12 @@ pub(crate) struct Layer {
         skip_serializing_if = "Option::is_none"
     )]
     pub(crate) relay_interval: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) republish_after: Option<Duration>,
     #[serde(
         default,
         with = "humantime_serde",
@@ -273,6 +289,7 @@ impl Layer {
                 .transpose()?,
             lease: duration("FERRY_LEASE")?,
             relay_interval: duration("FERRY_RELAY_INTERVAL")?,
+            republish_after: duration("FERRY_REPUBLISH_AFTER")?,
             drain_timeout: duration("FERRY_DRAIN_TIMEOUT")?,
             request_timeout: duration("FERRY_REQUEST_TIMEOUT")?,
             retention: var("FERRY_RETENTION")
@@ -310,6 +327,7 @@ impl Layer {
             receive_limit,
             lease,
             relay_interval,
+            republish_after,
             drain_timeout,
             request_timeout,
             metrics_counts_max_age,
@@ -514,6 +532,9 @@ impl Config {
         if self.relay_interval < Duration::from_millis(10) {
             return Err(ConfigError::new("relay_interval", "must be at least 10ms"));
         }
+        if self.republish_after < Duration::from_secs(1) {
+            return Err(ConfigError::new("republish_after", "must be at least 1s"));
+        }
         if self.http_port == Some(0) {
             return Err(ConfigError::new("http_port", "must be between 1 and 65535"));
         }
@@ -554,6 +575,7 @@ impl Config {
             receive_limit: self.receive_limit as u64,
             lease: duration(self.lease),
             relay_interval: duration(self.relay_interval),
+            republish_after: duration(self.republish_after),
             drain_timeout: duration(self.drain_timeout),
             request_timeout: duration(self.request_timeout),
             retention: self.retention.map_or_else(|| "off".into(), duration),
@@ -616,6 +638,7 @@ struct Effective<'a> {
     receive_limit: u64,
     lease: String,
     relay_interval: String,
+    republish_after: String,
     drain_timeout: String,
     request_timeout: String,
     retention: String,
@@ -799,6 +822,29 @@ mod tests {
         assert_eq!(e.key, "retention");
         let e = retention("retention = true", &[]).unwrap_err();
         assert_eq!(e.key, "retention");
+    }
+
+    #[test]
+    fn republish_after_is_a_duration_of_at_least_a_second() {
+        let republish =
+            |text: &str, env: &[(&str, &str)]| with_env(text, env).map(|c| c.republish_after);
+        assert_eq!(republish("", &[]).unwrap(), DEFAULT_REPUBLISH_AFTER);
+        assert_eq!(
+            republish("republish_after = \"10m\"", &[]).unwrap(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            republish(
+                "republish_after = \"10m\"",
+                &[("FERRY_REPUBLISH_AFTER", "1s")]
+            )
+            .unwrap(),
+            Duration::from_secs(1)
+        );
+        let e = republish("republish_after = \"500ms\"", &[]).unwrap_err();
+        assert_eq!(e.key, "republish_after");
+        let e = republish("", &[("FERRY_REPUBLISH_AFTER", "later")]).unwrap_err();
+        assert_eq!(e.key, "FERRY_REPUBLISH_AFTER");
     }
 
     #[test]

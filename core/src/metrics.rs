@@ -44,6 +44,9 @@ pub const WORKER_FREE_SLOTS: &str = "ferry_worker_free_slots";
 /// Counter: tasks the relay published (unconfirmed publishes taken over,
 /// delayed tasks and retries once due).
 pub const RELAY_PUBLISHED: &str = "ferry_relay_published_total";
+/// Counter: tasks the relay published again because the broker had
+/// confirmed their message and then lost it.
+pub const RELAY_LOST_REPUBLISHED: &str = "ferry_relay_lost_republished_total";
 /// Counter: running tasks the relay took back because their lease expired.
 pub const LEASE_EXPIRIES: &str = "ferry_lease_expiries_total";
 /// Counter: messages a worker dead-lettered itself, by `reason`.
@@ -149,6 +152,10 @@ fn describe() {
     describe_counter!(
         RELAY_PUBLISHED,
         "Tasks the relay published: unconfirmed publishes, delayed tasks and retries once due."
+    );
+    describe_counter!(
+        RELAY_LOST_REPUBLISHED,
+        "Tasks the relay published again because the broker lost the message it had confirmed."
     );
     describe_counter!(
         LEASE_EXPIRIES,
@@ -299,6 +306,8 @@ pub struct RelayMetrics {
     pub published: Counter,
     /// [`LEASE_EXPIRIES`].
     pub lease_expiries: Counter,
+    /// [`RELAY_LOST_REPUBLISHED`].
+    pub lost_republished: Counter,
 }
 
 impl RelayMetrics {
@@ -307,6 +316,7 @@ impl RelayMetrics {
         Self {
             published: metrics::counter!(RELAY_PUBLISHED),
             lease_expiries: metrics::counter!(LEASE_EXPIRIES),
+            lost_republished: metrics::counter!(RELAY_LOST_REPUBLISHED),
         }
     }
 }

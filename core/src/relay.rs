@@ -4,6 +4,12 @@
 //! whose worker stopped renewing its lease. Every API and worker process runs
 //! one; their claims on rows exclude each other. It also deletes final
 //! tasks older than `retention`, a bounded number per round.
+//!
+//! And it finds messages the broker confirmed and then lost (a purged or
+//! deleted queue, a lost disk): a task still unclaimed `republish_after`
+//! after its confirm is published again, within a bound the queue's depth
+//! sets so that a queue that is merely long is not flooded
+//! ([`crate::db::LostBound`]).
 
 use std::time::Duration;
 
@@ -11,8 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Queue;
-use crate::db::Db;
+use crate::db::{Db, LostBound};
 use crate::metrics::RelayMetrics;
+use crate::task::TaskId;
 
 /// Tasks published per relay round.
 const BATCH: i64 = 500;
@@ -47,13 +54,109 @@ pub async fn expire_finished(db: &Db, retention: Duration) -> anyhow::Result<usi
     Ok(deleted)
 }
 
-/// One round: returns how many tasks were published.
+/// What a relay is told, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Time between rounds (`relay_interval`).
+    pub interval: Duration,
+    /// How long final tasks are kept (`retention`; `None`: for ever).
+    pub retention: Option<Duration>,
+    /// How long after its confirm an unclaimed task's message may be taken
+    /// for lost (`republish_after`).
+    pub republish_after: Duration,
+}
+
+impl Settings {
+    /// The relay's keys of `config`.
+    pub fn of(config: &crate::Config) -> Self {
+        Self {
+            interval: config.relay_interval,
+            retention: config.retention,
+            republish_after: config.republish_after,
+        }
+    }
+}
+
+/// One round, with the default `republish_after`: returns how many tasks
+/// were published.
 pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
-    relay_round(db, queue, &RelayMetrics::new()).await
+    relay_round(
+        db,
+        queue,
+        crate::config::DEFAULT_REPUBLISH_AFTER,
+        &RelayMetrics::new(),
+    )
+    .await
+}
+
+/// Publishes tasks locked for publishing (by [`Db::claim_unpublished`] or
+/// [`Db::claim_lost`]) and records the confirm, or gives them back to
+/// the next round if the broker did not confirm.
+async fn publish_claimed(db: &Db, queue: &Queue, ids: Vec<TaskId>) -> anyhow::Result<()> {
+    match queue.publish(&ids).await {
+        Ok(()) => Ok(db.run_blocking(move |db| db.mark_enqueued(&ids)).await?),
+        Err(e) => {
+            db.run_blocking(move |db| db.release_publish(&ids)).await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Publishes again the tasks whose confirmed message the broker lost, as
+/// [`LostBound`] allows; how many. Nothing is asked of the broker unless
+/// some unclaimed task was confirmed more than `republish_after` ago (one
+/// index probe), the common case when workers keep up.
+async fn republish_lost(
+    db: &Db,
+    queue: &Queue,
+    republish_after: Duration,
+    metrics: &RelayMetrics,
+) -> anyhow::Result<usize> {
+    let Some(stale_before) = chrono::Duration::from_std(republish_after)
+        .ok()
+        .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+    else {
+        return Ok(0);
+    };
+    if !db
+        .run_blocking(move |db| db.any_stale(stale_before))
+        .await?
+    {
+        return Ok(0);
+    }
+    // Taken before the depth is asked for: a task marked enqueued by then
+    // had its message confirmed before the broker counted.
+    let measured_at = chrono::Utc::now();
+    let depth = queue.depth().await?;
+    let bound = LostBound {
+        depth,
+        batch: BATCH as u64,
+    };
+    let ids = db
+        .run_blocking(move |db| db.claim_lost(bound, measured_at, stale_before, PUBLISH_LOCK))
+        .await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let n = ids.len();
+    tracing::warn!(
+        tasks = n,
+        queue_depth = depth,
+        republish_after = %humantime::format_duration(republish_after),
+        "publishing again tasks whose confirmed message the broker no longer holds"
+    );
+    publish_claimed(db, queue, ids).await?;
+    metrics.lost_republished.increment(n as u64);
+    Ok(n)
 }
 
 /// [`relay_once`], counted in `metrics`.
-async fn relay_round(db: &Db, queue: &Queue, metrics: &RelayMetrics) -> anyhow::Result<usize> {
+async fn relay_round(
+    db: &Db,
+    queue: &Queue,
+    republish_after: Duration,
+    metrics: &RelayMetrics,
+) -> anyhow::Result<usize> {
     let expired = db.run_blocking(|db| db.expire_leases()).await?;
     metrics.lease_expiries.increment(expired as u64);
     if expired > 0 {
@@ -62,57 +165,51 @@ async fn relay_round(db: &Db, queue: &Queue, metrics: &RelayMetrics) -> anyhow::
             "took back tasks whose worker stopped renewing its lease"
         );
     }
-    let mut published = 0;
+    // Before the owed tasks: its depth count declares a deleted queue
+    // again, which the publishes below need. Its failure (the depth could
+    // not be had) does not hold them up.
+    let mut published = match republish_lost(db, queue, republish_after, metrics).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for lost messages failed; will retry");
+            0
+        }
+    };
     loop {
         let ids = db
             .run_blocking(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK))
             .await?;
-        if ids.is_empty() {
-            return Ok(published);
+        let n = ids.len();
+        if n > 0 {
+            publish_claimed(db, queue, ids).await?;
+            published += n;
+            metrics.published.increment(n as u64);
         }
-        match queue.publish(&ids).await {
-            Ok(()) => {
-                published += ids.len();
-                metrics.published.increment(ids.len() as u64);
-                let n = ids.len();
-                db.run_blocking(move |db| db.mark_enqueued(&ids)).await?;
-                if (n as i64) < BATCH {
-                    return Ok(published);
-                }
-            }
-            Err(e) => {
-                db.run_blocking(move |db| db.release_publish(&ids)).await?;
-                return Err(e.into());
-            }
+        if (n as i64) < BATCH {
+            break;
         }
     }
+    Ok(published)
 }
 
-/// Starts this process's relay, rounds every `interval` until `shutdown` is
-/// cancelled; await the handle after cancelling to let a round finish. The
-/// one way both binaries start it. `retention`: how long final tasks are
-/// kept (`None`: for ever).
+/// Starts this process's relay, rounds every `settings.interval` until
+/// `shutdown` is cancelled; await the handle after cancelling to let a
+/// round finish. The one way both binaries start it.
 pub fn spawn(
     db: Db,
     queue: Queue,
-    interval: Duration,
-    retention: Option<Duration>,
+    settings: Settings,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(run(db, queue, interval, retention, shutdown))
+    tokio::spawn(run(db, queue, settings, shutdown))
 }
 
-/// Runs relay rounds every `interval` until `shutdown` is cancelled.
-pub async fn run(
-    db: Db,
-    queue: Queue,
-    interval: Duration,
-    retention: Option<Duration>,
-    shutdown: CancellationToken,
-) {
+/// Runs relay rounds every `settings.interval` until `shutdown` is
+/// cancelled.
+pub async fn run(db: Db, queue: Queue, settings: Settings, shutdown: CancellationToken) {
     let metrics = RelayMetrics::new();
     loop {
-        if let Some(retention) = retention {
+        if let Some(retention) = settings.retention {
             match expire_finished(&db, retention).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
@@ -123,14 +220,14 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "retention round failed; will retry"),
             }
         }
-        match relay_round(&db, &queue, &metrics).await {
+        match relay_round(&db, &queue, settings.republish_after, &metrics).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(tasks = n, "relay published tasks"),
             Err(e) => tracing::warn!(error = %e, "relay round failed; will retry"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(settings.interval) => {}
         }
     }
 }

@@ -241,6 +241,77 @@ fn unfinished_tasks_are_owed_again_when_the_queue_is_lost() {
 }
 
 #[test]
+fn lost_messages_are_taken_back_within_the_depth_bound() {
+    use ferry_core::db::LostBound;
+    let bound = |depth| LostBound { depth, batch: 10 };
+    let lock = Duration::from_secs(30);
+    on_both_backends(|db| {
+        let tasks: Vec<NewTask> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| new_task(id, 3))
+            .collect();
+        let ids = insert_ids(db, &tasks, Utc::now());
+        let before_confirms = Utc::now();
+        // Confirmed one at a time, a to e: enqueued_at orders them.
+        for id in &ids {
+            std::thread::sleep(Duration::from_millis(5));
+            db.mark_enqueued(&[*id]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let (measured_at, stale_before) = (Utc::now(), Utc::now());
+        // c is claimed: its message was delivered, not lost.
+        db.claim(ids[2], "w1", lease()).unwrap().unwrap();
+        assert!(!db.any_stale(before_confirms).unwrap());
+        assert!(db.any_stale(stale_before).unwrap());
+
+        // M = 4 (a, b, d, e): a queue holding 4 or more lost nothing.
+        for depth in [4, 5] {
+            let taken = db
+                .claim_lost(bound(depth), measured_at, stale_before, lock)
+                .unwrap();
+            assert!(taken.is_empty(), "depth {depth}: {taken:?}");
+        }
+        // Not older than republish_after: nothing, however short the queue.
+        assert!(db
+            .claim_lost(bound(0), measured_at, before_confirms, lock)
+            .unwrap()
+            .is_empty());
+        // Confirmed after the depth was measured: not counted in M.
+        assert!(db
+            .claim_lost(bound(0), before_confirms, stale_before, lock)
+            .unwrap()
+            .is_empty());
+        // Two missing: the two oldest confirms, locked for publishing.
+        assert_eq!(
+            db.claim_lost(bound(2), measured_at, stale_before, lock)
+                .unwrap(),
+            vec![ids[0], ids[1]]
+        );
+        assert!(db.claim_unpublished(10, lock).unwrap().is_empty());
+        // They are owed now, not counted: d and e are what M holds.
+        assert!(db
+            .claim_lost(bound(2), measured_at, stale_before, lock)
+            .unwrap()
+            .is_empty());
+        let mut rest = db
+            .claim_lost(bound(0), measured_at, stale_before, lock)
+            .unwrap();
+        rest.sort_by_key(|id| id.0);
+        let mut expected = vec![ids[3], ids[4]];
+        expected.sort_by_key(|id| id.0);
+        assert_eq!(rest, expected);
+        assert!(!db.any_stale(stale_before).unwrap());
+        // Published and confirmed again, like any owed task.
+        db.release_publish(&ids).unwrap();
+        let mut owed = db.claim_unpublished(10, lock).unwrap();
+        owed.sort_by_key(|id| id.0);
+        let mut expected = vec![ids[0], ids[1], ids[3], ids[4]];
+        expected.sort_by_key(|id| id.0);
+        assert_eq!(owed, expected);
+    });
+}
+
+#[test]
 fn batches_keep_one_answer_per_caller() {
     on_both_backends(|db| {
         // The same event twice in one insert batch is one task.

@@ -62,8 +62,7 @@ async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
     let relay = relay::spawn(
         db.clone(),
         queue.clone(),
-        config.relay_interval,
-        config.retention,
+        relay::Settings::of(&config),
         shutdown.clone(),
     );
     let result = ferry_worker::run(config, db, queue, shutdown.clone()).await;

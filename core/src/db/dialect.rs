@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use super::attempts::order_by_id;
+use super::outbox::{claimable, LostWindow};
 use super::{schema_pg, schema_sqlite};
 use crate::task::{AttemptRef, Outcome, TaskId, TaskStatus};
 
@@ -32,6 +33,29 @@ macro_rules! owed {
                     .or($t::publish_lock_until.lt($now)),
             )
     };
+}
+
+/// A task whose message may be lost: claimable and due, its message
+/// confirmed before the window's `stale_before`.
+macro_rules! stale {
+    ($t:ident, $w:expr) => {
+        $t::enqueued_at
+            .lt($w.stale_before)
+            .and(claimable())
+            .and($t::run_after.is_null().or($t::run_after.le($w.now)))
+    };
+}
+
+/// M of [`super::LostBound`]: the claimable tasks confirmed at or before
+/// `$1`, counted up to `$2` (an index range read of `tasks_confirmed`, whose
+/// predicate the literal status list matches).
+const COUNT_CONFIRMED: &str = "SELECT count(*) AS n FROM (SELECT 1 FROM tasks \
+     WHERE enqueued_at <= $1 AND status IN ('pending', 'retrying') LIMIT $2) AS confirmed";
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
 }
 
 /// The rows of `ids` still locked for publishing, and the marks that
@@ -67,6 +91,10 @@ pub(super) trait RowLocking {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> QueryResult<Vec<TaskId>>;
+
+    /// Counts M and takes the tasks [`super::LostBound`] allows as owed,
+    /// locked for publishing (see [`super::Db::claim_lost`]).
+    fn claim_lost(&mut self, window: LostWindow) -> QueryResult<Vec<TaskId>>;
 }
 
 impl RowLocking for PgConnection {
@@ -113,6 +141,61 @@ impl RowLocking for PgConnection {
             Ok(candidates)
         })
     }
+
+    fn claim_lost(&mut self, w: LostWindow) -> QueryResult<Vec<TaskId>> {
+        use diesel::sql_types::{BigInt, Bool, Timestamptz};
+        use schema_pg::tasks::dsl as t;
+
+        #[derive(QueryableByName)]
+        struct Locked {
+            #[diesel(sql_type = Bool)]
+            locked: bool,
+        }
+
+        let Some(limit) = w.bound.count_limit() else {
+            return Ok(Vec::new());
+        };
+        self.transaction(|conn| {
+            // One relay decides at a time; the others skip the round rather
+            // than wait, and the next one counts what this one took back.
+            // Keyed by schema: deployments sharing a database in schemas
+            // of their own do not exclude each other.
+            let locked = diesel::sql_query(
+                "SELECT pg_try_advisory_xact_lock(460070, hashtext(current_schema())) AS locked",
+            )
+            .get_result::<Locked>(conn)?
+            .locked;
+            if !locked {
+                return Ok(Vec::new());
+            }
+            let believed = diesel::sql_query(COUNT_CONFIRMED)
+                .bind::<Timestamptz, _>(w.measured_at)
+                .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+                .get_result::<Count>(conn)?
+                .n;
+            let n = w.bound.republish(u64::try_from(believed).unwrap_or(0));
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            // Rows a worker is claiming right now are skipped: a claimed
+            // task's message was not lost.
+            let lost = t::tasks
+                .select(t::id)
+                .filter(stale!(t, w))
+                .order(t::enqueued_at)
+                .limit(i64::try_from(n).unwrap_or(i64::MAX))
+                .for_update()
+                .skip_locked()
+                .load::<TaskId>(conn)?;
+            diesel::update(t::tasks.filter(t::id.eq_any(&lost)))
+                .set((
+                    t::enqueued_at.eq(None::<DateTime<Utc>>),
+                    t::publish_lock_until.eq(w.until),
+                ))
+                .execute(conn)?;
+            Ok(lost)
+        })
+    }
 }
 
 impl RowLocking for SqliteConnection {
@@ -150,6 +233,40 @@ impl RowLocking for SqliteConnection {
         .set(t::publish_lock_until.eq(until))
         .returning(t::id)
         .get_results::<TaskId>(self)
+    }
+
+    fn claim_lost(&mut self, w: LostWindow) -> QueryResult<Vec<TaskId>> {
+        use diesel::sql_types::{BigInt, TimestamptzSqlite};
+        use schema_sqlite::tasks::dsl as t;
+        let Some(limit) = w.bound.count_limit() else {
+            return Ok(Vec::new());
+        };
+        // The write lock from the start (BEGIN IMMEDIATE): relays of other
+        // processes count only after this one's take is committed.
+        self.immediate_transaction(|conn| {
+            let believed = diesel::sql_query(COUNT_CONFIRMED.replace('$', "?").as_str())
+                .bind::<TimestamptzSqlite, _>(w.measured_at)
+                .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+                .get_result::<Count>(conn)?
+                .n;
+            let n = w.bound.republish(u64::try_from(believed).unwrap_or(0));
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            let lost = t::tasks
+                .select(t::id)
+                .filter(stale!(t, w))
+                .order(t::enqueued_at)
+                .limit(i64::try_from(n).unwrap_or(i64::MAX))
+                .load::<TaskId>(conn)?;
+            diesel::update(t::tasks.filter(t::id.eq_any(&lost)))
+                .set((
+                    t::enqueued_at.eq(None::<DateTime<Utc>>),
+                    t::publish_lock_until.eq(w.until),
+                ))
+                .execute(conn)?;
+            Ok(lost)
+        })
     }
 }
 

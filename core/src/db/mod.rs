@@ -12,7 +12,7 @@
 //!
 //! - `submit.rs`: `/receive` stores tasks, once per event.
 //! - `outbox.rs`: the relay publishes what the broker has not confirmed,
-//!   and marks what it has.
+//!   and marks what it has; what it confirmed and then lost is owed again.
 //! - `attempts.rs`: workers claim tasks, hold leases and record how
 //!   attempts ended; lost leases are taken back.
 //! - `status.rs`: what `GET /status` and monitoring read.
@@ -85,6 +85,7 @@ mod submit;
 pub use control::{CancelAnswer, Lease, RetryAnswer};
 pub use error::{DbError, DbResult};
 pub use events::{TaskEvent, EVENTS_CHUNK};
+pub use outbox::{LostBound, LOST_COUNT_CAP};
 
 #[derive(Debug)]
 struct SqlitePragmas;
