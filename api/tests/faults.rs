@@ -8,81 +8,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_testkit::{Api, Deployment, Layout, Proc, Stack, POSTGRES, RABBITMQ};
+use ferry_testkit::faults::{pg_cluster, run, BrokerStopped, PostgresRestored};
+use ferry_testkit::{Api, Deployment, Layout, Proc, Stack};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(180);
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn wait_port(addr: &str, up: bool, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let addr = addr.parse().unwrap();
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() != up {
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not come {}",
-            if up { "up" } else { "down" }
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// RabbitMQ's app stopped for as long as this lives; started again on drop,
-/// even when the test panics.
-struct BrokerStopped;
-
-impl BrokerStopped {
-    fn new() -> Self {
-        run("rabbitmqctl", &["stop_app"]);
-        wait_port(RABBITMQ, false, Duration::from_secs(60));
-        Self
-    }
-}
-
-impl Drop for BrokerStopped {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").status();
-        let _ = Command::new("rabbitmqctl").args(["await_startup"]).status();
-        wait_port(RABBITMQ, true, Duration::from_secs(120));
-    }
-}
-
-fn pg_cluster(action: &str) -> std::process::ExitStatus {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name();
-    Command::new("pg_ctlcluster")
-        .args([
-            "--skip-systemctl-redirect",
-            version.to_str().unwrap(),
-            "main",
-            action,
-        ])
-        .status()
-        .unwrap()
-}
-
-/// Makes sure PostgreSQL is running again when the test ends.
-struct PostgresRestored;
-
-impl Drop for PostgresRestored {
-    fn drop(&mut self) {
-        let _ = pg_cluster("start");
-        wait_port(POSTGRES, true, Duration::from_secs(60));
-    }
-}
 
 /// Submits `n` tasks of `event_type` in batches of 50; returns their ids.
 async fn submit_many(api: &Api, event_type: &str, prefix: &str, n: usize) -> Vec<String> {

@@ -14,6 +14,7 @@
 //!   [`SseStream`]: its event streams.
 
 mod deployment;
+pub mod faults;
 mod http;
 mod pg;
 mod process;
