@@ -171,6 +171,9 @@ impl Deployment {
         let runs = self.dir.path().join("runs.log");
         self.config(&TEST_CONFIG.replace("{runs}", &runs.display().to_string()))
             .env("FERRY_CONCURRENCY", "4")
+            // Some tests send hundreds of requests at once; admission
+            // control has its own test (api/tests/overload.rs sets 1).
+            .env("FERRY_RECEIVE_LIMIT", "4096")
             .env("RUST_LOG", "info,ferry_worker=debug")
     }
 
