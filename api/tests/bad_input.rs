@@ -86,7 +86,7 @@ async fn every_bad_request_gets_a_json_error() {
 async fn unreachable_database_is_503() {
     require!(postgres);
     let mut admin =
-        <diesel::PgConnection as diesel::Connection>::establish(ferry_testkit::POSTGRES_URL)
+        <diesel::PgConnection as diesel::Connection>::establish(&ferry_testkit::postgres_url())
             .unwrap();
     let name = format!("ferry_gone_{}", uuid::Uuid::new_v4().simple());
     diesel::connection::SimpleConnection::batch_execute(
@@ -96,7 +96,10 @@ async fn unreachable_database_is_503() {
     .unwrap();
     let deployment = Deployment::sqlite().env(
         "FERRY_DATABASE_URL",
-        &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        &format!(
+            "postgres://postgres@{}/{name}",
+            ferry_testkit::postgres_addr()
+        ),
     );
     let api = deployment.standalone().await;
     diesel::connection::SimpleConnection::batch_execute(

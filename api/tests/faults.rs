@@ -5,10 +5,9 @@
 //! their own nextest profile (`--profile faults`), and each restores the
 //! service it stopped even when it fails.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_testkit::faults::{pg_cluster, run, BrokerStopped, PostgresRestored};
+use ferry_testkit::faults::{pg_cluster, rabbitmqctl, run, BrokerStopped, PostgresRestored};
 use ferry_testkit::{Api, Deployment, Layout, Proc, Stack};
 use serde_json::{json, Value};
 
@@ -344,10 +343,10 @@ impl ConsumerTimeout {
             format!("consumer_timeout, {millis}"),
             "channel_tick_interval, 200".into(),
         ] {
-            run(
-                "rabbitmqctl",
-                &["eval", &format!("application:set_env(rabbit, {setting}).")],
-            );
+            run(rabbitmqctl(&[
+                "eval",
+                &format!("application:set_env(rabbit, {setting})."),
+            ]));
         }
         Self
     }
@@ -356,8 +355,7 @@ impl ConsumerTimeout {
 impl Drop for ConsumerTimeout {
     fn drop(&mut self) {
         for setting in ["consumer_timeout, 1800000", "channel_tick_interval, 60000"] {
-            let _ = Command::new("rabbitmqctl")
-                .args(["eval", &format!("application:set_env(rabbit, {setting}).")])
+            let _ = rabbitmqctl(&["eval", &format!("application:set_env(rabbit, {setting}).")])
                 .status();
         }
     }

@@ -545,11 +545,12 @@ async fn forwarder(target: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_names_the_database() {
     require!(rabbitmq, postgres);
-    let (port, forwarding) = forwarder("127.0.0.1:5432").await;
+    let (port, forwarding) = forwarder(ferry_testkit::postgres_addr().leak()).await;
     let mut deployment = Deployment::postgres();
-    deployment.database_url = deployment
-        .database_url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+    deployment.database_url = deployment.database_url.replace(
+        &ferry_testkit::postgres_addr(),
+        &format!("127.0.0.1:{port}"),
+    );
     let api = deployment.api().await;
     let (worker, worker_base) = worker_with_port(&deployment, "worker-no-db", &[]).await;
     let urls = [api.url("/ready"), format!("{worker_base}/ready")];

@@ -3,7 +3,8 @@
 //! stream of counted tasks (an `exec` handler that appends each run to a
 //! file), while a fault scheduler, at random intervals and in random order,
 //! SIGKILLs and restarts workers and an api, SIGTERMs workers, stops and
-//! starts RabbitMQ, restarts PostgreSQL, and purges the task queue once.
+//! starts RabbitMQ, restarts PostgreSQL, and purges the task queue once
+//! (with the workers paused, so that a backlog is lost).
 //! At the end it prints one table of counts and checks:
 //! - every 202 reached a final state, and so did every task row (a request
 //!   cut off by a kill may have been stored without its client hearing);
@@ -16,13 +17,18 @@
 //! - the processes that lived through it all (api-0 and worker-0) did not
 //!   grow in memory.
 //!
-//! Not yet validated: it is `#[ignore]`d, so CI does not run it yet; run
-//! it with `--run-ignored all`. It belongs to the `faults` profile (it
-//! stops shared services), for
-//! `FERRY_SOAK_SECONDS` (default 60: CI's short mode; an hour by hand:
-//! `FERRY_SOAK_SECONDS=3600 cargo nextest run -p ferry-api --all-features
-//! --profile faults -E 'binary(soak)' --run-ignored all --no-capture`). `FERRY_SOAK_SEED`
-//! replays a run's order of faults.
+//! It belongs to the `faults` profile (it stops services), so CI runs it
+//! after every other test, for `FERRY_SOAK_SECONDS` (default 60: CI's
+//! short mode). An hour by hand, on a private RabbitMQ node and PostgreSQL
+//! cluster so the machine's own keep serving everything else:
+//!
+//! ```text
+//! eval "$(bash testkit/private-services start)"
+//! FERRY_SOAK_SECONDS=3600 cargo nextest run -p ferry-api --all-features \
+//!     --profile faults -E 'binary(soak)' --no-capture
+//! ```
+//!
+//! `FERRY_SOAK_SEED` replays a run's order of faults.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,6 +70,15 @@ impl Rng {
     fn millis(&mut self, from: u64, to: u64) -> Duration {
         Duration::from_millis(from + self.next() % (to - from))
     }
+
+    /// `items` in a random order (Fisher–Yates).
+    fn shuffled<T: Copy>(&mut self, items: &[T]) -> Vec<T> {
+        let mut items = items.to_vec();
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+        items
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +90,16 @@ enum Fault {
     RestartPostgres,
     PurgeQueue,
 }
+
+/// The faults dealt again and again, each deck in a random order, so a
+/// short run has every kind; the purge comes once on top of them.
+const FAULTS: [Fault; 5] = [
+    Fault::KillWorker,
+    Fault::TermWorker,
+    Fault::KillApi,
+    Fault::StopBroker,
+    Fault::RestartPostgres,
+];
 
 /// What the producer saw.
 #[derive(Debug, Default)]
@@ -223,7 +248,6 @@ fn rss(proc: &Proc) -> f64 {
 }
 
 #[tokio::test]
-#[ignore = "written, not yet run to completion here: run it by hand (see the module doc) until it is validated, then drop this"]
 async fn soak() {
     let seconds: u64 = std::env::var("FERRY_SOAK_SECONDS")
         .ok()
@@ -264,23 +288,23 @@ async fn soak() {
     let mut memory_start = None;
     let mut faults: HashMap<Fault, usize> = HashMap::new();
     let mut purged = None;
+    let purge_at = start + (end - start) / 3 + rng.millis(0, seconds * 1000 / 3 + 1);
+    let mut deck = Vec::new();
     while Instant::now() < end {
         tokio::time::sleep(rng.millis(1000, 5000)).await;
         if memory_start.is_none() && start.elapsed() * 4 >= end - start {
             // Warmed up: the long-lived processes' memory from here on.
             memory_start = Some((rss(&fleet.apis[0].proc), rss(&fleet.workers[0])));
         }
-        let mut kinds = vec![
-            Fault::KillWorker,
-            Fault::TermWorker,
-            Fault::KillApi,
-            Fault::StopBroker,
-            Fault::RestartPostgres,
-        ];
-        if purged.is_none() && start.elapsed() * 3 >= end - start {
-            kinds.push(Fault::PurgeQueue);
+        if deck.is_empty() {
+            deck = rng.shuffled(&FAULTS);
         }
-        let fault = kinds[rng.below(kinds.len())];
+        // The purge once, at a random point of the middle third.
+        let fault = if purged.is_none() && Instant::now() >= purge_at {
+            Fault::PurgeQueue
+        } else {
+            deck.pop().expect("a dealt fault")
+        };
         eprintln!("soak: {:>5.1}s {fault:?}", start.elapsed().as_secs_f64());
         match fault {
             Fault::KillWorker => fleet.restart_worker(&d, &mut rng, "KILL").await,
@@ -294,7 +318,18 @@ async fn soak() {
             Fault::RestartPostgres => {
                 assert!(pg_cluster("restart").success(), "pg_ctlcluster restart");
             }
-            Fault::PurgeQueue => purged = Some(purge(&d).await),
+            Fault::PurgeQueue => {
+                // Workers paused, so that a backlog waits in the queue to
+                // be lost (a worker's prefetched messages are not purged).
+                for worker in &fleet.workers {
+                    worker.signal("STOP");
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                purged = Some(purge(&d).await);
+                for worker in &fleet.workers {
+                    worker.signal("CONT");
+                }
+            }
         }
         *faults.entry(fault).or_default() += 1;
     }
@@ -424,11 +459,7 @@ async fn soak() {
             format!("{worker_start:.1} → {:.1}", memory_end.1),
         ),
     ];
-    eprintln!("\n| soak | count |\n|---|---|");
-    for (what, n) in &rows {
-        eprintln!("| {what} | {n} |");
-    }
-    println!("soak table:");
+    println!("\n| soak | count |\n|---|---|");
     for (what, n) in &rows {
         println!("| {what} | {n} |");
     }
@@ -444,6 +475,10 @@ async fn soak() {
     assert!(unexplained.is_empty(), "{unexplained:#?}");
     assert!(died.is_empty(), "died without being killed: {died:?}");
     assert!(!accepted.is_empty(), "no task was accepted");
+    assert!(
+        purged.is_some_and(|n| n > 0),
+        "the purge lost nothing: {purged:?}"
+    );
     assert!(
         !grew(api_start, memory_end.0),
         "api-0 grew from {api_start:.1} to {:.1} MiB",

@@ -10,7 +10,7 @@ use std::time::Duration;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, QueryableByName, RunQueryDsl, SqliteConnection};
 
-use crate::services::{self, BROKER_URL, POSTGRES_URL};
+use crate::services::{self, broker_url, postgres_url};
 use crate::{Api, PgSchema, Proc};
 
 /// The routes the tests use; `{runs}` is the deployment's runs log.
@@ -148,7 +148,7 @@ impl Deployment {
         Self {
             database_url,
             queue: crate::unique(&format!("ferry.{name}")),
-            broker_url: BROKER_URL.into(),
+            broker_url: broker_url(),
             config,
             pg,
             env: Vec::new(),
@@ -164,7 +164,7 @@ impl Deployment {
 
     /// PostgreSQL in a schema of the test's own, with the tests' routes.
     pub fn postgres() -> Self {
-        Self::new(Database::Postgres(POSTGRES_URL.into()), "test").for_tests()
+        Self::new(Database::Postgres(postgres_url()), "test").for_tests()
     }
 
     fn for_tests(self) -> Self {

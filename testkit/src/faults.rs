@@ -1,23 +1,15 @@
 //! Faults in the shared services, for the tests that inject them (they run
 //! one at a time in nextest's `faults` profile): RabbitMQ's app stopped and
 //! started, PostgreSQL's cluster restarted; each guard restores its service
-//! on drop, even when the test panics.
+//! on drop, even when the test panics. The services are the machine's own
+//! unless `FERRY_TEST_RABBITMQ_NODE` and `FERRY_TEST_POSTGRES_CLUSTER` (with
+//! the ports, see [`crate::services`]) name a private pair: then a soak can
+//! stop them for an hour while other runs use the machine's.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::services::{POSTGRES, RABBITMQ};
-
-/// Runs a command; panics with its output unless it succeeds.
-pub fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::services::{postgres_addr, rabbitmq_addr, POSTGRES_CLUSTER_ENV, RABBITMQ_NODE_ENV};
 
 /// Waits until `addr` accepts connections (`up`) or refuses them.
 pub fn wait_port(addr: &str, up: bool, timeout: Duration) {
@@ -33,6 +25,28 @@ pub fn wait_port(addr: &str, up: bool, timeout: Duration) {
     }
 }
 
+/// `rabbitmqctl` for the tests' node: `-n <node>` when
+/// `FERRY_TEST_RABBITMQ_NODE` names one.
+pub fn rabbitmqctl(args: &[&str]) -> Command {
+    let mut command = Command::new("rabbitmqctl");
+    if let Ok(node) = std::env::var(RABBITMQ_NODE_ENV) {
+        command.args(["-n", &node]);
+    }
+    command.args(args);
+    command
+}
+
+/// Runs a command; panics with its output unless it succeeds.
+pub fn run(mut command: Command) {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// RabbitMQ's app stopped for as long as this lives; started again on drop,
 /// even when the test panics.
 #[derive(Debug)]
@@ -43,21 +57,22 @@ pub struct BrokerStopped;
 impl BrokerStopped {
     /// Stops RabbitMQ's app and waits until its port is closed.
     pub fn new() -> Self {
-        run("rabbitmqctl", &["stop_app"]);
-        wait_port(RABBITMQ, false, Duration::from_secs(60));
+        run(rabbitmqctl(&["stop_app"]));
+        wait_port(&rabbitmq_addr(), false, Duration::from_secs(60));
         Self
     }
 }
 
 impl Drop for BrokerStopped {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").status();
-        let _ = Command::new("rabbitmqctl").args(["await_startup"]).status();
-        wait_port(RABBITMQ, true, Duration::from_secs(120));
+        let _ = rabbitmqctl(&["start_app"]).status();
+        let _ = rabbitmqctl(&["await_startup"]).status();
+        wait_port(&rabbitmq_addr(), true, Duration::from_secs(120));
     }
 }
 
-/// `pg_ctlcluster <version> main <action>` (start, stop, restart).
+/// `pg_ctlcluster <version> <cluster> <action>` (start, stop, restart): the
+/// cluster `main`, or `FERRY_TEST_POSTGRES_CLUSTER`.
 pub fn pg_cluster(action: &str) -> std::process::ExitStatus {
     let version = std::fs::read_dir("/etc/postgresql")
         .unwrap()
@@ -65,11 +80,12 @@ pub fn pg_cluster(action: &str) -> std::process::ExitStatus {
         .unwrap()
         .unwrap()
         .file_name();
+    let cluster = std::env::var(POSTGRES_CLUSTER_ENV).unwrap_or_else(|_| "main".into());
     Command::new("pg_ctlcluster")
         .args([
             "--skip-systemctl-redirect",
             version.to_str().unwrap(),
-            "main",
+            &cluster,
             action,
         ])
         .status()
@@ -83,6 +99,6 @@ pub struct PostgresRestored;
 impl Drop for PostgresRestored {
     fn drop(&mut self) {
         let _ = pg_cluster("start");
-        wait_port(POSTGRES, true, Duration::from_secs(60));
+        wait_port(&postgres_addr(), true, Duration::from_secs(60));
     }
 }

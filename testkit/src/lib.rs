@@ -25,7 +25,7 @@ pub use deployment::{delete_queues, Database, Deployment, Layout, Stack, WriteHo
 pub use http::{Api, Reply};
 pub use pg::PgSchema;
 pub use process::{bin, bin_dir, run_bin, Proc};
-pub use services::{require, BROKER_URL, POSTGRES, POSTGRES_URL, RABBITMQ};
+pub use services::{broker_url, postgres_addr, postgres_url, rabbitmq_addr, require};
 pub use sse::{Sse, SseStream};
 
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 
-use crate::services::POSTGRES_URL;
+use crate::services::postgres_url;
 
 /// A PostgreSQL schema of its own, created in the test database and dropped
 /// (with everything in it) when this is dropped.
@@ -15,9 +15,9 @@ pub struct PgSchema {
 }
 
 impl PgSchema {
-    /// A new schema in the tests' database ([`POSTGRES_URL`]).
+    /// A new schema in the tests' database ([`postgres_url`]).
     pub fn new() -> Self {
-        Self::create_in(POSTGRES_URL, "ferry_test")
+        Self::create_in(&postgres_url(), "ferry_test")
     }
 
     /// A new schema named `prefix_<random>` in the database at `admin_url`

@@ -6,14 +6,47 @@ use std::fmt::Display;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// RabbitMQ's AMQP port.
-pub const RABBITMQ: &str = "127.0.0.1:5672";
-/// PostgreSQL's port.
-pub const POSTGRES: &str = "127.0.0.1:5432";
+/// The loopback RabbitMQ and PostgreSQL are on their standard ports unless
+/// these say otherwise: a second pair of services (see
+/// `testkit/private-services`) lets the fault tests and the soak stop and
+/// restart services that no other run is using.
+pub const RABBITMQ_PORT_ENV: &str = "FERRY_TEST_RABBITMQ_PORT";
+/// See [`RABBITMQ_PORT_ENV`].
+pub const POSTGRES_PORT_ENV: &str = "FERRY_TEST_POSTGRES_PORT";
+/// The RabbitMQ node `rabbitmqctl -n` stops and starts (default: the
+/// machine's own, `rabbitmqctl` with no `-n`).
+pub const RABBITMQ_NODE_ENV: &str = "FERRY_TEST_RABBITMQ_NODE";
+/// The PostgreSQL cluster `pg_ctlcluster` restarts (default `main`).
+pub const POSTGRES_CLUSTER_ENV: &str = "FERRY_TEST_POSTGRES_CLUSTER";
+
+fn port(var: &str, default: u16) -> u16 {
+    match std::env::var(var) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={v:?} is not a port")),
+        Err(_) => default,
+    }
+}
+
+/// RabbitMQ's AMQP address (`127.0.0.1:5672` unless [`RABBITMQ_PORT_ENV`]).
+pub fn rabbitmq_addr() -> String {
+    format!("127.0.0.1:{}", port(RABBITMQ_PORT_ENV, 5672))
+}
+
+/// PostgreSQL's address (`127.0.0.1:5432` unless [`POSTGRES_PORT_ENV`]).
+pub fn postgres_addr() -> String {
+    format!("127.0.0.1:{}", port(POSTGRES_PORT_ENV, 5432))
+}
+
 /// The PostgreSQL database in which tests create schemas of their own.
-pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub fn postgres_url() -> String {
+    format!("postgres://postgres@{}/test", postgres_addr())
+}
+
 /// RabbitMQ, as Ferry's processes are given it.
-pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub fn broker_url() -> String {
+    format!("amqp://guest:guest@{}/%2f", rabbitmq_addr())
+}
 
 /// Whether this is a CI run: `CI` is set to anything but empty, `0` or
 /// `false`.
@@ -44,9 +77,9 @@ pub fn require(service: &str, addr: &str) -> bool {
 /// [`require`] by name: `rabbitmq` or `postgres`.
 pub fn require_named(service: &str) -> bool {
     let addr = match service {
-        "rabbitmq" => RABBITMQ,
-        "postgres" => POSTGRES,
+        "rabbitmq" => rabbitmq_addr(),
+        "postgres" => postgres_addr(),
         other => panic!("unknown service {other} (rabbitmq, postgres)"),
     };
-    require(service, addr)
+    require(service, &addr)
 }
