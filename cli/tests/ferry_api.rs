@@ -5,7 +5,7 @@
 mod common;
 
 use common::ferry_api;
-use ferry_testkit::{Database, Deployment, POSTGRES_URL};
+use ferry_testkit::{postgres_url, Database, Deployment};
 
 /// The migrations of a backend, by name, oldest first.
 fn migrations(backend: &str) -> Vec<String> {
@@ -55,7 +55,7 @@ fn migrate_a_fresh_sqlite_file() {
 #[test]
 fn migrate_a_fresh_postgres_schema() {
     ferry_testkit::require!(postgres);
-    let deployment = Deployment::new(Database::Postgres(POSTGRES_URL.into()), "migrate");
+    let deployment = Deployment::new(Database::Postgres(postgres_url()), "migrate");
     migrate_twice(&deployment, "postgres");
 }
 
