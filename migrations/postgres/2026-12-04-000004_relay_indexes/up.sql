@@ -7,6 +7,10 @@
 -- tasks_by_created over every task, confirmed or final, older than the
 -- owed ones. Queries must spell the status list as literals to match the
 -- predicate, and the due time as this very expression.
+--
+-- Measured on PostgreSQL 15, 1 000 000 pending tasks of which the oldest
+-- 990 000 confirmed: a claim of 500 took 613 ms (1 166 ms as a generic
+-- plan), 990 000 rows read and filtered out; now 0.6 ms.
 CREATE INDEX tasks_owed ON tasks ((coalesce(run_after, created_at)))
     WHERE enqueued_at IS NULL AND status IN ('pending', 'retrying');
 DROP INDEX tasks_unpublished;

@@ -13,6 +13,10 @@
 -- `+status`, which no index on status can serve, and the partial indexes
 -- say `+status` in their predicate too, so SQLite still sees that the
 -- query implies it. Their columns and order are as before.
+--
+-- Measured on 1 000 000 pending tasks of which the oldest 990 000
+-- confirmed: a claim of 500 took 1.09 s and the lost-message probe 1.30 s
+-- (each read every pending task and sorted them); now 1 ms and 0.1 ms.
 CREATE INDEX tasks_owed ON tasks (coalesce(run_after, created_at))
     WHERE enqueued_at IS NULL AND +status IN ('pending', 'retrying');
 DROP INDEX tasks_unpublished;
