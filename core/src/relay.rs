@@ -21,8 +21,13 @@ use crate::db::{Db, LostBound};
 use crate::metrics::RelayMetrics;
 use crate::task::TaskId;
 
-/// Tasks published per relay round.
+/// Tasks published per relay batch (one claim, one publish, one mark).
 const BATCH: i64 = 500;
+/// Batches of owed tasks a round publishes at most: a backlog (a million
+/// owed after a broker outage) is worked off over rounds, which follow one
+/// another without the interval while there is more, so a round is short
+/// and the shutdown token is looked at between rounds and between batches.
+const BATCHES_PER_ROUND: usize = 20;
 /// How long a relay owns a publish before another relay may take it over.
 const PUBLISH_LOCK: Duration = Duration::from_secs(30);
 /// Tasks deleted per retention statement.
@@ -78,15 +83,28 @@ impl Settings {
 }
 
 /// One round, with the default `republish_after`: returns how many tasks
-/// were published.
+/// were published (at most [`BATCHES_PER_ROUND`] batches of owed tasks,
+/// and those republished as lost).
 pub async fn relay_once(db: &Db, queue: &Queue) -> anyhow::Result<usize> {
-    relay_round(
+    let round = relay_round(
         db,
         queue,
         crate::config::DEFAULT_REPUBLISH_AFTER,
         &RelayMetrics::new(),
+        &CancellationToken::new(),
     )
-    .await
+    .await?;
+    Ok(round.published)
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Round {
+    /// Tasks published.
+    published: usize,
+    /// Whether it stopped at its bound (or at shutdown) with owed tasks
+    /// perhaps left: the next round starts without waiting.
+    more: bool,
 }
 
 /// Publishes tasks locked for publishing (by [`Db::claim_unpublished`] or
@@ -150,13 +168,15 @@ async fn republish_lost(
     Ok(n)
 }
 
-/// [`relay_once`], counted in `metrics`.
+/// [`relay_once`], counted in `metrics`; it publishes no further batch
+/// once `shutdown` is cancelled.
 async fn relay_round(
     db: &Db,
     queue: &Queue,
     republish_after: Duration,
     metrics: &RelayMetrics,
-) -> anyhow::Result<usize> {
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Round> {
     let expired = db.run_blocking(|db| db.expire_leases()).await?;
     metrics.lease_expiries.increment(expired as u64);
     if expired > 0 {
@@ -168,16 +188,38 @@ async fn relay_round(
     // Before the owed tasks: its depth count declares a deleted queue
     // again, which the publishes below need. Its failure (the depth could
     // not be had) does not hold them up.
-    let mut published = match republish_lost(db, queue, republish_after, metrics).await {
+    let lost = match republish_lost(db, queue, republish_after, metrics).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "looking for lost messages failed; will retry");
             0
         }
     };
-    loop {
+    let mut round = publish_owed(db, queue, metrics, shutdown, BATCH, BATCHES_PER_ROUND).await?;
+    round.published += lost;
+    Ok(round)
+}
+
+/// Publishes owed tasks, `batch` at a time, at most `batches` batches and
+/// none once `shutdown` is cancelled.
+async fn publish_owed(
+    db: &Db,
+    queue: &Queue,
+    metrics: &RelayMetrics,
+    shutdown: &CancellationToken,
+    batch: i64,
+    batches: usize,
+) -> anyhow::Result<Round> {
+    let mut published = 0;
+    for _ in 0..batches {
+        if shutdown.is_cancelled() {
+            return Ok(Round {
+                published,
+                more: true,
+            });
+        }
         let ids = db
-            .run_blocking(|db| db.claim_unpublished(BATCH, PUBLISH_LOCK))
+            .run_blocking(move |db| db.claim_unpublished(batch, PUBLISH_LOCK))
             .await?;
         let n = ids.len();
         if n > 0 {
@@ -185,11 +227,17 @@ async fn relay_round(
             published += n;
             metrics.published.increment(n as u64);
         }
-        if (n as i64) < BATCH {
-            break;
+        if (n as i64) < batch {
+            return Ok(Round {
+                published,
+                more: false,
+            });
         }
     }
-    Ok(published)
+    Ok(Round {
+        published,
+        more: true,
+    })
 }
 
 /// Starts this process's relay, rounds every `settings.interval` until
@@ -205,7 +253,8 @@ pub fn spawn(
 }
 
 /// Runs relay rounds every `settings.interval` until `shutdown` is
-/// cancelled.
+/// cancelled; a round that stopped at its bound is followed at once by the
+/// next. Once cancelled, the round under way publishes no further batch.
 pub async fn run(db: Db, queue: Queue, settings: Settings, shutdown: CancellationToken) {
     let metrics = RelayMetrics::new();
     loop {
@@ -220,14 +269,146 @@ pub async fn run(db: Db, queue: Queue, settings: Settings, shutdown: Cancellatio
                 Err(e) => tracing::warn!(error = %e, "retention round failed; will retry"),
             }
         }
-        match relay_round(&db, &queue, settings.republish_after, &metrics).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(tasks = n, "relay published tasks"),
-            Err(e) => tracing::warn!(error = %e, "relay round failed; will retry"),
+        let more =
+            match relay_round(&db, &queue, settings.republish_after, &metrics, &shutdown).await {
+                Ok(round) => {
+                    if round.published > 0 {
+                        tracing::info!(tasks = round.published, "relay published tasks");
+                    }
+                    round.more
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay round failed; will retry");
+                    false
+                }
+            };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if more {
+            // Owed tasks are left: the next round at once, but after
+            // letting the runtime run what waits.
+            tokio::task::yield_now().await;
+            continue;
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(settings.interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::NewTask;
+
+    /// A migrated SQLite database with `n` owed tasks (their publish lock
+    /// already run out), and the in-process queue.
+    fn owed(n: usize) -> (tempfile::TempDir, Db, Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db").display().to_string();
+        let db = Db::connect(&format!("sqlite://{path}"), 2).unwrap();
+        db.migrate().unwrap();
+        let tasks: Vec<NewTask> = (0..n)
+            .map(|i| NewTask {
+                id: TaskId::new(),
+                event_type: "org.ferry.echo".into(),
+                source: "/ferry/relay".into(),
+                event_id: format!("owed-{i}"),
+                event: serde_json::json!({"specversion": "1.0", "id": i}),
+                digest: format!("digest {i}"),
+                max_attempts: 1,
+                idempotency_key: None,
+                run_after: None,
+            })
+            .collect();
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        db.insert_tasks(&tasks, past).unwrap();
+        (dir, db, Queue::local())
+    }
+
+    #[tokio::test]
+    async fn a_round_publishes_at_most_its_bound_and_says_more_is_owed() {
+        let (_dir, db, queue) = owed(25);
+        let metrics = RelayMetrics::new();
+        let running = CancellationToken::new();
+        let round = publish_owed(&db, &queue, &metrics, &running, 10, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            round,
+            Round {
+                published: 20,
+                more: true
+            }
+        );
+        let round = publish_owed(&db, &queue, &metrics, &running, 10, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            round,
+            Round {
+                published: 5,
+                more: false
+            }
+        );
+        assert_eq!(queue.depth().await.unwrap(), 25);
+    }
+
+    #[tokio::test]
+    async fn a_round_publishes_nothing_more_once_shut_down() {
+        let (_dir, db, queue) = owed(25);
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        let round = publish_owed(&db, &queue, &RelayMetrics::new(), &stopped, 10, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            round,
+            Round {
+                published: 0,
+                more: true
+            }
+        );
+        // And the relay's loop returns without starting a round's drain.
+        let settings = Settings {
+            interval: Duration::from_secs(3600),
+            retention: None,
+            republish_after: crate::config::DEFAULT_REPUBLISH_AFTER,
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            run(db.clone(), queue.clone(), settings, stopped),
+        )
+        .await
+        .expect("a cancelled relay returns");
+        assert_eq!(queue.depth().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_relay_works_off_a_backlog_over_rounds_without_waiting() {
+        let (_dir, db, queue) = owed(BATCH as usize * BATCHES_PER_ROUND + 7);
+        let settings = Settings {
+            // Only rounds that follow at once can publish everything in time.
+            interval: Duration::from_secs(3600),
+            retention: None,
+            republish_after: crate::config::DEFAULT_REPUBLISH_AFTER,
+        };
+        let shutdown = CancellationToken::new();
+        let relay = spawn(db.clone(), queue.clone(), settings, shutdown.clone());
+        let all = (BATCH as usize * BATCHES_PER_ROUND + 7) as u64;
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while queue.depth().await.unwrap() < all {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the backlog published over rounds");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("the relay stops")
+            .unwrap();
     }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::Value;
 
-use super::dialect::SetBased;
+use super::dialect::{status_in, SetBased};
 use super::{Db, DbResult};
 use crate::task::{AttemptRef, Claimed, Outcome, TaskId, TaskStatus};
 
@@ -67,6 +67,14 @@ macro_rules! cancel_requested_retries {
             $t::finished_at.eq($now),
             $t::run_after.eq(None::<DateTime<Utc>>),
         ))
+    };
+}
+
+/// Running tasks whose lease ran out before `$now`: a range read of
+/// `tasks_running_lease`. `$running` is [`status_in`] of `running`.
+macro_rules! lease_lost {
+    ($t:ident, $running:expr, $now:expr) => {
+        $running.and($t::lease_expires_at.lt($now))
     };
 }
 
@@ -282,12 +290,10 @@ impl Db {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                let expired = t::status
-                    .eq(TaskStatus::Running)
-                    .and(t::lease_expires_at.lt(now));
+                let running = status_in(conn, &[TaskStatus::Running]);
                 let retried = diesel::update(
                     t::tasks
-                        .filter(expired)
+                        .filter(lease_lost!(t, running.clone(), now))
                         .filter(t::attempts.lt(t::max_attempts)),
                 )
                 .set((
@@ -299,7 +305,7 @@ impl Db {
                 ))
                 .returning((t::id, t::attempts))
                 .get_results::<AttemptRef>(conn)?;
-                let failed = diesel::update(t::tasks.filter(expired))
+                let failed = diesel::update(t::tasks.filter(lease_lost!(t, running, now)))
                     .set((
                         t::status.eq(TaskStatus::Failed),
                         t::error.eq(LOST),

@@ -14,19 +14,79 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
+use diesel::expression::SqlLiteral;
+use diesel::sql_types::Bool;
+
 use super::attempts::order_by_id;
-use super::outbox::{claimable, LostWindow};
+use super::outbox::LostWindow;
 use super::{schema_pg, schema_sqlite};
 use crate::task::{AttemptRef, Outcome, TaskId, TaskStatus};
 
+/// How a backend's queries name `status` in a status list that must match
+/// a partial index's predicate (`tasks_owed`, `tasks_confirmed`,
+/// `tasks_running_lease`, `tasks_finished`).
+pub(super) trait StatusText {
+    /// `status` as the partial indexes' predicates spell it. On SQLite
+    /// `+status`: the unary plus keeps SQLite's planner, which has no
+    /// statistics, from taking `status IN (...)` for an equality on
+    /// `tasks_by_status` (it then read every pending task and sorted them),
+    /// and SQLite's indexes spell their predicates the same way, which is
+    /// what lets it see that the query implies them.
+    const STATUS: &'static str;
+    /// The first and second parameters of a raw statement.
+    const PARAMS: [&'static str; 2];
+}
+
+impl StatusText for PgConnection {
+    const STATUS: &'static str = "status";
+    const PARAMS: [&'static str; 2] = ["$1", "$2"];
+}
+
+impl StatusText for SqliteConnection {
+    const STATUS: &'static str = "+status";
+    const PARAMS: [&'static str; 2] = ["?", "?"];
+}
+
+/// `status IN ('pending', 'retrying')` (or `status = 'running'` for one
+/// status) as SQL text, not bound parameters: a partial index is used only
+/// when the planner can see that the query implies its predicate, which it
+/// cannot through parameters (SQLite never, PostgreSQL not in a generic
+/// plan). `conn` only chooses the backend's spelling ([`StatusText`]).
+pub(super) fn status_in<C: StatusText>(_conn: &C, statuses: &[TaskStatus]) -> SqlLiteral<Bool> {
+    let list: Vec<String> = statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    let text = match list.as_slice() {
+        [one] => format!("{} = {one}", C::STATUS),
+        _ => format!("{} IN ({})", C::STATUS, list.join(", ")),
+    };
+    diesel::dsl::sql(&text)
+}
+
+/// When an owed task is due: its `run_after`, or its creation when it has
+/// none. The relay reads owed tasks in this order from the index
+/// `tasks_owed` (on this very expression), so a claim is a range read that
+/// stops at now: tasks delayed into the future are never read, and the
+/// oldest due come first. (A task written by a host whose clock is ahead
+/// waits for this host's clock to reach its `created_at`.)
+macro_rules! due {
+    ($t:ident) => {
+        diesel::dsl::sql::<<$t::created_at as diesel::Expression>::SqlType>(
+            "coalesce(run_after, created_at)",
+        )
+    };
+}
+
 /// The relay's conditions for a task it owes the broker, on either schema:
 /// claimable, due, not confirmed and not being published by anyone.
+/// `$claimable` is [`status_in`] of the claimable statuses.
 macro_rules! owed {
-    ($t:ident, $now:expr) => {
+    ($t:ident, $claimable:expr, $now:expr) => {
         $t::enqueued_at
             .is_null()
-            .and($t::status.eq_any(TaskStatus::CLAIMABLE))
-            .and($t::run_after.is_null().or($t::run_after.le($now)))
+            .and($claimable)
+            .and(due!($t).le($now))
             .and(
                 $t::publish_lock_until
                     .is_null()
@@ -35,22 +95,53 @@ macro_rules! owed {
     };
 }
 
+/// Up to `$limit` owed tasks, oldest due first: a range read of
+/// `tasks_owed` (the claim's select, before its row locking).
+macro_rules! owed_ids {
+    ($t:ident, $claimable:expr, $now:expr, $limit:expr) => {
+        $t::tasks
+            .select($t::id)
+            .filter(owed!($t, $claimable, $now))
+            .order(due!($t))
+            .limit($limit)
+    };
+}
+
 /// A task whose message may be lost: claimable and due, its message
 /// confirmed before the window's `stale_before`.
 macro_rules! stale {
-    ($t:ident, $w:expr) => {
+    ($t:ident, $claimable:expr, $w:expr) => {
         $t::enqueued_at
             .lt($w.stale_before)
-            .and(claimable())
+            .and($claimable)
             .and($t::run_after.is_null().or($t::run_after.le($w.now)))
     };
 }
 
+/// Up to `$n` stale tasks, oldest confirm first: a range read of
+/// `tasks_confirmed`.
+macro_rules! stale_ids {
+    ($t:ident, $claimable:expr, $w:expr, $n:expr) => {
+        $t::tasks
+            .select($t::id)
+            .filter(stale!($t, $claimable, $w))
+            .order($t::enqueued_at)
+            .limit($n)
+    };
+}
+
 /// M of [`super::LostBound`]: the claimable tasks confirmed at or before
-/// `$1`, counted up to `$2` (an index range read of `tasks_confirmed`, whose
-/// predicate the literal status list matches).
-const COUNT_CONFIRMED: &str = "SELECT count(*) AS n FROM (SELECT 1 FROM tasks \
-     WHERE enqueued_at <= $1 AND status IN ('pending', 'retrying') LIMIT $2) AS confirmed";
+/// the first parameter, counted up to the second (an index range read of
+/// `tasks_confirmed`, whose predicate the literal status list matches);
+/// `$1`, `$2` on PostgreSQL, `?` on SQLite.
+pub(super) fn count_confirmed<C: StatusText>(_conn: &C) -> String {
+    let [first, second] = C::PARAMS;
+    format!(
+        "SELECT count(*) AS n FROM (SELECT 1 FROM tasks \
+         WHERE enqueued_at <= {first} AND {} IN ('pending', 'retrying') LIMIT {second}) AS confirmed",
+        C::STATUS
+    )
+}
 
 #[derive(QueryableByName)]
 struct Count {
@@ -127,11 +218,8 @@ impl RowLocking for PgConnection {
         // Relays in several processes skip the rows another one is taking
         // instead of waiting for them.
         self.transaction(|conn| {
-            let candidates = t::tasks
-                .select(t::id)
-                .filter(owed!(t, now))
-                .order(t::created_at)
-                .limit(limit)
+            let claimable = status_in(conn, &TaskStatus::CLAIMABLE);
+            let candidates = owed_ids!(t, claimable, now, limit)
                 .for_update()
                 .skip_locked()
                 .load::<TaskId>(conn)?;
@@ -168,7 +256,7 @@ impl RowLocking for PgConnection {
             if !locked {
                 return Ok(Vec::new());
             }
-            let believed = diesel::sql_query(COUNT_CONFIRMED)
+            let believed = diesel::sql_query(count_confirmed(conn))
                 .bind::<Timestamptz, _>(w.measured_at)
                 .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
                 .get_result::<Count>(conn)?
@@ -179,11 +267,8 @@ impl RowLocking for PgConnection {
             }
             // Rows a worker is claiming right now are skipped: a claimed
             // task's message was not lost.
-            let lost = t::tasks
-                .select(t::id)
-                .filter(stale!(t, w))
-                .order(t::enqueued_at)
-                .limit(i64::try_from(n).unwrap_or(i64::MAX))
+            let claimable = status_in(conn, &TaskStatus::CLAIMABLE);
+            let lost = stale_ids!(t, claimable, w, i64::try_from(n).unwrap_or(i64::MAX))
                 .for_update()
                 .skip_locked()
                 .load::<TaskId>(conn)?;
@@ -216,19 +301,15 @@ impl RowLocking for SqliteConnection {
         use schema_sqlite::tasks::dsl as t;
         // SQLite has one writer at a time: the UPDATE re-checks the
         // conditions, so rows another process took meanwhile drop out.
-        let candidates = t::tasks
-            .select(t::id)
-            .filter(owed!(t, now))
-            .order(t::created_at)
-            .limit(limit)
-            .load::<TaskId>(self)?;
+        let claimable = status_in(self, &TaskStatus::CLAIMABLE);
+        let candidates = owed_ids!(t, claimable.clone(), now, limit).load::<TaskId>(self)?;
         if candidates.is_empty() {
             return Ok(candidates);
         }
         diesel::update(
             t::tasks
                 .filter(t::id.eq_any(&candidates))
-                .filter(owed!(t, now)),
+                .filter(owed!(t, claimable, now)),
         )
         .set(t::publish_lock_until.eq(until))
         .returning(t::id)
@@ -244,7 +325,7 @@ impl RowLocking for SqliteConnection {
         // The write lock from the start (BEGIN IMMEDIATE): relays of other
         // processes count only after this one's take is committed.
         self.immediate_transaction(|conn| {
-            let believed = diesel::sql_query(COUNT_CONFIRMED.replace('$', "?").as_str())
+            let believed = diesel::sql_query(count_confirmed(conn))
                 .bind::<TimestamptzSqlite, _>(w.measured_at)
                 .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
                 .get_result::<Count>(conn)?
@@ -253,11 +334,8 @@ impl RowLocking for SqliteConnection {
             if n == 0 {
                 return Ok(Vec::new());
             }
-            let lost = t::tasks
-                .select(t::id)
-                .filter(stale!(t, w))
-                .order(t::enqueued_at)
-                .limit(i64::try_from(n).unwrap_or(i64::MAX))
+            let claimable = status_in(conn, &TaskStatus::CLAIMABLE);
+            let lost = stale_ids!(t, claimable, w, i64::try_from(n).unwrap_or(i64::MAX))
                 .load::<TaskId>(conn)?;
             diesel::update(t::tasks.filter(t::id.eq_any(&lost)))
                 .set((

@@ -27,7 +27,9 @@
 //! backends (through `with_conn!`, below); what only one backend can say
 //! (raw SQL, `SKIP LOCKED`, `unnest`) is in `dialect.rs`. Errors and their
 //! classification are in `error.rs`. `counts.rs` counts statements and
-//! transactions for the benchmark harness, only when asked to.
+//! transactions for the benchmark harness, only when asked to. `plans.rs`
+//! shows the plans of the relay's queries, for the tests that keep them
+//! index range reads.
 
 pub mod schema_pg;
 pub mod schema_sqlite;
@@ -69,16 +71,23 @@ macro_rules! with_conn {
     };
 }
 
-// After the macro: the query files use it.
+// After the macro: the query files use it. The relay's queries are
+// macros of their files (`#[macro_use]`), so that `plans.rs`, last, can
+// show the plans of the very queries the relay runs.
+#[macro_use]
 mod attempts;
 mod control;
 pub mod counts;
+#[macro_use]
 mod dialect;
 mod error;
 mod events;
 pub mod listing;
+#[macro_use]
 mod outbox;
+#[macro_use]
 mod retention;
+mod plans;
 mod status;
 mod submit;
 

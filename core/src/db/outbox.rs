@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::dialect::RowLocking;
+use super::dialect::{status_in, RowLocking};
 use super::{Db, DbResult};
 use crate::task::{TaskId, TaskStatus};
 
@@ -83,6 +83,22 @@ impl LostBound {
     pub fn republish(self, believed: u64) -> u64 {
         believed.saturating_sub(self.depth).min(self.batch)
     }
+}
+
+/// [`Db::any_stale`]'s probe: the oldest confirm of a claimable task
+/// before `$before`, one entry of `tasks_confirmed`. `$claimable` is
+/// [`status_in`] of the claimable statuses.
+macro_rules! oldest_stale {
+    ($t:ident, $claimable:expr, $before:expr) => {
+        $t::tasks
+            .select($t::enqueued_at)
+            .filter($t::enqueued_at.lt($before))
+            .filter($claimable)
+            // In index order: without it PostgreSQL may guess that a
+            // table scan finds one row sooner, and read much of it.
+            .order($t::enqueued_at)
+            .limit(1)
+    };
 }
 
 impl Db {
@@ -151,15 +167,9 @@ impl Db {
     pub fn any_stale(&self, stale_before: DateTime<Utc>) -> DbResult<bool> {
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
-            let found = t::tasks
-                .select(t::enqueued_at)
-                .filter(t::enqueued_at.lt(stale_before))
-                .filter(claimable())
-                // In index order: without it PostgreSQL may guess that a
-                // table scan finds one row sooner, and read much of it.
-                .order(t::enqueued_at)
-                .limit(1)
-                .load::<Option<DateTime<Utc>>>(conn)?;
+            let claimable = status_in(conn, &TaskStatus::CLAIMABLE);
+            let found =
+                oldest_stale!(t, claimable, stale_before).load::<Option<DateTime<Utc>>>(conn)?;
             Ok(!found.is_empty())
         })
     }
@@ -205,19 +215,6 @@ pub(super) struct LostWindow {
     pub(super) stale_before: DateTime<Utc>,
     pub(super) now: DateTime<Utc>,
     pub(super) until: DateTime<Utc>,
-}
-
-/// `status IN ('pending', 'retrying')` as SQL text, not bound parameters:
-/// a partial index (`tasks_confirmed`, `tasks_unpublished`) is used only
-/// when the planner can see that the query implies its predicate, which
-/// it cannot through parameters (SQLite never, PostgreSQL not in a generic
-/// plan).
-pub(super) fn claimable() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
-    const _: () = assert!(matches!(
-        TaskStatus::CLAIMABLE,
-        [TaskStatus::Pending, TaskStatus::Retrying]
-    ));
-    diesel::dsl::sql("status IN ('pending', 'retrying')")
 }
 
 #[cfg(test)]

@@ -7,15 +7,30 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
+use super::dialect::status_in;
 use super::{Db, DbResult};
 use crate::task::{TaskId, TaskStatus};
 
 /// The states a task is deleted in, once old enough.
-const FINAL: [TaskStatus; 3] = [
+pub(super) const FINAL: [TaskStatus; 3] = [
     TaskStatus::Succeeded,
     TaskStatus::Failed,
     TaskStatus::Cancelled,
 ];
+
+/// Up to `$limit` final tasks that finished before `$cutoff`, oldest
+/// first: a range read of `tasks_finished`. `$finals` is [`status_in`] of
+/// [`FINAL`].
+macro_rules! expired_finals {
+    ($t:ident, $finals:expr, $cutoff:expr, $limit:expr) => {
+        $t::tasks
+            .select($t::id)
+            .filter($finals)
+            .filter($t::finished_at.lt($cutoff))
+            .order($t::finished_at)
+            .limit($limit)
+    };
+}
 
 impl Db {
     /// Deletes up to `limit` final tasks (succeeded, failed, cancelled) that
@@ -26,13 +41,8 @@ impl Db {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                let ids: Vec<TaskId> = t::tasks
-                    .select(t::id)
-                    .filter(t::status.eq_any(FINAL))
-                    .filter(t::finished_at.lt(cutoff))
-                    .order(t::finished_at)
-                    .limit(limit)
-                    .load(conn)?;
+                let finals = status_in(conn, &FINAL);
+                let ids: Vec<TaskId> = expired_finals!(t, finals, cutoff, limit).load(conn)?;
                 if ids.is_empty() {
                     return Ok(0);
                 }

@@ -1,0 +1,149 @@
+//! The plans of the relay's queries, as the database would run them now:
+//! for the tests that check each is an index range read bounded by its
+//! `LIMIT` (or by what is due), however long the backlog ("a backlog is
+//! cheap"). The queries are the relay's own (the macros of `dialect.rs`,
+//! `outbox.rs`, `attempts.rs` and `retention.rs`), with their parameters.
+
+use chrono::{DateTime, Utc};
+use diesel::backend::Backend;
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Untyped};
+use diesel::sqlite::Sqlite;
+
+use super::dialect::{count_confirmed, status_in};
+use super::outbox::LostWindow;
+use super::retention::FINAL;
+use super::{Db, DbResult, LostBound};
+use crate::task::TaskStatus;
+
+/// `EXPLAIN` (PostgreSQL) or `EXPLAIN QUERY PLAN` (SQLite) of a query,
+/// with its parameters bound.
+struct Explain<Q>(Q);
+
+impl<Q> QueryId for Explain<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q> Query for Explain<Q> {
+    type SqlType = Untyped;
+}
+
+impl<Q, C: Connection> RunQueryDsl<C> for Explain<Q> {}
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Explain<Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("EXPLAIN ");
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<Q: QueryFragment<Sqlite>> QueryFragment<Sqlite> for Explain<Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("EXPLAIN QUERY PLAN ");
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+#[derive(QueryableByName)]
+struct PgLine {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[diesel(column_name = "QUERY PLAN")]
+    line: String,
+}
+
+#[derive(QueryableByName)]
+struct SqliteLine {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    detail: String,
+}
+
+/// A connection that can show a query's plan, one line per step.
+trait Plan: Connection {
+    fn plan<Q: QueryFragment<Self::Backend>>(&mut self, query: Q) -> QueryResult<String>
+    where
+        Self::Backend: Backend;
+}
+
+impl Plan for PgConnection {
+    fn plan<Q: QueryFragment<Pg>>(&mut self, query: Q) -> QueryResult<String> {
+        let lines = Explain(query).load::<PgLine>(self)?;
+        Ok(lines
+            .into_iter()
+            .map(|l| l.line)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}
+
+impl Plan for SqliteConnection {
+    fn plan<Q: QueryFragment<Sqlite>>(&mut self, query: Q) -> QueryResult<String> {
+        let lines = Explain(query).load::<SqliteLine>(self)?;
+        Ok(lines
+            .into_iter()
+            .map(|l| l.detail)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}
+
+impl Db {
+    /// The plan of each query a relay round runs over the whole table
+    /// (those by id are primary key lookups), named by the method that
+    /// runs it: `claim_unpublished`, `any_stale`, `claim_lost (count)`,
+    /// `claim_lost (take)`, `expire_leases`, `delete_finished_before`.
+    #[doc(hidden)]
+    pub fn relay_plans(&self) -> DbResult<Vec<(&'static str, String)>> {
+        let now = Utc::now();
+        let stale_before = now - chrono::Duration::minutes(5);
+        let w = LostWindow {
+            bound: LostBound {
+                depth: 0,
+                batch: 500,
+            },
+            measured_at: now,
+            stale_before,
+            now,
+            until: now,
+        };
+        let cutoff: DateTime<Utc> = now - chrono::Duration::days(7);
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            let [c1, c2, c3] = [(); 3].map(|()| status_in(&*conn, &TaskStatus::CLAIMABLE));
+            let running = status_in(&*conn, &[TaskStatus::Running]);
+            let finals = status_in(&*conn, &FINAL);
+            let count = count_confirmed(&*conn);
+            Ok(vec![
+                (
+                    "claim_unpublished",
+                    conn.plan(owed_ids!(t, c1, now, 500_i64))?,
+                ),
+                ("any_stale", conn.plan(oldest_stale!(t, c2, stale_before))?),
+                (
+                    "claim_lost (count)",
+                    conn.plan(
+                        diesel::sql_query(count)
+                            .bind::<<t::created_at as Expression>::SqlType, _>(now)
+                            .bind::<BigInt, _>(600_i64),
+                    )?,
+                ),
+                (
+                    "claim_lost (take)",
+                    conn.plan(stale_ids!(t, c3, w, 500_i64))?,
+                ),
+                (
+                    "expire_leases",
+                    conn.plan(t::tasks.select(t::id).filter(lease_lost!(t, running, now)))?,
+                ),
+                (
+                    "delete_finished_before",
+                    conn.plan(expired_finals!(t, finals, cutoff, 1000_i64))?,
+                ),
+            ])
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! A backlog is cheap: with many tasks in every state, each query a relay
+//! round runs over the table is an index range read in index order, bounded
+//! by its LIMIT (or by what is due): no scan of the table, no sort of
+//! everything owed. Checked on the plans of the relay's own queries
+//! (`Db::relay_plans`) over 20 000 seeded tasks, on SQLite (which has no
+//! statistics) and on a PostgreSQL schema of this test's own (analyzed).
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection, SqliteConnection};
+use ferry_core::Db;
+
+mod common;
+
+/// The index each relay query must read.
+const INDEXES: [(&str, &str); 6] = [
+    ("claim_unpublished", "tasks_owed"),
+    ("any_stale", "tasks_confirmed"),
+    ("claim_lost (count)", "tasks_confirmed"),
+    ("claim_lost (take)", "tasks_confirmed"),
+    ("expire_leases", "tasks_running_lease"),
+    ("delete_finished_before", "tasks_finished"),
+];
+
+/// Tasks seeded: a fifth each owed now, confirmed an hour ago (stale),
+/// running, succeeded, and retrying not before tomorrow.
+const SEEDED: usize = 20_000;
+
+const SQLITE_SEED: &str = "
+WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20000)
+INSERT INTO tasks (id, event_type, source, event_id, event, status, max_attempts,
+                   created_at, updated_at, enqueued_at, run_after, lease_expires_at, finished_at)
+SELECT printf('00000000-0000-4000-8000-%012d', n), 'org.ferry.echo', '/ferry/tests', 'seed-' || n, '{}',
+       CASE n % 5 WHEN 0 THEN 'pending' WHEN 1 THEN 'pending' WHEN 2 THEN 'running'
+                  WHEN 3 THEN 'succeeded' ELSE 'retrying' END,
+       3,
+       strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '-2 hours'),
+       strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '-2 hours'),
+       CASE WHEN n % 5 = 1 THEN strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '-1 hour') END,
+       CASE WHEN n % 5 = 4 THEN strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '+1 day') END,
+       CASE WHEN n % 5 = 2 THEN strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '+1 hour') END,
+       CASE WHEN n % 5 = 3 THEN strftime('%Y-%m-%d %H:%M:%f+00:00', 'now', '-1 hour') END
+FROM g;
+";
+
+const PG_SEED: &str = "
+INSERT INTO tasks (id, event_type, source, event_id, event, status, max_attempts,
+                   created_at, updated_at, enqueued_at, run_after, lease_expires_at, finished_at)
+SELECT gen_random_uuid(), 'org.ferry.echo', '/ferry/tests', 'seed-' || n, '{}',
+       CASE n % 5 WHEN 0 THEN 'pending' WHEN 1 THEN 'pending' WHEN 2 THEN 'running'
+                  WHEN 3 THEN 'succeeded' ELSE 'retrying' END,
+       3,
+       now() - interval '2 hours' + n * interval '1 ms',
+       now() - interval '2 hours',
+       CASE WHEN n % 5 = 1 THEN now() - interval '1 hour' + n * interval '1 ms' END,
+       CASE WHEN n % 5 = 4 THEN now() + interval '1 day' END,
+       CASE WHEN n % 5 = 2 THEN now() + interval '1 hour' END,
+       CASE WHEN n % 5 = 3 THEN now() - interval '1 hour' END
+FROM generate_series(1, 20000) AS n;
+ANALYZE tasks;
+";
+
+/// Each relay query's plan reads its index, with no sort and no scan of
+/// the table; and a claim still takes owed tasks only.
+fn check(db: &Db, backend: &str) {
+    let plans = db.relay_plans().unwrap();
+    assert_eq!(plans.len(), INDEXES.len(), "{plans:#?}");
+    for ((name, plan), (expected_name, index)) in plans.iter().zip(INDEXES) {
+        assert_eq!(*name, expected_name);
+        let context = format!("{backend} {name}:\n{plan}");
+        assert!(plan.contains(index), "not read from {index}: {context}");
+        if backend == "sqlite" {
+            assert!(!plan.contains("TEMP B-TREE"), "sorted: {context}");
+            assert!(!plan.contains("SCAN tasks"), "table scan: {context}");
+        } else {
+            assert!(!plan.contains("Sort"), "sorted: {context}");
+            assert!(!plan.contains("Seq Scan"), "table scan: {context}");
+        }
+    }
+    let claimed = db.claim_unpublished(500, Duration::from_secs(30)).unwrap();
+    assert_eq!(claimed.len(), 500, "{backend}");
+    // Not the retries of tomorrow, nor anything confirmed, running or final.
+    let views = db.task_views(&claimed).unwrap();
+    assert!(
+        views
+            .iter()
+            .all(|v| v.as_ref().unwrap().status == ferry_core::TaskStatus::Pending),
+        "{backend}: claimed a task not owed"
+    );
+    assert!(
+        db.count_with_status(ferry_core::TaskStatus::Pending)
+            .unwrap() as usize
+            <= SEEDED
+    );
+}
+
+#[test]
+fn the_relays_queries_read_an_index_in_order_over_a_backlog() {
+    let (_dir, db, path) = common::sqlite();
+    SqliteConnection::establish(&path)
+        .unwrap()
+        .batch_execute(SQLITE_SEED)
+        .unwrap();
+    check(&db, "sqlite");
+    common::on_postgres(|db, url| {
+        PgConnection::establish(url)
+            .unwrap()
+            .batch_execute(PG_SEED)
+            .unwrap();
+        check(db, "postgres");
+    });
+}
