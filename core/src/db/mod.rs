@@ -26,8 +26,10 @@
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
 //! (raw SQL, `SKIP LOCKED`, `unnest`) is in `dialect.rs`. Errors and their
-//! classification are in `error.rs`. `counts.rs` counts statements and
-//! transactions for the benchmark harness, only when asked to.
+//! classification are in `error.rs`. `pool.rs` is the pool's connection
+//! manager (it skips the checkout ping of a connection known good).
+//! `counts.rs` counts statements and transactions for the benchmark
+//! harness, only when asked to.
 
 pub mod schema_pg;
 pub mod schema_sqlite;
@@ -36,7 +38,7 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2d2Pool};
+use diesel::r2d2::{CustomizeConnection, Pool as R2d2Pool};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
@@ -44,8 +46,8 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/s
 
 #[derive(Debug, Clone)]
 enum Pool {
-    Postgres(R2d2Pool<ConnectionManager<PgConnection>>),
-    Sqlite(R2d2Pool<ConnectionManager<SqliteConnection>>),
+    Postgres(R2d2Pool<pool::Manager<PgConnection>>),
+    Sqlite(R2d2Pool<pool::Manager<SqliteConnection>>),
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection and `$schema` to the
@@ -78,6 +80,7 @@ mod error;
 mod events;
 pub mod listing;
 mod outbox;
+pub mod pool;
 mod retention;
 mod status;
 mod submit;
@@ -153,13 +156,13 @@ impl Db {
             Pool::Sqlite(
                 builder(pool_size)
                     .connection_customizer(Box::new(SqlitePragmas))
-                    .build(ConnectionManager::new(path))
+                    .build(pool::Manager::new(path))
                     .map_err(|e| DbError::Unavailable(format!("{path}: {e}")))?,
             )
         } else {
             Pool::Postgres(
                 builder(pool_size)
-                    .build(ConnectionManager::new(url))
+                    .build(pool::Manager::new(url))
                     .map_err(|e| DbError::Unavailable(e.to_string()))?,
             )
         };
