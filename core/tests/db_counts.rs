@@ -244,3 +244,42 @@ fn a_connection_that_lost_its_server_is_dropped() {
         "the lost one was dropped when returned, not pinged at checkout"
     );
 }
+
+/// A claim is one statement on the task rows (status, attempt, lease and,
+/// on the first attempt, started_at), one insert of the attempt rows, in
+/// one transaction; a later attempt keeps the first one's start.
+#[test]
+fn a_claim_is_one_update_and_keeps_the_first_start() {
+    let _turn = counted();
+    let check = |db: &Db| {
+        let ids = common::insert(db, &[new_task("a", 3), new_task("b", 3)]);
+        let before = totals();
+        let claims = db.claim_many(&ids, "w1", lease()).unwrap();
+        assert!(claims.iter().all(Option::is_some));
+        let counted = since(&before);
+        assert_eq!(
+            (counted["update"], counted["insert"], counted["statements"]),
+            (1, 1, 2),
+            "{counted:?}"
+        );
+        assert_eq!((counted["begins"], counted["implicit"]), (1, 0));
+        let first = db.task_view(ids[0]).unwrap().unwrap();
+        let started = first.started_at.expect("the first claim sets started_at");
+        let retry = Outcome::Retry {
+            error: "again".into(),
+            run_after: Utc::now() - Duration::from_millis(1),
+        };
+        assert!(db.finish(ids[0].attempt(1), &retry).unwrap());
+        let again = db.claim(ids[0], "w2", lease()).unwrap().unwrap();
+        assert_eq!(again.attempt, 2);
+        let view = db.task_view(ids[0]).unwrap().unwrap();
+        assert_eq!(view.started_at, Some(started), "the first attempt's start");
+        assert_eq!(view.attempt_history.len(), 2);
+        assert!(view.attempt_history[1].started_at >= started);
+    };
+    let (_dir, db, _) = sqlite();
+    check(&db);
+    if let Some((_schema, url)) = postgres("ferry_claim") {
+        check(&connect(&url, 4));
+    }
+}

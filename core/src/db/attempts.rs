@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use diesel::dsl::{case_when, SqlTypeOf};
 use diesel::prelude::*;
 use serde_json::Value;
 
@@ -103,8 +104,9 @@ impl Db {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                // One statement claims the batch; PostgreSQL locks the rows
-                // in index order, so concurrent batches cannot deadlock.
+                // One statement claims the batch, first attempts' start
+                // included; PostgreSQL locks the rows in index order, so
+                // concurrent batches cannot deadlock.
                 let claimed = diesel::update(
                     t::tasks
                         .filter(t::id.eq_any(ids))
@@ -117,28 +119,17 @@ impl Db {
                     t::worker.eq(worker),
                     t::lease_expires_at.eq(lease_until),
                     t::updated_at.eq(now),
+                    // When the first attempt started.
+                    t::started_at.eq(case_when::<_, _, SqlTypeOf<t::started_at>>(
+                        t::started_at.is_null(),
+                        now,
+                    )
+                    .otherwise(t::started_at)),
                 ))
-                .returning((
-                    t::id,
-                    t::attempts,
-                    t::max_attempts,
-                    t::event_type,
-                    t::event,
-                    t::started_at,
-                ))
-                .get_results::<(TaskId, i32, i32, String, Value, Option<DateTime<Utc>>)>(conn)?;
+                .returning((t::id, t::attempts, t::max_attempts, t::event_type, t::event))
+                .get_results::<(TaskId, i32, i32, String, Value)>(conn)?;
                 if claimed.is_empty() {
                     return Ok(vec![None; ids.len()]);
-                }
-                let first_attempts: Vec<TaskId> = claimed
-                    .iter()
-                    .filter(|c| c.5.is_none())
-                    .map(|c| c.0)
-                    .collect();
-                if !first_attempts.is_empty() {
-                    diesel::update(t::tasks.filter(t::id.eq_any(&first_attempts)))
-                        .set(t::started_at.eq(now))
-                        .execute(conn)?;
                 }
                 let attempt_rows: Vec<_> = claimed
                     .iter()
@@ -158,7 +149,7 @@ impl Db {
                 // first of its callers gets it.
                 let mut by_id: HashMap<TaskId, Claimed> = claimed
                     .into_iter()
-                    .map(|(id, attempt, max_attempts, event_type, event, _)| {
+                    .map(|(id, attempt, max_attempts, event_type, event)| {
                         let claim = Claimed {
                             attempt,
                             max_attempts,
