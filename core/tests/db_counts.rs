@@ -283,3 +283,46 @@ fn a_claim_is_one_update_and_keeps_the_first_start() {
         check(&connect(&url, 4));
     }
 }
+
+/// A batch of successes costs the same statements however many it holds:
+/// the task rows are updated in one statement on both backends.
+#[test]
+fn a_batch_of_successes_is_set_based() {
+    let _turn = counted();
+    let check = |db: &Db| {
+        let finish = |n: usize| {
+            let tasks: Vec<NewTask> = (0..n)
+                .map(|_| new_task(&TaskId::new().to_string(), 3))
+                .collect();
+            let ids = common::insert(db, &tasks);
+            db.claim_many(&ids, "w1", lease()).unwrap();
+            let outcomes: Vec<(AttemptRef, Outcome)> = ids
+                .iter()
+                .map(|id| (id.attempt(1), Outcome::Succeeded(json!({"id": id}))))
+                .collect();
+            let before = totals();
+            assert!(db.finish_many(&outcomes).unwrap().into_iter().all(|r| r));
+            let counted = since(&before);
+            for id in &ids {
+                let view = db.task_view(*id).unwrap().unwrap();
+                assert_eq!(view.status, TaskStatus::Succeeded);
+                assert_eq!(view.result, Some(json!({"id": id})));
+                assert!(view.finished_at.is_some() && view.error.is_none());
+                assert!(view.attempt_history[0].finished_at.is_some());
+            }
+            (
+                counted["statements"],
+                counted["begins"],
+                counted["implicit"],
+            )
+        };
+        let one = finish(1);
+        assert_eq!(finish(5), one);
+        assert_eq!(finish(50), one);
+    };
+    let (_dir, db, _) = sqlite();
+    check(&db);
+    if let Some((_schema, url)) = postgres("ferry_successes") {
+        check(&connect(&url, 4));
+    }
+}

@@ -192,13 +192,12 @@ impl Db {
             conn.transaction(|conn| {
                 let mut answers = vec![false; attempts.len()];
                 let mut succeeded = Vec::new();
-                // Successes in one statement where the backend can; the
-                // other outcomes, and every outcome on SQLite (where a
-                // statement costs no round trip), one row at a time.
-                let set_based = conn.record_successes(attempts, now)?;
+                // Successes, the happy path, in one statement; the other
+                // outcomes one row at a time.
+                let recorded = conn.record_successes(attempts, now)?;
                 for i in order_by_id(attempts.iter().map(|(attempt, _)| attempt.task)) {
                     let (attempt, outcome) = &attempts[i];
-                    if let (Some(recorded), Outcome::Succeeded(_)) = (&set_based, outcome) {
+                    if let Outcome::Succeeded(_) = outcome {
                         if recorded.contains(attempt) {
                             answers[i] = true;
                             succeeded.push(attempt.task);
@@ -226,10 +225,6 @@ impl Db {
                         continue;
                     }
                     answers[i] = true;
-                    if error.is_none() {
-                        succeeded.push(attempt.task);
-                        continue;
-                    }
                     diesel::update(
                         a::task_attempts
                             .filter(a::task_id.eq(attempt.task))

@@ -4,15 +4,16 @@
 //!
 //! The query files (`submit.rs`, `outbox.rs`, `attempts.rs`, `status.rs`)
 //! use only diesel's shared form and call these methods where the backends
-//! must differ: PostgreSQL has concurrent writers and round trips, so it
-//! skips rows another transaction holds and records a batch in one
-//! statement; SQLite has one writer at a time and no round trips, so it
-//! re-checks conditions in the update and goes row by row.
+//! must differ: PostgreSQL has concurrent writers, so it skips rows another
+//! transaction holds; SQLite has one writer at a time, so it re-checks
+//! conditions in the update. Both record a batch of successes in one
+//! statement, each in its own SQL (`unnest` of arrays, a `VALUES` list).
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use serde_json::Value;
 
 use super::attempts::order_by_id;
 use super::outbox::{claimable, LostWindow};
@@ -270,25 +271,88 @@ impl RowLocking for SqliteConnection {
     }
 }
 
-/// Statements that only some backends can make set-based.
+/// Statements written set-based for each backend in its own SQL.
 pub(super) trait SetBased {
     /// Records every `Outcome::Succeeded` of `attempts` whose attempt still
     /// holds its task, in one statement; the attempts recorded.
-    /// `None` if this backend records them one row at a time instead.
     fn record_successes(
         &mut self,
         attempts: &[(AttemptRef, Outcome)],
         now: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<AttemptRef>>>;
+    ) -> QueryResult<HashSet<AttemptRef>>;
 }
+
+/// The successes of `attempts`, in id order (so that concurrent batches
+/// lock rows in one order).
+fn successes(attempts: &[(AttemptRef, Outcome)]) -> Vec<(AttemptRef, &Value)> {
+    order_by_id(attempts.iter().map(|(attempt, _)| attempt.task))
+        .into_iter()
+        .filter_map(|i| match &attempts[i] {
+            (attempt, Outcome::Succeeded(result)) => Some((*attempt, result)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Successes per SQLite statement: three parameters each, well under
+/// SQLite's 32766.
+const SQLITE_SUCCESS_CHUNK: usize = 1000;
 
 impl SetBased for SqliteConnection {
     fn record_successes(
         &mut self,
-        _: &[(AttemptRef, Outcome)],
-        _: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
-        Ok(None)
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<HashSet<AttemptRef>> {
+        use diesel::sql_types::{Integer, Json, Text, TimestamptzSqlite};
+
+        #[derive(QueryableByName)]
+        struct Recorded {
+            #[diesel(sql_type = Text)]
+            id: TaskId,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+        }
+
+        let mut recorded = HashSet::new();
+        for chunk in successes(attempts).chunks(SQLITE_SUCCESS_CHUNK) {
+            // SQLite names a VALUES list's columns column1, column2 …;
+            // its parameters are numbered, ?1 to ?3 the shared ones.
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 4 + 3 * i;
+                    format!("(?{p}, ?{}, ?{})", p + 1, p + 2)
+                })
+                .collect();
+            // The same transition as PostgreSQL's, below.
+            let sql = format!(
+                "UPDATE tasks SET status = ?1, result = v.column3, error = NULL, \
+                   finished_at = ?2, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
+                   enqueued_at = NULL, publish_lock_until = NULL, updated_at = ?2 \
+                 FROM (VALUES {}) AS v \
+                 WHERE tasks.id = v.column1 AND tasks.status = ?3 AND tasks.attempts = v.column2 \
+                 RETURNING id, attempts",
+                rows.join(", ")
+            );
+            let mut query = diesel::sql_query(sql)
+                .into_boxed::<diesel::sqlite::Sqlite>()
+                .bind::<Text, _>(TaskStatus::Succeeded)
+                .bind::<TimestamptzSqlite, _>(now)
+                .bind::<Text, _>(TaskStatus::Running);
+            for (attempt, result) in chunk {
+                query = query
+                    .bind::<Text, _>(attempt.task)
+                    .bind::<Integer, _>(attempt.attempt)
+                    .bind::<Json, _>(*result);
+            }
+            recorded.extend(
+                query
+                    .load::<Recorded>(self)?
+                    .into_iter()
+                    .map(|r| r.id.attempt(r.attempts)),
+            );
+        }
+        Ok(recorded)
     }
 }
 
@@ -297,7 +361,7 @@ impl SetBased for PgConnection {
         &mut self,
         attempts: &[(AttemptRef, Outcome)],
         now: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
+    ) -> QueryResult<HashSet<AttemptRef>> {
         use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
 
         #[derive(QueryableByName)]
@@ -308,20 +372,13 @@ impl SetBased for PgConnection {
             attempts: i32,
         }
 
-        let mut ids = Vec::new();
-        let mut numbers = Vec::new();
-        let mut results = Vec::new();
-        // In id order, so concurrent batches lock rows in one order.
-        for i in order_by_id(attempts.iter().map(|(attempt, _)| attempt.task)) {
-            if let (attempt, Outcome::Succeeded(result)) = &attempts[i] {
-                ids.push(attempt.task);
-                numbers.push(attempt.attempt);
-                results.push(result);
-            }
+        let successes = successes(attempts);
+        if successes.is_empty() {
+            return Ok(HashSet::new());
         }
-        if ids.is_empty() {
-            return Ok(Some(HashSet::new()));
-        }
+        let ids: Vec<TaskId> = successes.iter().map(|(a, _)| a.task).collect();
+        let numbers: Vec<i32> = successes.iter().map(|(a, _)| a.attempt).collect();
+        let results: Vec<&Value> = successes.iter().map(|(_, r)| *r).collect();
         // The same transition as the row-by-row path (`attempts.rs`, whose
         // `attempt_ended!` lists the columns an ended attempt clears), for a
         // whole batch.
@@ -340,11 +397,9 @@ impl SetBased for PgConnection {
         .bind::<Text, _>(TaskStatus::Succeeded)
         .bind::<Text, _>(TaskStatus::Running)
         .load::<Recorded>(self)?;
-        Ok(Some(
-            recorded
-                .into_iter()
-                .map(|r| r.id.attempt(r.attempts))
-                .collect(),
-        ))
+        Ok(recorded
+            .into_iter()
+            .map(|r| r.id.attempt(r.attempts))
+            .collect())
     }
 }
