@@ -316,9 +316,36 @@ fn a_batch_of_successes_is_set_based() {
                 counted["implicit"],
             )
         };
+        // The task rows, the attempt rows; one transaction. No statement
+        // looks for retries to cancel: there are none.
         let one = finish(1);
+        assert_eq!(one, (2, 1, 0));
         assert_eq!(finish(5), one);
         assert_eq!(finish(50), one);
+        // A retry in the batch, of a task a client asked to cancel while
+        // it ran: that one is looked for, and cancelled.
+        let ids = common::insert(db, &[new_task("ok", 3), new_task("stop", 3)]);
+        db.claim_many(&ids, "w1", lease()).unwrap();
+        db.cancel(ids[1]).unwrap();
+        let retry = Outcome::Retry {
+            error: "boom".into(),
+            run_after: Utc::now(),
+        };
+        let before = totals();
+        let answers = db
+            .finish_many(&[
+                (ids[0].attempt(1), Outcome::Succeeded(json!(1))),
+                (ids[1].attempt(1), retry),
+            ])
+            .unwrap();
+        assert_eq!(answers, [true, true]);
+        assert_eq!(
+            since(&before)["update"],
+            5,
+            "successes, the retry, its attempt row, the cancel, the successes' attempt rows"
+        );
+        assert_eq!(db.status(ids[0]).unwrap(), Some(TaskStatus::Succeeded));
+        assert_eq!(db.status(ids[1]).unwrap(), Some(TaskStatus::Cancelled));
     };
     let (_dir, db, _) = sqlite();
     check(&db);

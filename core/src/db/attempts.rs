@@ -234,14 +234,21 @@ impl Db {
                     .execute(conn)?;
                 }
                 // An attempt that ended in a retry after a client asked to
-                // cancel it: the task is cancelled, not run again.
-                let ended: Vec<TaskId> = attempts
+                // cancel it: the task is cancelled, not run again. Only
+                // the outcomes that retry can leave a task retrying: a
+                // batch without one (all successes, say) needs no statement.
+                let retried: Vec<TaskId> = attempts
                     .iter()
                     .zip(&answers)
-                    .filter(|(_, recorded)| **recorded)
+                    .filter(|((_, outcome), recorded)| {
+                        **recorded
+                            && matches!(outcome, Outcome::Retry { .. } | Outcome::HandedBack(_))
+                    })
                     .map(|((attempt, _), _)| attempt.task)
                     .collect();
-                cancel_requested_retries!(t, &ended, now).execute(conn)?;
+                if !retried.is_empty() {
+                    cancel_requested_retries!(t, &retried, now).execute(conn)?;
+                }
                 // A task's only unfinished attempt row is the one that just
                 // ended (a lost attempt's row is closed when it is taken back).
                 if !succeeded.is_empty() {
