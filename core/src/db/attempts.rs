@@ -14,7 +14,7 @@ use diesel::dsl::{case_when, SqlTypeOf};
 use diesel::prelude::*;
 use serde_json::Value;
 
-use super::dialect::SetBased;
+use super::dialect::{ClaimedRow, OneStatement, SetBased};
 use super::{Db, DbResult};
 use crate::task::{AttemptRef, Claimed, Outcome, TaskId, TaskStatus};
 
@@ -100,9 +100,29 @@ impl Db {
         lease_until: DateTime<Utc>,
     ) -> DbResult<Vec<Option<Claimed>>> {
         let now = Utc::now();
+        // A task delivered twice in one batch is claimed once: the first of
+        // its callers gets it.
+        let answer = |claimed: Vec<ClaimedRow>| {
+            let mut by_id: HashMap<TaskId, Claimed> = claimed
+                .into_iter()
+                .map(|(id, attempt, max_attempts, event_type, event)| {
+                    let claim = Claimed {
+                        attempt,
+                        max_attempts,
+                        event_type,
+                        event,
+                    };
+                    (id, claim)
+                })
+                .collect();
+            ids.iter().map(|id| by_id.remove(id)).collect()
+        };
         with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
+            if let Some(claimed) = conn.claim_at_once(ids, worker, lease_until, now)? {
+                return Ok(answer(claimed));
+            }
             conn.transaction(|conn| {
                 // One statement claims the batch, first attempts' start
                 // included; PostgreSQL locks the rows in index order, so
@@ -145,21 +165,7 @@ impl Db {
                 diesel::insert_into(a::task_attempts)
                     .values(attempt_rows)
                     .execute(conn)?;
-                // A task delivered twice in one batch is claimed once: the
-                // first of its callers gets it.
-                let mut by_id: HashMap<TaskId, Claimed> = claimed
-                    .into_iter()
-                    .map(|(id, attempt, max_attempts, event_type, event)| {
-                        let claim = Claimed {
-                            attempt,
-                            max_attempts,
-                            event_type,
-                            event,
-                        };
-                        (id, claim)
-                    })
-                    .collect();
-                Ok(ids.iter().map(|id| by_id.remove(id)).collect())
+                Ok(answer(claimed))
             })
         })
     }

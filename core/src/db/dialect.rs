@@ -403,3 +403,90 @@ impl SetBased for PgConnection {
             .collect())
     }
 }
+
+/// A claimed row: id, attempt, max_attempts, event_type, event.
+pub(super) type ClaimedRow = (TaskId, i32, i32, String, Value);
+
+/// What PostgreSQL says in one statement (a data-modifying `WITH`) where
+/// SQLite needs several in a transaction. One statement is a transaction
+/// of its own: PostgreSQL saves the `BEGIN` and `COMMIT` round trips.
+pub(super) trait OneStatement {
+    /// Claims `ids` (see [`super::Db::claim_many`]): the claim's `UPDATE`
+    /// and the attempt rows' `INSERT` together; the rows claimed. `None`
+    /// if this backend cannot say it in one statement.
+    fn claim_at_once(
+        &mut self,
+        ids: &[TaskId],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<Vec<ClaimedRow>>>;
+}
+
+impl OneStatement for SqliteConnection {
+    fn claim_at_once(
+        &mut self,
+        _: &[TaskId],
+        _: &str,
+        _: DateTime<Utc>,
+        _: DateTime<Utc>,
+    ) -> QueryResult<Option<Vec<ClaimedRow>>> {
+        Ok(None)
+    }
+}
+
+impl OneStatement for PgConnection {
+    fn claim_at_once(
+        &mut self,
+        ids: &[TaskId],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<Vec<ClaimedRow>>> {
+        use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
+
+        #[derive(QueryableByName)]
+        struct Claimed {
+            #[diesel(sql_type = Uuid)]
+            id: TaskId,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+            #[diesel(sql_type = Integer)]
+            max_attempts: i32,
+            #[diesel(sql_type = Text)]
+            event_type: String,
+            #[diesel(sql_type = Jsonb)]
+            event: Value,
+        }
+
+        // The same claim as the transaction's in `attempts.rs`; the rows
+        // are locked in index order there as here.
+        let claimed = diesel::sql_query(
+            "WITH claimed AS ( \
+               UPDATE tasks SET status = $5, attempts = attempts + 1, worker = $2, \
+                 lease_expires_at = $3, updated_at = $4, \
+                 started_at = CASE WHEN started_at IS NULL THEN $4 ELSE started_at END \
+               WHERE id = ANY($1) AND status = ANY($6) \
+                 AND (run_after IS NULL OR run_after <= $4) \
+               RETURNING id, attempts, max_attempts, event_type, event \
+             ), attempt_rows AS ( \
+               INSERT INTO task_attempts (task_id, attempt, worker, started_at) \
+               SELECT id, attempts, $2, $4 FROM claimed \
+             ) \
+             SELECT id, attempts, max_attempts, event_type, event FROM claimed",
+        )
+        .bind::<Array<Uuid>, _>(ids)
+        .bind::<Text, _>(worker)
+        .bind::<Timestamptz, _>(lease_until)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(TaskStatus::Running)
+        .bind::<Array<Text>, _>(TaskStatus::CLAIMABLE.as_slice())
+        .load::<Claimed>(self)?;
+        Ok(Some(
+            claimed
+                .into_iter()
+                .map(|c| (c.id, c.attempts, c.max_attempts, c.event_type, c.event))
+                .collect(),
+        ))
+    }
+}
