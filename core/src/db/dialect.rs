@@ -362,46 +362,58 @@ impl SetBased for PgConnection {
         attempts: &[(AttemptRef, Outcome)],
         now: DateTime<Utc>,
     ) -> QueryResult<HashSet<AttemptRef>> {
-        use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
+        pg_successes(self, PG_SUCCESSES, attempts, now)
+    }
+}
 
-        #[derive(QueryableByName)]
-        struct Recorded {
-            #[diesel(sql_type = Uuid)]
-            id: TaskId,
-            #[diesel(sql_type = Integer)]
-            attempts: i32,
-        }
+/// The successes of a batch, for a whole batch: the same transition as the
+/// row-by-row path (`attempts.rs`, whose `attempt_ended!` lists the columns
+/// an ended attempt clears). `$1` to `$3` the batch, `$4` now, `$5` and `$6`
+/// the statuses after and before.
+const PG_SUCCESSES: &str = "UPDATE tasks AS t SET status = $5, result = v.result, error = NULL, \
+       finished_at = $4, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
+       enqueued_at = NULL, publish_lock_until = NULL, updated_at = $4 \
+     FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS v(id, attempt, result) \
+     WHERE t.id = v.id AND t.status = $6 AND t.attempts = v.attempt \
+     RETURNING t.id, t.attempts";
 
-        let successes = successes(attempts);
-        if successes.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let ids: Vec<TaskId> = successes.iter().map(|(a, _)| a.task).collect();
-        let numbers: Vec<i32> = successes.iter().map(|(a, _)| a.attempt).collect();
-        let results: Vec<&Value> = successes.iter().map(|(_, r)| *r).collect();
-        // The same transition as the row-by-row path (`attempts.rs`, whose
-        // `attempt_ended!` lists the columns an ended attempt clears), for a
-        // whole batch.
-        let recorded = diesel::sql_query(
-            "UPDATE tasks AS t SET status = $5, result = v.result, error = NULL, \
-               finished_at = $4, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
-               enqueued_at = NULL, publish_lock_until = NULL, updated_at = $4 \
-             FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS v(id, attempt, result) \
-             WHERE t.id = v.id AND t.status = $6 AND t.attempts = v.attempt \
-             RETURNING t.id, t.attempts",
-        )
+/// Runs `sql` ([`PG_SUCCESSES`] or a statement around it, returning `id`
+/// and `attempts`) for the successes of `attempts`; the attempts recorded.
+fn pg_successes(
+    conn: &mut PgConnection,
+    sql: &str,
+    attempts: &[(AttemptRef, Outcome)],
+    now: DateTime<Utc>,
+) -> QueryResult<HashSet<AttemptRef>> {
+    use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
+
+    #[derive(QueryableByName)]
+    struct Recorded {
+        #[diesel(sql_type = Uuid)]
+        id: TaskId,
+        #[diesel(sql_type = Integer)]
+        attempts: i32,
+    }
+
+    let successes = successes(attempts);
+    if successes.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<TaskId> = successes.iter().map(|(a, _)| a.task).collect();
+    let numbers: Vec<i32> = successes.iter().map(|(a, _)| a.attempt).collect();
+    let results: Vec<&Value> = successes.iter().map(|(_, r)| *r).collect();
+    let recorded = diesel::sql_query(sql)
         .bind::<Array<Uuid>, _>(ids)
         .bind::<Array<Integer>, _>(numbers)
         .bind::<Array<Jsonb>, _>(results)
         .bind::<Timestamptz, _>(now)
         .bind::<Text, _>(TaskStatus::Succeeded)
         .bind::<Text, _>(TaskStatus::Running)
-        .load::<Recorded>(self)?;
-        Ok(recorded
-            .into_iter()
-            .map(|r| r.id.attempt(r.attempts))
-            .collect())
-    }
+        .load::<Recorded>(conn)?;
+    Ok(recorded
+        .into_iter()
+        .map(|r| r.id.attempt(r.attempts))
+        .collect())
 }
 
 /// A claimed row: id, attempt, max_attempts, event_type, event.
@@ -421,9 +433,26 @@ pub(super) trait OneStatement {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> QueryResult<Option<Vec<ClaimedRow>>>;
+
+    /// Records a batch of successes only (see [`SetBased`]) and closes
+    /// their attempt rows together; the attempts recorded. `None` if this
+    /// backend cannot say it in one statement.
+    fn finish_successes_at_once(
+        &mut self,
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>>;
 }
 
 impl OneStatement for SqliteConnection {
+    fn finish_successes_at_once(
+        &mut self,
+        _: &[(AttemptRef, Outcome)],
+        _: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
+        Ok(None)
+    }
+
     fn claim_at_once(
         &mut self,
         _: &[TaskId],
@@ -436,6 +465,23 @@ impl OneStatement for SqliteConnection {
 }
 
 impl OneStatement for PgConnection {
+    fn finish_successes_at_once(
+        &mut self,
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
+        // As the transaction in `attempts.rs` closes them: a task's only
+        // unfinished attempt row is the one that just ended.
+        let sql = format!(
+            "WITH done AS ({PG_SUCCESSES}), closed AS ( \
+               UPDATE task_attempts AS a SET finished_at = $4 FROM done \
+               WHERE a.task_id = done.id AND a.finished_at IS NULL \
+             ) \
+             SELECT id, attempts FROM done"
+        );
+        pg_successes(self, &sql, attempts, now).map(Some)
+    }
+
     fn claim_at_once(
         &mut self,
         ids: &[TaskId],
