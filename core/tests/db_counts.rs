@@ -370,3 +370,70 @@ fn a_batch_of_successes_is_set_based() {
         check(&connect(&url, 4));
     }
 }
+
+/// The publish mark is one statement outside any transaction on both
+/// backends; on PostgreSQL it skips the rows another transaction holds
+/// rather than waiting for them.
+#[test]
+fn a_publish_mark_is_one_statement_and_skips_held_rows() {
+    let _turn = counted();
+    let publishing = |db: &Db, events: &[&str]| {
+        let tasks: Vec<NewTask> = events.iter().map(|e| new_task(e, 3)).collect();
+        let stored = db
+            .insert_tasks(&tasks, Utc::now() + Duration::from_secs(30))
+            .unwrap();
+        stored.iter().map(|s| s.id).collect::<Vec<TaskId>>()
+    };
+    let check = |db: &Db| {
+        let ids = publishing(db, &["a", "b"]);
+        let before = totals();
+        db.mark_enqueued(&ids).unwrap();
+        let counted = since(&before);
+        assert_eq!(
+            (
+                counted["statements"],
+                counted["begins"],
+                counted["implicit"]
+            ),
+            (1, 0, 1)
+        );
+    };
+    let (_dir, db, _) = sqlite();
+    check(&db);
+    let Some((_schema, url)) = postgres("ferry_mark") else {
+        return;
+    };
+    let db = connect(&url, 4);
+    check(&db);
+    #[derive(diesel::QueryableByName)]
+    struct Enqueued {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        enqueued: bool,
+    }
+    let enqueued = |conn: &mut PgConnection, id: TaskId| {
+        diesel::sql_query(format!(
+            "SELECT enqueued_at IS NOT NULL AS enqueued FROM tasks WHERE id = '{id}'"
+        ))
+        .get_result::<Enqueued>(conn)
+        .unwrap()
+        .enqueued
+    };
+    let ids = publishing(&db, &["held", "free"]);
+    let mut other = PgConnection::establish(&url).unwrap();
+    other
+        .transaction(|conn| {
+            // A worker holds "held" (its claim, say).
+            conn.batch_execute(&format!(
+                "SELECT id FROM tasks WHERE id = '{}' FOR UPDATE",
+                ids[0]
+            ))?;
+            // Waiting for the held row would block here for good.
+            db.mark_enqueued(&ids).unwrap();
+            Ok::<_, diesel::result::Error>(())
+        })
+        .unwrap();
+    assert!(!enqueued(&mut other, ids[0]), "skipped, not waited for");
+    assert!(enqueued(&mut other, ids[1]));
+    db.mark_enqueued(&ids).unwrap();
+    assert!(enqueued(&mut other, ids[0]), "marked once free");
+}

@@ -100,22 +100,24 @@ pub(super) trait RowLocking {
 
 impl RowLocking for PgConnection {
     fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()> {
-        use schema_pg::tasks::dsl as t;
+        use diesel::sql_types::{Array, Timestamptz, Uuid};
         // Rows a worker holds right now are skipped rather than waited for:
         // waiting deadlocked against outcome batches that lock in another
-        // order.
-        self.transaction(|conn| {
-            let free: Vec<TaskId> = publishing!(t, ids)
-                .select(t::id)
-                .order(t::id)
-                .for_update()
-                .skip_locked()
-                .load(conn)?;
-            diesel::update(t::tasks.filter(t::id.eq_any(&free)))
-                .set(confirmed!(t, now))
-                .execute(conn)?;
-            Ok(())
-        })
+        // order. One statement (`publishing!` and `confirmed!` in SQL), so
+        // no transaction around it: the subquery locks the free rows in id
+        // order, the update marks them.
+        diesel::sql_query(
+            "UPDATE tasks SET enqueued_at = $2, publish_lock_until = NULL \
+             WHERE id IN ( \
+               SELECT id FROM tasks \
+               WHERE id = ANY($1) AND enqueued_at IS NULL AND publish_lock_until IS NOT NULL \
+               ORDER BY id FOR UPDATE SKIP LOCKED \
+             )",
+        )
+        .bind::<Array<Uuid>, _>(ids)
+        .bind::<Timestamptz, _>(now)
+        .execute(self)?;
+        Ok(())
     }
 
     fn claim_unpublished(
