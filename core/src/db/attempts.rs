@@ -10,10 +10,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use diesel::dsl::{case_when, SqlTypeOf};
 use diesel::prelude::*;
 use serde_json::Value;
 
-use super::dialect::{status_in, SetBased};
+use super::dialect::{status_in, ClaimedRow, OneStatement, SetBased};
 use super::{Db, DbResult};
 use crate::task::{AttemptRef, Claimed, Outcome, TaskId, TaskStatus};
 
@@ -107,12 +108,33 @@ impl Db {
         lease_until: DateTime<Utc>,
     ) -> DbResult<Vec<Option<Claimed>>> {
         let now = Utc::now();
+        // A task delivered twice in one batch is claimed once: the first of
+        // its callers gets it.
+        let answer = |claimed: Vec<ClaimedRow>| {
+            let mut by_id: HashMap<TaskId, Claimed> = claimed
+                .into_iter()
+                .map(|(id, attempt, max_attempts, event_type, event)| {
+                    let claim = Claimed {
+                        attempt,
+                        max_attempts,
+                        event_type,
+                        event,
+                    };
+                    (id, claim)
+                })
+                .collect();
+            ids.iter().map(|id| by_id.remove(id)).collect()
+        };
         with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
+            if let Some(claimed) = conn.claim_at_once(ids, worker, lease_until, now)? {
+                return Ok(answer(claimed));
+            }
             conn.transaction(|conn| {
-                // One statement claims the batch; PostgreSQL locks the rows
-                // in index order, so concurrent batches cannot deadlock.
+                // One statement claims the batch, first attempts' start
+                // included; PostgreSQL locks the rows in index order, so
+                // concurrent batches cannot deadlock.
                 let claimed = diesel::update(
                     t::tasks
                         .filter(t::id.eq_any(ids))
@@ -125,28 +147,17 @@ impl Db {
                     t::worker.eq(worker),
                     t::lease_expires_at.eq(lease_until),
                     t::updated_at.eq(now),
+                    // When the first attempt started.
+                    t::started_at.eq(case_when::<_, _, SqlTypeOf<t::started_at>>(
+                        t::started_at.is_null(),
+                        now,
+                    )
+                    .otherwise(t::started_at)),
                 ))
-                .returning((
-                    t::id,
-                    t::attempts,
-                    t::max_attempts,
-                    t::event_type,
-                    t::event,
-                    t::started_at,
-                ))
-                .get_results::<(TaskId, i32, i32, String, Value, Option<DateTime<Utc>>)>(conn)?;
+                .returning((t::id, t::attempts, t::max_attempts, t::event_type, t::event))
+                .get_results::<(TaskId, i32, i32, String, Value)>(conn)?;
                 if claimed.is_empty() {
                     return Ok(vec![None; ids.len()]);
-                }
-                let first_attempts: Vec<TaskId> = claimed
-                    .iter()
-                    .filter(|c| c.5.is_none())
-                    .map(|c| c.0)
-                    .collect();
-                if !first_attempts.is_empty() {
-                    diesel::update(t::tasks.filter(t::id.eq_any(&first_attempts)))
-                        .set(t::started_at.eq(now))
-                        .execute(conn)?;
                 }
                 let attempt_rows: Vec<_> = claimed
                     .iter()
@@ -162,21 +173,7 @@ impl Db {
                 diesel::insert_into(a::task_attempts)
                     .values(attempt_rows)
                     .execute(conn)?;
-                // A task delivered twice in one batch is claimed once: the
-                // first of its callers gets it.
-                let mut by_id: HashMap<TaskId, Claimed> = claimed
-                    .into_iter()
-                    .map(|(id, attempt, max_attempts, event_type, event, _)| {
-                        let claim = Claimed {
-                            attempt,
-                            max_attempts,
-                            event_type,
-                            event,
-                        };
-                        (id, claim)
-                    })
-                    .collect();
-                Ok(ids.iter().map(|id| by_id.remove(id)).collect())
+                Ok(answer(claimed))
             })
         })
     }
@@ -203,19 +200,27 @@ impl Db {
     /// commit); one answer per attempt, in order.
     pub fn finish_many(&self, attempts: &[(AttemptRef, Outcome)]) -> DbResult<Vec<bool>> {
         let now = Utc::now();
+        let all_succeeded = attempts
+            .iter()
+            .all(|(_, outcome)| matches!(outcome, Outcome::Succeeded(_)));
         with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
+            // The happy path, where the backend can, in one statement.
+            if all_succeeded {
+                if let Some(recorded) = conn.finish_successes_at_once(attempts, now)? {
+                    return Ok(attempts.iter().map(|(a, _)| recorded.contains(a)).collect());
+                }
+            }
             conn.transaction(|conn| {
                 let mut answers = vec![false; attempts.len()];
                 let mut succeeded = Vec::new();
-                // Successes in one statement where the backend can; the
-                // other outcomes, and every outcome on SQLite (where a
-                // statement costs no round trip), one row at a time.
-                let set_based = conn.record_successes(attempts, now)?;
+                // Successes, the happy path, in one statement; the other
+                // outcomes one row at a time.
+                let recorded = conn.record_successes(attempts, now)?;
                 for i in order_by_id(attempts.iter().map(|(attempt, _)| attempt.task)) {
                     let (attempt, outcome) = &attempts[i];
-                    if let (Some(recorded), Outcome::Succeeded(_)) = (&set_based, outcome) {
+                    if let Outcome::Succeeded(_) = outcome {
                         if recorded.contains(attempt) {
                             answers[i] = true;
                             succeeded.push(attempt.task);
@@ -243,10 +248,6 @@ impl Db {
                         continue;
                     }
                     answers[i] = true;
-                    if error.is_none() {
-                        succeeded.push(attempt.task);
-                        continue;
-                    }
                     diesel::update(
                         a::task_attempts
                             .filter(a::task_id.eq(attempt.task))
@@ -256,14 +257,21 @@ impl Db {
                     .execute(conn)?;
                 }
                 // An attempt that ended in a retry after a client asked to
-                // cancel it: the task is cancelled, not run again.
-                let ended: Vec<TaskId> = attempts
+                // cancel it: the task is cancelled, not run again. Only
+                // the outcomes that retry can leave a task retrying: a
+                // batch without one (all successes, say) needs no statement.
+                let retried: Vec<TaskId> = attempts
                     .iter()
                     .zip(&answers)
-                    .filter(|(_, recorded)| **recorded)
+                    .filter(|((_, outcome), recorded)| {
+                        **recorded
+                            && matches!(outcome, Outcome::Retry { .. } | Outcome::HandedBack(_))
+                    })
                     .map(|((attempt, _), _)| attempt.task)
                     .collect();
-                cancel_requested_retries!(t, &ended, now).execute(conn)?;
+                if !retried.is_empty() {
+                    cancel_requested_retries!(t, &retried, now).execute(conn)?;
+                }
                 // A task's only unfinished attempt row is the one that just
                 // ended (a lost attempt's row is closed when it is taken back).
                 if !succeeded.is_empty() {

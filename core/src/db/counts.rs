@@ -4,15 +4,16 @@
 //! connection made afterwards reports to diesel's instrumentation hook, and
 //! a background thread rewrites `<dir>/<pid>.counts` every
 //! [`WRITE_EVERY`] with the totals so far (the harness kills its processes,
-//! so there is no exit to write at). Unset, no connection is instrumented
-//! and nothing here runs: no connection carries a hook. The harness
+//! so there is no exit to write at). Unset, nothing here runs: pooled
+//! connections carry only the pool's own hook (`pool.rs`). The harness
 //! counts its own connections in process ([`count`], [`snapshot`]).
 //!
 //! What is counted (one `name value` line each, all since the start):
 //! - `statements`: queries sent, other than transaction control and the
 //!   pool's checkout ping; split by their first keyword into `select`,
 //!   `insert`, `update`, `delete` and `other` (`WITH …`, `PRAGMA` …);
-//! - `pings`: r2d2's `SELECT 1` on every checkout of a pooled connection;
+//! - `pings`: r2d2's `SELECT 1` on checkout of a pooled connection not
+//!   known good (`pool.rs`), and [`crate::Db::ping`];
 //! - `begins`, `commits`, `rollbacks`: outermost transactions (savepoints,
 //!   nested ones, are `savepoints`);
 //! - `implicit`: statements and pings sent outside a transaction, each a

@@ -4,15 +4,16 @@
 //!
 //! The query files (`submit.rs`, `outbox.rs`, `attempts.rs`, `status.rs`)
 //! use only diesel's shared form and call these methods where the backends
-//! must differ: PostgreSQL has concurrent writers and round trips, so it
-//! skips rows another transaction holds and records a batch in one
-//! statement; SQLite has one writer at a time and no round trips, so it
-//! re-checks conditions in the update and goes row by row.
+//! must differ: PostgreSQL has concurrent writers, so it skips rows another
+//! transaction holds; SQLite has one writer at a time, so it re-checks
+//! conditions in the update. Both record a batch of successes in one
+//! statement, each in its own SQL (`unnest` of arrays, a `VALUES` list).
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use serde_json::Value;
 
 use diesel::expression::SqlLiteral;
 use diesel::sql_types::Bool;
@@ -190,22 +191,24 @@ pub(super) trait RowLocking {
 
 impl RowLocking for PgConnection {
     fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()> {
-        use schema_pg::tasks::dsl as t;
+        use diesel::sql_types::{Array, Timestamptz, Uuid};
         // Rows a worker holds right now are skipped rather than waited for:
         // waiting deadlocked against outcome batches that lock in another
-        // order.
-        self.transaction(|conn| {
-            let free: Vec<TaskId> = publishing!(t, ids)
-                .select(t::id)
-                .order(t::id)
-                .for_update()
-                .skip_locked()
-                .load(conn)?;
-            diesel::update(t::tasks.filter(t::id.eq_any(&free)))
-                .set(confirmed!(t, now))
-                .execute(conn)?;
-            Ok(())
-        })
+        // order. One statement (`publishing!` and `confirmed!` in SQL), so
+        // no transaction around it: the subquery locks the free rows in id
+        // order, the update marks them.
+        diesel::sql_query(
+            "UPDATE tasks SET enqueued_at = $2, publish_lock_until = NULL \
+             WHERE id IN ( \
+               SELECT id FROM tasks \
+               WHERE id = ANY($1) AND enqueued_at IS NULL AND publish_lock_until IS NOT NULL \
+               ORDER BY id FOR UPDATE SKIP LOCKED \
+             )",
+        )
+        .bind::<Array<Uuid>, _>(ids)
+        .bind::<Timestamptz, _>(now)
+        .execute(self)?;
+        Ok(())
     }
 
     fn claim_unpublished(
@@ -348,25 +351,88 @@ impl RowLocking for SqliteConnection {
     }
 }
 
-/// Statements that only some backends can make set-based.
+/// Statements written set-based for each backend in its own SQL.
 pub(super) trait SetBased {
     /// Records every `Outcome::Succeeded` of `attempts` whose attempt still
     /// holds its task, in one statement; the attempts recorded.
-    /// `None` if this backend records them one row at a time instead.
     fn record_successes(
         &mut self,
         attempts: &[(AttemptRef, Outcome)],
         now: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<AttemptRef>>>;
+    ) -> QueryResult<HashSet<AttemptRef>>;
 }
+
+/// The successes of `attempts`, in id order (so that concurrent batches
+/// lock rows in one order).
+fn successes(attempts: &[(AttemptRef, Outcome)]) -> Vec<(AttemptRef, &Value)> {
+    order_by_id(attempts.iter().map(|(attempt, _)| attempt.task))
+        .into_iter()
+        .filter_map(|i| match &attempts[i] {
+            (attempt, Outcome::Succeeded(result)) => Some((*attempt, result)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Successes per SQLite statement: three parameters each, well under
+/// SQLite's 32766.
+const SQLITE_SUCCESS_CHUNK: usize = 1000;
 
 impl SetBased for SqliteConnection {
     fn record_successes(
         &mut self,
-        _: &[(AttemptRef, Outcome)],
-        _: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
-        Ok(None)
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<HashSet<AttemptRef>> {
+        use diesel::sql_types::{Integer, Json, Text, TimestamptzSqlite};
+
+        #[derive(QueryableByName)]
+        struct Recorded {
+            #[diesel(sql_type = Text)]
+            id: TaskId,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+        }
+
+        let mut recorded = HashSet::new();
+        for chunk in successes(attempts).chunks(SQLITE_SUCCESS_CHUNK) {
+            // SQLite names a VALUES list's columns column1, column2 …;
+            // its parameters are numbered, ?1 to ?3 the shared ones.
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 4 + 3 * i;
+                    format!("(?{p}, ?{}, ?{})", p + 1, p + 2)
+                })
+                .collect();
+            // The same transition as PostgreSQL's, below.
+            let sql = format!(
+                "UPDATE tasks SET status = ?1, result = v.column3, error = NULL, \
+                   finished_at = ?2, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
+                   enqueued_at = NULL, publish_lock_until = NULL, updated_at = ?2 \
+                 FROM (VALUES {}) AS v \
+                 WHERE tasks.id = v.column1 AND tasks.status = ?3 AND tasks.attempts = v.column2 \
+                 RETURNING id, attempts",
+                rows.join(", ")
+            );
+            let mut query = diesel::sql_query(sql)
+                .into_boxed::<diesel::sqlite::Sqlite>()
+                .bind::<Text, _>(TaskStatus::Succeeded)
+                .bind::<TimestamptzSqlite, _>(now)
+                .bind::<Text, _>(TaskStatus::Running);
+            for (attempt, result) in chunk {
+                query = query
+                    .bind::<Text, _>(attempt.task)
+                    .bind::<Integer, _>(attempt.attempt)
+                    .bind::<Json, _>(*result);
+            }
+            recorded.extend(
+                query
+                    .load::<Recorded>(self)?
+                    .into_iter()
+                    .map(|r| r.id.attempt(r.attempts)),
+            );
+        }
+        Ok(recorded)
     }
 }
 
@@ -375,53 +441,177 @@ impl SetBased for PgConnection {
         &mut self,
         attempts: &[(AttemptRef, Outcome)],
         now: DateTime<Utc>,
-    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
-        use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
+    ) -> QueryResult<HashSet<AttemptRef>> {
+        pg_successes(self, PG_SUCCESSES, attempts, now)
+    }
+}
 
-        #[derive(QueryableByName)]
-        struct Recorded {
-            #[diesel(sql_type = Uuid)]
-            id: TaskId,
-            #[diesel(sql_type = Integer)]
-            attempts: i32,
-        }
+/// The successes of a batch, for a whole batch: the same transition as the
+/// row-by-row path (`attempts.rs`, whose `attempt_ended!` lists the columns
+/// an ended attempt clears). `$1` to `$3` the batch, `$4` now, `$5` and `$6`
+/// the statuses after and before.
+const PG_SUCCESSES: &str = "UPDATE tasks AS t SET status = $5, result = v.result, error = NULL, \
+       finished_at = $4, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
+       enqueued_at = NULL, publish_lock_until = NULL, updated_at = $4 \
+     FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS v(id, attempt, result) \
+     WHERE t.id = v.id AND t.status = $6 AND t.attempts = v.attempt \
+     RETURNING t.id, t.attempts";
 
-        let mut ids = Vec::new();
-        let mut numbers = Vec::new();
-        let mut results = Vec::new();
-        // In id order, so concurrent batches lock rows in one order.
-        for i in order_by_id(attempts.iter().map(|(attempt, _)| attempt.task)) {
-            if let (attempt, Outcome::Succeeded(result)) = &attempts[i] {
-                ids.push(attempt.task);
-                numbers.push(attempt.attempt);
-                results.push(result);
-            }
-        }
-        if ids.is_empty() {
-            return Ok(Some(HashSet::new()));
-        }
-        // The same transition as the row-by-row path (`attempts.rs`, whose
-        // `attempt_ended!` lists the columns an ended attempt clears), for a
-        // whole batch.
-        let recorded = diesel::sql_query(
-            "UPDATE tasks AS t SET status = $5, result = v.result, error = NULL, \
-               finished_at = $4, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
-               enqueued_at = NULL, publish_lock_until = NULL, updated_at = $4 \
-             FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS v(id, attempt, result) \
-             WHERE t.id = v.id AND t.status = $6 AND t.attempts = v.attempt \
-             RETURNING t.id, t.attempts",
-        )
+/// Runs `sql` ([`PG_SUCCESSES`] or a statement around it, returning `id`
+/// and `attempts`) for the successes of `attempts`; the attempts recorded.
+fn pg_successes(
+    conn: &mut PgConnection,
+    sql: &str,
+    attempts: &[(AttemptRef, Outcome)],
+    now: DateTime<Utc>,
+) -> QueryResult<HashSet<AttemptRef>> {
+    use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
+
+    #[derive(QueryableByName)]
+    struct Recorded {
+        #[diesel(sql_type = Uuid)]
+        id: TaskId,
+        #[diesel(sql_type = Integer)]
+        attempts: i32,
+    }
+
+    let successes = successes(attempts);
+    if successes.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<TaskId> = successes.iter().map(|(a, _)| a.task).collect();
+    let numbers: Vec<i32> = successes.iter().map(|(a, _)| a.attempt).collect();
+    let results: Vec<&Value> = successes.iter().map(|(_, r)| *r).collect();
+    let recorded = diesel::sql_query(sql)
         .bind::<Array<Uuid>, _>(ids)
         .bind::<Array<Integer>, _>(numbers)
         .bind::<Array<Jsonb>, _>(results)
         .bind::<Timestamptz, _>(now)
         .bind::<Text, _>(TaskStatus::Succeeded)
         .bind::<Text, _>(TaskStatus::Running)
-        .load::<Recorded>(self)?;
+        .load::<Recorded>(conn)?;
+    Ok(recorded
+        .into_iter()
+        .map(|r| r.id.attempt(r.attempts))
+        .collect())
+}
+
+/// A claimed row: id, attempt, max_attempts, event_type, event.
+pub(super) type ClaimedRow = (TaskId, i32, i32, String, Value);
+
+/// What PostgreSQL says in one statement (a data-modifying `WITH`) where
+/// SQLite needs several in a transaction. One statement is a transaction
+/// of its own: PostgreSQL saves the `BEGIN` and `COMMIT` round trips.
+pub(super) trait OneStatement {
+    /// Claims `ids` (see [`super::Db::claim_many`]): the claim's `UPDATE`
+    /// and the attempt rows' `INSERT` together; the rows claimed. `None`
+    /// if this backend cannot say it in one statement.
+    fn claim_at_once(
+        &mut self,
+        ids: &[TaskId],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<Vec<ClaimedRow>>>;
+
+    /// Records a batch of successes only (see [`SetBased`]) and closes
+    /// their attempt rows together; the attempts recorded. `None` if this
+    /// backend cannot say it in one statement.
+    fn finish_successes_at_once(
+        &mut self,
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>>;
+}
+
+impl OneStatement for SqliteConnection {
+    fn finish_successes_at_once(
+        &mut self,
+        _: &[(AttemptRef, Outcome)],
+        _: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
+        Ok(None)
+    }
+
+    fn claim_at_once(
+        &mut self,
+        _: &[TaskId],
+        _: &str,
+        _: DateTime<Utc>,
+        _: DateTime<Utc>,
+    ) -> QueryResult<Option<Vec<ClaimedRow>>> {
+        Ok(None)
+    }
+}
+
+impl OneStatement for PgConnection {
+    fn finish_successes_at_once(
+        &mut self,
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<HashSet<AttemptRef>>> {
+        // As the transaction in `attempts.rs` closes them: a task's only
+        // unfinished attempt row is the one that just ended.
+        let sql = format!(
+            "WITH done AS ({PG_SUCCESSES}), closed AS ( \
+               UPDATE task_attempts AS a SET finished_at = $4 FROM done \
+               WHERE a.task_id = done.id AND a.finished_at IS NULL \
+             ) \
+             SELECT id, attempts FROM done"
+        );
+        pg_successes(self, &sql, attempts, now).map(Some)
+    }
+
+    fn claim_at_once(
+        &mut self,
+        ids: &[TaskId],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> QueryResult<Option<Vec<ClaimedRow>>> {
+        use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
+
+        #[derive(QueryableByName)]
+        struct Claimed {
+            #[diesel(sql_type = Uuid)]
+            id: TaskId,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+            #[diesel(sql_type = Integer)]
+            max_attempts: i32,
+            #[diesel(sql_type = Text)]
+            event_type: String,
+            #[diesel(sql_type = Jsonb)]
+            event: Value,
+        }
+
+        // The same claim as the transaction's in `attempts.rs`; the rows
+        // are locked in index order there as here.
+        let claimed = diesel::sql_query(
+            "WITH claimed AS ( \
+               UPDATE tasks SET status = $5, attempts = attempts + 1, worker = $2, \
+                 lease_expires_at = $3, updated_at = $4, \
+                 started_at = CASE WHEN started_at IS NULL THEN $4 ELSE started_at END \
+               WHERE id = ANY($1) AND status = ANY($6) \
+                 AND (run_after IS NULL OR run_after <= $4) \
+               RETURNING id, attempts, max_attempts, event_type, event \
+             ), attempt_rows AS ( \
+               INSERT INTO task_attempts (task_id, attempt, worker, started_at) \
+               SELECT id, attempts, $2, $4 FROM claimed \
+             ) \
+             SELECT id, attempts, max_attempts, event_type, event FROM claimed",
+        )
+        .bind::<Array<Uuid>, _>(ids)
+        .bind::<Text, _>(worker)
+        .bind::<Timestamptz, _>(lease_until)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(TaskStatus::Running)
+        .bind::<Array<Text>, _>(TaskStatus::CLAIMABLE.as_slice())
+        .load::<Claimed>(self)?;
         Ok(Some(
-            recorded
+            claimed
                 .into_iter()
-                .map(|r| r.id.attempt(r.attempts))
+                .map(|c| (c.id, c.attempts, c.max_attempts, c.event_type, c.event))
                 .collect(),
         ))
     }

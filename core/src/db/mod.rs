@@ -26,10 +26,11 @@
 //! Those files use only diesel's shared form, written once for both
 //! backends (through `with_conn!`, below); what only one backend can say
 //! (raw SQL, `SKIP LOCKED`, `unnest`) is in `dialect.rs`. Errors and their
-//! classification are in `error.rs`. `counts.rs` counts statements and
-//! transactions for the benchmark harness, only when asked to. `plans.rs`
-//! shows the plans of the relay's queries, for the tests that keep them
-//! index range reads.
+//! classification are in `error.rs`. `pool.rs` is the pool's connection
+//! manager (it skips the checkout ping of a connection known good).
+//! `counts.rs` counts statements and transactions for the benchmark
+//! harness, only when asked to. `plans.rs` shows the plans of the relay's
+//! queries, for the tests that keep them index range reads.
 
 pub mod schema_pg;
 pub mod schema_sqlite;
@@ -38,7 +39,7 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2d2Pool};
+use diesel::r2d2::{CustomizeConnection, Pool as R2d2Pool};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
@@ -46,8 +47,8 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/s
 
 #[derive(Debug, Clone)]
 enum Pool {
-    Postgres(R2d2Pool<ConnectionManager<PgConnection>>),
-    Sqlite(R2d2Pool<ConnectionManager<SqliteConnection>>),
+    Postgres(R2d2Pool<pool::Manager<PgConnection>>),
+    Sqlite(R2d2Pool<pool::Manager<SqliteConnection>>),
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection and `$schema` to the
@@ -85,6 +86,7 @@ mod events;
 pub mod listing;
 #[macro_use]
 mod outbox;
+pub mod pool;
 #[macro_use]
 mod retention;
 mod plans;
@@ -162,13 +164,13 @@ impl Db {
             Pool::Sqlite(
                 builder(pool_size)
                     .connection_customizer(Box::new(SqlitePragmas))
-                    .build(ConnectionManager::new(path))
+                    .build(pool::Manager::new(path))
                     .map_err(|e| DbError::Unavailable(format!("{path}: {e}")))?,
             )
         } else {
             Pool::Postgres(
                 builder(pool_size)
-                    .build(ConnectionManager::new(url))
+                    .build(pool::Manager::new(url))
                     .map_err(|e| DbError::Unavailable(e.to_string()))?,
             )
         };
