@@ -337,7 +337,7 @@ pub async fn serve(
     if let Some(workers) = workers {
         workers.await??;
     }
-    relay.await?;
+    relay::join(relay).await?;
     result?;
     Ok(())
 }

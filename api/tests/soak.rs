@@ -177,8 +177,10 @@ impl Fleet {
         let i = 1 + rng.below(self.workers.len() - 1);
         let pid = self.workers[i].pid() as u32;
         self.workers[i].signal(signal);
+        // SIGTERM: its drain (30 s), handing back what still runs (up to a
+        // lease, 30 s, with the database down) and its relay's last round.
         let status = self.workers[i]
-            .wait_exit(Duration::from_secs(60))
+            .wait_exit(Duration::from_secs(120))
             .unwrap_or_else(|| panic!("worker {pid} did not exit after SIG{signal}"));
         if signal == "TERM" {
             assert!(status.success(), "worker {pid} after SIGTERM: {status}");

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -27,8 +28,8 @@ pub enum BrokerError {
     /// The broker refused the message (negative confirm or returned).
     #[error("broker refused the message for task {0}")]
     Refused(TaskId),
-    /// The broker did not confirm in time.
-    #[error("the broker did not confirm within {0:?}")]
+    /// The broker did not answer (connect, declare or confirm) in time.
+    #[error("the broker did not answer within {0:?}")]
     Timeout(std::time::Duration),
     /// The in-process queue is closed (the process is stopping).
     #[error("the in-process queue is closed")]
@@ -57,6 +58,22 @@ impl BrokerError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, Self::QueueMismatch { .. })
     }
+}
+
+/// Longest wait for RabbitMQ to answer one operation: a connect with its
+/// declares, a depth count, a batch of publishes and their confirms. A
+/// broker that accepts a connection and then says nothing (starting up,
+/// stopping, a half-open connection) must not hold a relay round, the
+/// shared publishing connection or a stopping process for ever.
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `operation`, or [`BrokerError::Timeout`] after [`BROKER_TIMEOUT`].
+pub(crate) async fn bounded<T>(
+    operation: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(BROKER_TIMEOUT, operation)
+        .await
+        .unwrap_or(Err(BrokerError::Timeout(BROKER_TIMEOUT)))
 }
 
 /// Where tasks are queued; cheap to clone.
@@ -171,7 +188,7 @@ impl Queue {
     /// Starts consuming, with at most `prefetch` unacknowledged deliveries.
     pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<Consumer, BrokerError> {
         match self {
-            Self::Amqp(queue) => queue.consume(prefetch, tag).await,
+            Self::Amqp(queue) => bounded(queue.consume(prefetch, tag)).await,
             Self::Local(queue) => Ok(Consumer::Local(queue.clone())),
         }
     }
@@ -194,6 +211,10 @@ impl AmqpQueue {
     }
 
     async fn open(&self, purpose: &str) -> Result<(Connection, Channel), BrokerError> {
+        bounded(self.open_unbounded(purpose)).await
+    }
+
+    async fn open_unbounded(&self, purpose: &str) -> Result<(Connection, Channel), BrokerError> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("ferry-{purpose}-{}", std::process::id()).into());
         let connection = Connection::connect(&self.url, props).await?;
@@ -278,9 +299,12 @@ impl AmqpQueue {
         }
         *slot = None;
         let (connection, channel) = self.open("publisher").await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        bounded(async {
+            Ok(channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?)
+        })
+        .await?;
         *slot = Some((connection, channel.clone()));
         Ok(channel)
     }
@@ -297,6 +321,10 @@ impl AmqpQueue {
     }
 
     async fn dead_letter_depth(&self) -> Result<u32, BrokerError> {
+        bounded(self.dead_letter_depth_unbounded()).await
+    }
+
+    async fn dead_letter_depth_unbounded(&self) -> Result<u32, BrokerError> {
         let channel = self.side_channel().await?;
         let dead = Self::dead_letter_name(&self.name);
         let declared = channel
@@ -316,6 +344,10 @@ impl AmqpQueue {
     /// See [`Queue::depth`]: the declare `open` makes, whose answer
     /// carries the ready count.
     async fn depth(&self) -> Result<u32, BrokerError> {
+        bounded(self.depth_unbounded()).await
+    }
+
+    async fn depth_unbounded(&self) -> Result<u32, BrokerError> {
         let channel = self.side_channel().await?;
         let (_, args) = self.arguments();
         let declared = channel
@@ -331,9 +363,10 @@ impl AmqpQueue {
 
     async fn publish(&self, ids: &[TaskId]) -> Result<(), BrokerError> {
         let channel = self.publisher().await?;
-        let result = self.publish_on(&channel, ids).await;
-        if let Err(BrokerError::Unavailable(_)) = &result {
-            // Drop a broken connection so the next publish opens a new one.
+        let result = bounded(self.publish_on(&channel, ids)).await;
+        if let Err(BrokerError::Unavailable(_) | BrokerError::Timeout(_)) = &result {
+            // Drop a broken (or silent) connection so the next publish
+            // opens a new one.
             let mut slot = self.publisher.lock().await;
             if slot.as_ref().is_some_and(|(_, c)| c.id() == channel.id()) {
                 if let Some((connection, _)) = slot.take() {
@@ -556,6 +589,25 @@ pub(crate) async fn declare_exchange(
 /// bound with `binding`, consumed without acks. The connection must live as
 /// long as the consumer.
 pub(crate) async fn subscribe_exclusive(
+    url: &str,
+    connection_name: String,
+    exchange: &str,
+    kind: lapin::ExchangeKind,
+    binding: &str,
+    tag: &str,
+) -> Result<(Connection, lapin::Consumer), BrokerError> {
+    bounded(subscribe_exclusive_unbounded(
+        url,
+        connection_name,
+        exchange,
+        kind,
+        binding,
+        tag,
+    ))
+    .await
+}
+
+async fn subscribe_exclusive_unbounded(
     url: &str,
     connection_name: String,
     exchange: &str,

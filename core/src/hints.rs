@@ -152,10 +152,14 @@ async fn publish_amqp(
     if !usable {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("ferry-hints-{}", std::process::id()).into());
-        let connection = Connection::connect(&amqp.url, props).await?;
-        let channel = connection.create_channel().await?;
-        declare_exchange(&channel, &amqp.name).await?;
-        *link = Some((connection, channel));
+        let opened = broker::bounded(async {
+            let connection = Connection::connect(&amqp.url, props).await?;
+            let channel = connection.create_channel().await?;
+            declare_exchange(&channel, &amqp.name).await?;
+            Ok((connection, channel))
+        })
+        .await?;
+        *link = Some(opened);
     }
     let (_, channel) = link.as_ref().expect("connected above");
     let exchange = exchange_name(&amqp.name);

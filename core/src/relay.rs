@@ -252,6 +252,24 @@ pub fn spawn(
     tokio::spawn(run(db, queue, settings, shutdown))
 }
 
+/// How long a stopping process waits for its relay (see [`join`]).
+pub const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits for a cancelled relay to return, at most [`STOP_WAIT`]. A round
+/// ends within a batch once cancelled, and every broker operation is
+/// bounded ([`crate::broker::BROKER_TIMEOUT`]); should one still hang, the
+/// process stops without it: what the relay had locked for publishing is
+/// taken by another relay once the publish lock runs out.
+pub async fn join(relay: JoinHandle<()>) -> Result<(), tokio::task::JoinError> {
+    match tokio::time::timeout(STOP_WAIT, relay).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            tracing::warn!(after = ?STOP_WAIT, "the relay did not stop; stopping without it");
+            Ok(())
+        }
+    }
+}
+
 /// Runs relay rounds every `settings.interval` until `shutdown` is
 /// cancelled; a round that stopped at its bound is followed at once by the
 /// next. Once cancelled, the round under way publishes no further batch.

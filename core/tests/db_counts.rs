@@ -209,7 +209,7 @@ fn a_connection_that_lost_its_server_is_dropped() {
     };
     let db = connect(&url, 1);
     db.status(TaskId::new()).unwrap();
-    let mut admin = PgConnection::establish(ferry_testkit::POSTGRES_URL).unwrap();
+    let mut admin = PgConnection::establish(&ferry_testkit::postgres_url()).unwrap();
     #[derive(diesel::QueryableByName)]
     struct Terminated {
         #[diesel(sql_type = diesel::sql_types::Bool)]

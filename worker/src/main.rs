@@ -67,7 +67,7 @@ async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
     );
     let result = ferry_worker::run(config, db, queue, shutdown.clone()).await;
     shutdown.cancel();
-    relay.await?;
+    relay::join(relay).await?;
     if let Some(http) = http {
         http.await?;
     }
