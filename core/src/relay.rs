@@ -209,6 +209,7 @@ pub fn spawn(
 pub async fn run(db: Db, queue: Queue, settings: Settings, shutdown: CancellationToken) {
     let metrics = RelayMetrics::new();
     loop {
+        let pass = std::time::Instant::now();
         if let Some(retention) = settings.retention {
             match expire_finished(&db, retention).await {
                 Ok(0) => {}
@@ -225,6 +226,7 @@ pub async fn run(db: Db, queue: Queue, settings: Settings, shutdown: Cancellatio
             Ok(n) => tracing::info!(tasks = n, "relay published tasks"),
             Err(e) => tracing::warn!(error = %e, "relay round failed; will retry"),
         }
+        metrics.round.record(pass.elapsed().as_secs_f64());
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(settings.interval) => {}
