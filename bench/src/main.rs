@@ -21,8 +21,10 @@
 //! each backend (10 000 with `--quick`), the first page of `GET /tasks` for
 //! each filter and `GET /tasks/counts`. Then the waiters row (also alone:
 //! `ferry-bench waiters`, in `waiters.rs`): one api holding 1 000 long
-//! polls and SSE streams while a worker finishes their tasks. Then the
-//! overload row (also alone: `ferry-bench open`, in `open.rs`).
+//! polls and SSE streams while a worker finishes their tasks. Then two
+//! more, each also alone: the overload row (`ferry-bench open`, in
+//! `open.rs`) and the embedded row (`ferry-bench standalone`, in
+//! `standalone.rs`).
 //!
 //! Beside the burst and the broker's ceiling, `cost.rs` reads what each
 //! process spent: CPU per task, database statements and transactions per
@@ -31,6 +33,7 @@
 mod cost;
 mod list;
 mod open;
+mod standalone;
 mod waiters;
 
 use std::collections::HashMap;
@@ -131,6 +134,10 @@ enum Mode {
     /// offered POSTs in an open loop at rates past what it can take, on
     /// each backend: accepted, refused (503), errors, latencies, api RSS.
     Open(open::OpenPlan),
+    /// Only the embedded row: one `ferry-api --standalone` (SQLite,
+    /// in-process queue and worker): end-to-end throughput of a burst, an
+    /// open loop at 1 000/s, memory and CPU per task.
+    Standalone(standalone::StandalonePlan),
 }
 
 /// The waiters row.
@@ -1231,6 +1238,20 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(Path::new("bench-results/open.json")),
         );
     }
+    if let Some(Mode::Standalone(plan)) = &args.mode {
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "standalone": standalone::run(&args, plan, &bin_dir).await?,
+        });
+        standalone::print(&results["standalone"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/standalone.json")),
+        );
+    }
     let ceiling_n = args
         .tasks
         .unwrap_or(if args.quick { 2_000 } else { 50_000 });
@@ -1299,11 +1320,15 @@ async fn main() -> anyhow::Result<()> {
         overload.push(open::run(&args, &open::OpenPlan::default(), backend, &bin_dir).await?);
     }
     results["open"] = json!(overload);
+    eprintln!("standalone");
+    results["standalone"] =
+        standalone::run(&args, &standalone::StandalonePlan::default(), &bin_dir).await?;
     print_table(&results);
     print_stall(&results["stall"]);
     list::print(&results["list"]);
     waiters::print(&results["waiters"]);
     open::print(&results["open"]);
+    standalone::print(&results["standalone"]);
     write_results(
         &results,
         args.out
