@@ -21,15 +21,17 @@
 //! each backend (10 000 with `--quick`), the first page of `GET /tasks` for
 //! each filter and `GET /tasks/counts`. Then the waiters row (also alone:
 //! `ferry-bench waiters`, in `waiters.rs`): one api holding 1 000 long
-//! polls and SSE streams while a worker finishes their tasks. Then two
+//! polls and SSE streams while a worker finishes their tasks. Then three
 //! more, each also alone: the overload row (`ferry-bench open`, in
-//! `open.rs`) and the embedded row (`ferry-bench standalone`, in
-//! `standalone.rs`).
+//! `open.rs`), the embedded row (`ferry-bench standalone`, in
+//! `standalone.rs`) and the backlog row (`ferry-bench backlog`, in
+//! `backlog.rs`).
 //!
 //! Beside the burst and the broker's ceiling, `cost.rs` reads what each
 //! process spent: CPU per task, database statements and transactions per
 //! task, the broker's socket reads and writes per task, and an idle row.
 
+mod backlog;
 mod cost;
 mod list;
 mod open;
@@ -138,6 +140,10 @@ enum Mode {
     /// in-process queue and worker): end-to-end throughput of a burst, an
     /// open loop at 1 000/s, memory and CPU per task.
     Standalone(standalone::StandalonePlan),
+    /// Only the backlog row: N tasks pending with no worker, then the
+    /// workers drain them: tasks/s, the relay's pass time, `/status` and
+    /// `/receive` latency meanwhile.
+    Backlog(backlog::BacklogPlan),
 }
 
 /// The waiters row.
@@ -1252,6 +1258,20 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(Path::new("bench-results/standalone.json")),
         );
     }
+    if let Some(Mode::Backlog(plan)) = &args.mode {
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "backlog": backlog_rows(&args, plan, &bin_dir).await?,
+        });
+        backlog::print(&results["backlog"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/backlog.json")),
+        );
+    }
     let ceiling_n = args
         .tasks
         .unwrap_or(if args.quick { 2_000 } else { 50_000 });
@@ -1323,18 +1343,35 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("standalone");
     results["standalone"] =
         standalone::run(&args, &standalone::StandalonePlan::default(), &bin_dir).await?;
+    results["backlog"] = backlog_rows(&args, &backlog::BacklogPlan::default(), &bin_dir).await?;
     print_table(&results);
     print_stall(&results["stall"]);
     list::print(&results["list"]);
     waiters::print(&results["waiters"]);
     open::print(&results["open"]);
     standalone::print(&results["standalone"]);
+    backlog::print(&results["backlog"]);
     write_results(
         &results,
         args.out
             .as_deref()
             .unwrap_or(Path::new("bench-results/latest.json")),
     )
+}
+
+/// The backlog row: each backlog on each backend.
+async fn backlog_rows(
+    args: &Args,
+    plan: &backlog::BacklogPlan,
+    bin_dir: &Path,
+) -> anyhow::Result<Value> {
+    let mut rows = Vec::new();
+    for n in plan.pending(args.quick) {
+        for backend in &args.backends {
+            rows.push(backlog::run(args, backend, n, bin_dir).await?);
+        }
+    }
+    Ok(json!(rows))
 }
 
 /// Creates the database of a PostgreSQL URL if it is missing, from the
