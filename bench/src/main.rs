@@ -360,6 +360,14 @@ impl Deployment {
     }
 }
 
+/// The machine's load averages (`/proc/loadavg`): on a shared machine,
+/// what else was running beside a row.
+fn load_average() -> Value {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map_or(Value::Null, |l| json!(l.trim()))
+}
+
 /// Resident memory of process `pid` now (VmRSS), in MiB.
 fn rss_mib(pid: i32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -609,6 +617,9 @@ struct Sent {
     i: usize,
     answer: Answer,
     latency_ms: f64,
+    /// From the intended send time to the moment the request had a
+    /// socket: the generator's own delay, inside `latency_ms`.
+    lag_ms: f64,
 }
 
 /// What an open-loop generator sent, and on what schedule.
@@ -718,14 +729,12 @@ async fn offer(
                 let answer = offer_one(&client, &base, body).await;
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 let latency_ms = ms(intended.elapsed());
-                anyhow::Ok((
-                    Sent {
-                        i,
-                        answer,
-                        latency_ms,
-                    },
-                    lag,
-                ))
+                anyhow::Ok(Sent {
+                    i,
+                    answer,
+                    latency_ms,
+                    lag_ms: lag,
+                })
             });
         }
         next = due.max(next + 1);
@@ -733,9 +742,9 @@ async fn offer(
     let mut sent = Vec::with_capacity(n);
     let mut send_lag_ms = Vec::with_capacity(n);
     while let Some(done) = sends.join_next().await {
-        let (s, lag) = done??;
+        let s = done??;
+        send_lag_ms.push(s.lag_ms);
         sent.push(s);
-        send_lag_ms.push(lag);
     }
     sent.sort_by_key(|s| s.i);
     Ok(Offered {
