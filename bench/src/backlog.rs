@@ -9,7 +9,8 @@
 //! how long each pass of the api's relay took meanwhile (from the api's
 //! `ferry_relay_round_seconds` histogram, scraped before and after the
 //! drain), and `/status` and `/receive` latency from one client each
-//! (a request every 50 ms) during the drain. With 0 pending the
+//! (a request every 50 ms) during the drain, and the CPU the api and the
+//! workers spent per task over it. With 0 pending the
 //! "drain" is a few seconds of the same probes with the workers idle.
 
 use std::path::Path;
@@ -21,7 +22,7 @@ use anyhow::{bail, Context as _};
 use ferry_core::{Db, TaskStatus};
 use serde_json::{json, Value};
 
-use super::{fmt, ms, submit, summary, Args};
+use super::{cost, fmt, ms, submit, summary, Args};
 
 /// The backlog row's knobs.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -263,6 +264,7 @@ pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow
     };
 
     let started = Instant::now();
+    let api_cpu = cost::cpu_seconds(&api.proc.pid().to_string());
     let workers: Vec<_> = (0..args.workers)
         .map(|i| deployment.worker(&format!("worker-{i}")))
         .collect();
@@ -291,6 +293,15 @@ pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow
         }
     };
     let span = started.elapsed();
+    // CPU over the drain (the probes' few requests included): robust
+    // where the wall clock is not, on a shared machine.
+    let spent = |before: Option<f64>, pid: i32| {
+        Some(cost::cpu_seconds(&pid.to_string())? - before.unwrap_or(0.0))
+    };
+    let cpu = json!({
+        "api_s": spent(api_cpu, api.proc.pid()),
+        "workers_s": workers.iter().map(|w| spent(Some(0.0), w.pid())).sum::<Option<f64>>(),
+    });
     stop.store(true, Ordering::Relaxed);
     let relay_after = scrape(&client, &base).await?;
     let status_ms = status_probe.await??;
@@ -303,6 +314,16 @@ pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow
         "drain_s": drained_in.map(|d| d.as_secs_f64()),
         "drain_per_s": drained_in.map(|d| n as f64 / d.as_secs_f64()),
         "measured_s": span.as_secs_f64(),
+        "cpu": cpu,
+        "cpu_us_per_task": if n > 0 {
+            json!({
+                "api": cpu["api_s"].as_f64().map(|s| s * 1e6 / n as f64),
+                "workers": cpu["workers_s"].as_f64().map(|s| s * 1e6 / n as f64),
+            })
+        } else {
+            Value::Null
+        },
+        "load_average": super::load_average(),
         "relay": relay_between(&relay_before, &relay_after),
         "status_latency": summary(status_ms),
         "receive_latency": summary(receive_ms),
@@ -351,6 +372,14 @@ pub fn print(results: &Value) {
                 fmt(&b["receive_latency"]["p99_ms"])
             ),
         );
+        if !b["cpu_us_per_task"].is_null() {
+            println!(
+                "          CPU per task over the drain: api {} us, workers {} us (load average {})",
+                fmt(&b["cpu_us_per_task"]["api"]),
+                fmt(&b["cpu_us_per_task"]["workers"]),
+                b["load_average"].as_str().unwrap_or("?"),
+            );
+        }
         if relay["lost_republished"].as_f64().unwrap_or(0.0) > 0.0 {
             println!(
                 "          the api's relay published {} tasks again as lost meanwhile",

@@ -102,6 +102,7 @@ pub async fn run(args: &Args, plan: &StandalonePlan, bin_dir: &Path) -> anyhow::
             "rss": open_rss,
         },
         "peak_rss_mib": api.proc.peak_rss_mib(),
+        "load_average": super::load_average(),
     });
     drop(api);
     Ok(result)
@@ -124,9 +125,10 @@ pub fn print(s: &Value) {
         fmt(&burst["ingest_latency"]["p99_ms"]),
     );
     println!(
-        "CPU per task    api {} us, load generator {} us (over the burst)",
+        "CPU per task    api {} us, load generator {} us (over the burst; load average {})",
         fmt(&s["api_cpu_us_per_task"]),
         fmt(&s["bench_cpu_us_per_task"]),
+        s["load_average"].as_str().unwrap_or("?"),
     );
     let o = &s["open_loop"];
     println!(
