@@ -49,6 +49,11 @@ fn ticks_per_second() -> f64 {
     })
 }
 
+/// The user + system CPU seconds process `pid` (or `self`) has spent.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    Some(stat(pid)?.ticks as f64 / ticks_per_second())
+}
+
 /// One process's `/proc/<pid>/stat`: its parent, CPU ticks and start time.
 #[derive(Debug, Clone, Copy)]
 struct Stat {

@@ -21,14 +21,21 @@
 //! each backend (10 000 with `--quick`), the first page of `GET /tasks` for
 //! each filter and `GET /tasks/counts`. Then the waiters row (also alone:
 //! `ferry-bench waiters`, in `waiters.rs`): one api holding 1 000 long
-//! polls and SSE streams while a worker finishes their tasks.
+//! polls and SSE streams while a worker finishes their tasks. Then three
+//! more, each also alone: the overload row (`ferry-bench open`, in
+//! `open.rs`), the embedded row (`ferry-bench standalone`, in
+//! `standalone.rs`) and the backlog row (`ferry-bench backlog`, in
+//! `backlog.rs`).
 //!
 //! Beside the burst and the broker's ceiling, `cost.rs` reads what each
 //! process spent: CPU per task, database statements and transactions per
 //! task, the broker's socket reads and writes per task, and an idle row.
 
+mod backlog;
 mod cost;
 mod list;
+mod open;
+mod standalone;
 mod waiters;
 
 use std::collections::HashMap;
@@ -125,6 +132,18 @@ enum Mode {
     /// SSE streams) on tasks a worker then runs; each wake is timed from
     /// its task's end, and the api's shared reader and memory are measured.
     Waiters(WaitersPlan),
+    /// Only the overload row: the api with its default receive_limit
+    /// offered POSTs in an open loop at rates past what it can take, on
+    /// each backend: accepted, refused (503), errors, latencies, api RSS.
+    Open(open::OpenPlan),
+    /// Only the embedded row: one `ferry-api --standalone` (SQLite,
+    /// in-process queue and worker): end-to-end throughput of a burst, an
+    /// open loop at 1 000/s, memory and CPU per task.
+    Standalone(standalone::StandalonePlan),
+    /// Only the backlog row: N tasks pending with no worker, then the
+    /// workers drain them: tasks/s, the relay's pass time, `/status` and
+    /// `/receive` latency meanwhile.
+    Backlog(backlog::BacklogPlan),
 }
 
 /// The waiters row.
@@ -283,6 +302,16 @@ fn database(args: &Args, backend: &str) -> anyhow::Result<Database> {
 
 impl Deployment {
     async fn start(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(args, backend, bin_dir, &[]).await
+    }
+
+    /// [`Deployment::start`] with more environment for every process.
+    async fn start_with(
+        args: &Args,
+        backend: &str,
+        bin_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let database = database(args, backend)?;
         let mut deployment = ferry_testkit::Deployment::new(database, "bench")
             .config(ECHO_ONLY)
@@ -297,6 +326,9 @@ impl Deployment {
         );
         if let Some(slots) = args.worker_concurrency {
             deployment = deployment.env("FERRY_CONCURRENCY", &slots.to_string());
+        }
+        for (key, value) in env {
+            deployment = deployment.env(key, value);
         }
         let api = deployment.api().await;
         let workers: Vec<Proc> = (0..args.workers)
@@ -325,6 +357,61 @@ impl Deployment {
             .map(|w| json!({"name": w.name, "peak_rss_mib": w.peak_rss_mib()}))
             .collect();
         json!({"api_peak_rss_mib": self.api.proc.peak_rss_mib(), "workers": workers})
+    }
+}
+
+/// The machine's load averages (`/proc/loadavg`): on a shared machine,
+/// what else was running beside a row.
+fn load_average() -> Value {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map_or(Value::Null, |l| json!(l.trim()))
+}
+
+/// Resident memory of process `pid` now (VmRSS), in MiB.
+fn rss_mib(pid: i32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Samples a process's VmRSS every 50 ms until stopped: its value at the
+/// start and the highest seen (VmHWM would carry the peak of earlier
+/// phases).
+struct RssSampler {
+    start_mib: Option<f64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sampler: tokio::task::JoinHandle<Option<f64>>,
+}
+
+impl RssSampler {
+    fn start(pid: i32) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let start_mib = rss_mib(pid);
+        let stopped = stop.clone();
+        let sampler = tokio::spawn(async move {
+            let mut peak = start_mib;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(now) = rss_mib(pid) {
+                    peak = Some(peak.map_or(now, |p| p.max(now)));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        });
+        Self {
+            start_mib,
+            stop,
+            sampler,
+        }
+    }
+
+    /// `{"start_mib", "peak_mib"}`.
+    async fn finish(self) -> Value {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = self.sampler.await.ok().flatten();
+        json!({"start_mib": self.start_mib, "peak_mib": peak})
     }
 }
 
@@ -375,7 +462,7 @@ async fn wait_succeeded(db: &Db, expected: i64, timeout: Duration) -> anyhow::Re
 
 /// Closed loop: `n` POSTs from `concurrency` clients, then until all succeed.
 async fn burst(
-    d: &Deployment,
+    base: &str,
     db: &Db,
     client: &reqwest::Client,
     n: usize,
@@ -385,7 +472,7 @@ async fn burst(
     let start = Instant::now();
     let clients: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, base, next) = (client.clone(), d.base.clone(), next.clone());
+            let (client, base, next) = (client.clone(), base.to_string(), next.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut ids = Vec::new();
@@ -512,10 +599,226 @@ async fn http_floor(
     .await
 }
 
+/// How the api answered one open-loop POST.
+#[derive(Debug)]
+enum Answer {
+    /// 202: the task's id.
+    Accepted(String),
+    /// 503 `overloaded`: `receive_limit` requests were already waiting.
+    Refused,
+    /// Anything else: another status, a connection error, a timeout.
+    Error(String),
+}
+
+/// One open-loop POST: its index in the schedule, the answer, and the time
+/// from its intended send time to the answer's head (ms).
+#[derive(Debug)]
+struct Sent {
+    i: usize,
+    answer: Answer,
+    latency_ms: f64,
+    /// From the intended send time to the moment the request had a
+    /// socket: the generator's own delay, inside `latency_ms`.
+    lag_ms: f64,
+}
+
+/// What an open-loop generator sent, and on what schedule.
+struct Offered {
+    sent: Vec<Sent>,
+    /// The intended send time of request 0, on the wall clock.
+    start_utc: chrono::DateTime<chrono::Utc>,
+    interval: Duration,
+    /// The most requests sent and not yet answered at once.
+    peak_in_flight: usize,
+    /// From each intended send time to the moment the request was handed
+    /// to a connection (waiting for the generator's loop or a socket).
+    send_lag_ms: Vec<f64>,
+    /// How long the schedule took to send, from request 0's intended time.
+    elapsed: Duration,
+}
+
+impl Offered {
+    /// The intended send time of request `i`, on the wall clock.
+    fn intended_utc(&self, i: usize) -> chrono::DateTime<chrono::Utc> {
+        self.start_utc + self.interval * i as u32
+    }
+
+    /// The accepted tasks: (schedule index, task id).
+    fn accepted(&self) -> Vec<(usize, String)> {
+        self.sent
+            .iter()
+            .filter_map(|s| match &s.answer {
+                Answer::Accepted(id) => Some((s.i, id.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// One POST of an open-loop schedule, sorted by its answer.
+async fn offer_one(client: &reqwest::Client, base: &str, body: String) -> Answer {
+    let sent = client
+        .post(format!("{base}/receive"))
+        .header("content-type", "application/cloudevents+json")
+        .body(body)
+        .send()
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => return Answer::Error(e.to_string()),
+    };
+    match response.status().as_u16() {
+        202 => match response.json::<Value>().await {
+            Ok(body) => match body["id"].as_str() {
+                Some(id) => Answer::Accepted(id.to_string()),
+                None => Answer::Error(format!("a 202 without an id: {body}")),
+            },
+            Err(e) => Answer::Error(e.to_string()),
+        },
+        503 => {
+            let body: Value = response.json().await.unwrap_or_default();
+            if body["error"] == "overloaded" {
+                Answer::Refused
+            } else {
+                Answer::Error(format!("503 {body}"))
+            }
+        }
+        other => Answer::Error(format!("/receive answered {other}")),
+    }
+}
+
+/// The open-loop generator: `rate`/s POSTs for `seconds`, each spawned at
+/// its intended send time whatever the earlier ones are doing (the loop
+/// never waits for an answer; it only sleeps until the next request is
+/// due, and sends every one already due). At most `sockets` are on the
+/// wire at once, a bound of the generator's own (file descriptors); a
+/// request waiting for one is still timed from its intended time, and the
+/// wait shows in the send lag. Events are `<prefix>-<i>`.
+async fn offer(
+    client: &reqwest::Client,
+    base: &str,
+    rate: u32,
+    seconds: f64,
+    prefix: &str,
+    sockets: usize,
+) -> anyhow::Result<Offered> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = (f64::from(rate) * seconds).round() as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let start_utc = chrono::Utc::now() + Duration::from_millis(50);
+    let sockets = Arc::new(Semaphore::new(sockets));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut sends = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while next < n {
+        tokio::time::sleep_until(start + interval * next as u32).await;
+        // Every request due by now, so a late wake-up does not lower the rate.
+        let due = ((start.elapsed().as_secs_f64() / interval.as_secs_f64()) as usize + 1).min(n);
+        for i in next..due.max(next + 1) {
+            let intended = start + interval * i as u32;
+            let (client, base, sockets) = (client.clone(), base.to_string(), sockets.clone());
+            let (in_flight, peak) = (in_flight.clone(), peak.clone());
+            let body = event(prefix, i);
+            sends.spawn(async move {
+                let _socket = sockets.acquire_owned().await?;
+                let lag = ms(intended.elapsed());
+                let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                peak.fetch_max(now, Ordering::Relaxed);
+                let answer = offer_one(&client, &base, body).await;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                let latency_ms = ms(intended.elapsed());
+                anyhow::Ok(Sent {
+                    i,
+                    answer,
+                    latency_ms,
+                    lag_ms: lag,
+                })
+            });
+        }
+        next = due.max(next + 1);
+    }
+    let mut sent = Vec::with_capacity(n);
+    let mut send_lag_ms = Vec::with_capacity(n);
+    while let Some(done) = sends.join_next().await {
+        let s = done??;
+        send_lag_ms.push(s.lag_ms);
+        sent.push(s);
+    }
+    sent.sort_by_key(|s| s.i);
+    Ok(Offered {
+        sent,
+        start_utc,
+        interval,
+        peak_in_flight: peak.load(Ordering::Relaxed),
+        send_lag_ms,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// From each accepted task's intended send time to its recorded
+/// `finished_at` (same machine, same clock), once every one has succeeded;
+/// read through `/status` by 32 clients.
+async fn succeeded_latencies(
+    client: &reqwest::Client,
+    base: &str,
+    offered: &Offered,
+) -> anyhow::Result<Vec<f64>> {
+    let accepted = offered.accepted();
+    let tasks = Arc::new(accepted);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (client, base, tasks, next) = (
+            client.clone(),
+            base.to_string(),
+            tasks.clone(),
+            next.clone(),
+        );
+        readers.spawn(async move {
+            let mut finished = Vec::new();
+            loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((i, id)) = tasks.get(k) else {
+                    return anyhow::Ok(finished);
+                };
+                // The count the caller waited for may include tasks of
+                // requests that failed after their commit: a task not done
+                // yet is asked for again.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let at: chrono::DateTime<chrono::Utc> = loop {
+                    let task: Value = client
+                        .get(format!("{base}/status/{id}"))
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    if let Some(at) = task["finished_at"].as_str() {
+                        break at.parse()?;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("task {id} has not finished: {task}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                finished.push((*i, at));
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    while let Some(done) = readers.join_next().await {
+        for (i, at) in done?? {
+            latencies.push((at - offered.intended_utc(i)).as_seconds_f64() * 1000.0);
+        }
+    }
+    Ok(latencies)
+}
+
 /// Open loop: POSTs at `rate`/s for `seconds`, each on its own schedule.
 /// Submit latency is from the intended send time to the 202; end-to-end
 /// latency is from the intended send time to the task's recorded
-/// `finished_at` (same machine, same clock).
+/// `finished_at` (same machine, same clock). Every POST must be accepted.
 async fn open_loop(
     d: &Deployment,
     db: &Db,
@@ -524,48 +827,20 @@ async fn open_loop(
     seconds: f64,
     already_succeeded: i64,
 ) -> anyhow::Result<Value> {
-    let n = (f64::from(rate) * seconds).round() as usize;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let start_utc = chrono::Utc::now() + Duration::from_millis(50);
     // Bounds the sockets the generator opens; a send that waits here is
     // still measured from its intended time.
-    let sockets = Arc::new(Semaphore::new(512));
-    let sends: Vec<_> = (0..n)
-        .map(|i| {
-            let (client, base, sockets) = (client.clone(), d.base.clone(), sockets.clone());
-            let intended = start + interval * i as u32;
-            let body = event(&format!("open-{rate}"), i);
-            tokio::spawn(async move {
-                tokio::time::sleep_until(intended).await;
-                let _slot = sockets.acquire().await?;
-                let id = submit(&client, &base, body).await?;
-                Ok::<_, anyhow::Error>((i, id, ms(intended.elapsed())))
-            })
-        })
-        .collect();
-    let mut submitted = Vec::with_capacity(n);
-    for s in sends {
-        submitted.push(s.await??);
+    let offered = offer(client, &d.base, rate, seconds, &format!("open-{rate}"), 512).await?;
+    if let Some(s) = offered
+        .sent
+        .iter()
+        .find(|s| !matches!(s.answer, Answer::Accepted(_)))
+    {
+        bail!("open loop at {rate}/s: request {} got {:?}", s.i, s.answer);
     }
+    let n = offered.sent.len();
     wait_succeeded(db, already_succeeded + n as i64, Duration::from_secs(600)).await?;
-    let mut submit_ms = Vec::with_capacity(n);
-    let mut done_ms = Vec::with_capacity(n);
-    for (i, id, latency) in submitted {
-        submit_ms.push(latency);
-        let task: Value = client
-            .get(format!("{}/status/{id}", d.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let finished: chrono::DateTime<chrono::Utc> = task["finished_at"]
-            .as_str()
-            .context("no finished_at")?
-            .parse()?;
-        let intended = start_utc + interval * i as u32;
-        done_ms.push((finished - intended).as_seconds_f64() * 1000.0);
-    }
+    let submit_ms = offered.sent.iter().map(|s| s.latency_ms).collect();
+    let done_ms = succeeded_latencies(client, &d.base, &offered).await?;
     Ok(json!({
         "rate_per_s": rate,
         "tasks": n,
@@ -585,7 +860,7 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
     let idle = d.meter.idle(Duration::from_secs(2)).await;
     eprintln!("[{backend}] burst of {tasks} tasks");
     let before = d.meter.start().await;
-    let (burst, ids) = burst(&d, &db, &client, tasks, args.concurrency).await?;
+    let (burst, ids) = burst(&d.base, &db, &client, tasks, args.concurrency).await?;
     let burst_cost = d.meter.finish(before, tasks, true).await;
     eprintln!("[{backend}] status reads");
     let reads = status_reads(&d, &client, &ids, tasks * 2, args.concurrency).await?;
@@ -960,6 +1235,52 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(Path::new("bench-results/waiters.json")),
         );
     }
+    if let Some(Mode::Open(plan)) = &args.mode {
+        let mut rows = Vec::new();
+        for backend in &args.backends {
+            rows.push(open::run(&args, plan, backend, &bin_dir).await?);
+        }
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "open": rows,
+        });
+        open::print(&results["open"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/open.json")),
+        );
+    }
+    if let Some(Mode::Standalone(plan)) = &args.mode {
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "standalone": standalone::run(&args, plan, &bin_dir).await?,
+        });
+        standalone::print(&results["standalone"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/standalone.json")),
+        );
+    }
+    if let Some(Mode::Backlog(plan)) = &args.mode {
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "backlog": backlog_rows(&args, plan, &bin_dir).await?,
+        });
+        backlog::print(&results["backlog"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/backlog.json")),
+        );
+    }
     let ceiling_n = args
         .tasks
         .unwrap_or(if args.quick { 2_000 } else { 50_000 });
@@ -1023,16 +1344,43 @@ async fn main() -> anyhow::Result<()> {
         waiting.push(waiters::run(&args, backend, n, &bin_dir).await?);
     }
     results["waiters"] = json!(waiting);
+    let mut overload = Vec::new();
+    for backend in &args.backends {
+        overload.push(open::run(&args, &open::OpenPlan::default(), backend, &bin_dir).await?);
+    }
+    results["open"] = json!(overload);
+    eprintln!("standalone");
+    results["standalone"] =
+        standalone::run(&args, &standalone::StandalonePlan::default(), &bin_dir).await?;
+    results["backlog"] = backlog_rows(&args, &backlog::BacklogPlan::default(), &bin_dir).await?;
     print_table(&results);
     print_stall(&results["stall"]);
     list::print(&results["list"]);
     waiters::print(&results["waiters"]);
+    open::print(&results["open"]);
+    standalone::print(&results["standalone"]);
+    backlog::print(&results["backlog"]);
     write_results(
         &results,
         args.out
             .as_deref()
             .unwrap_or(Path::new("bench-results/latest.json")),
     )
+}
+
+/// The backlog row: each backlog on each backend.
+async fn backlog_rows(
+    args: &Args,
+    plan: &backlog::BacklogPlan,
+    bin_dir: &Path,
+) -> anyhow::Result<Value> {
+    let mut rows = Vec::new();
+    for n in plan.pending(args.quick) {
+        for backend in &args.backends {
+            rows.push(backlog::run(args, backend, n, bin_dir).await?);
+        }
+    }
+    Ok(json!(rows))
 }
 
 /// Creates the database of a PostgreSQL URL if it is missing, from the

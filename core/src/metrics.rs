@@ -47,6 +47,9 @@ pub const RELAY_PUBLISHED: &str = "ferry_relay_published_total";
 /// Counter: tasks the relay published again because the broker had
 /// confirmed their message and then lost it.
 pub const RELAY_LOST_REPUBLISHED: &str = "ferry_relay_lost_republished_total";
+/// Histogram: how long one relay pass took (retention, lease sweep, the
+/// look for lost messages, owed publishes).
+pub const RELAY_ROUND: &str = "ferry_relay_round_seconds";
 /// Counter: running tasks the relay took back because their lease expired.
 pub const LEASE_EXPIRIES: &str = "ferry_lease_expiries_total";
 /// Counter: messages a worker dead-lettered itself, by `reason`.
@@ -73,6 +76,10 @@ const HTTP_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
+/// Seconds: relay passes, from an idle pass on SQLite to a long backlog's.
+const RELAY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 /// Requests per batch: powers of two up to the largest batch (256).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -91,6 +98,7 @@ pub fn install() -> &'static PrometheusHandle {
             (ATTEMPT_DURATION, ATTEMPT_BUCKETS),
             (HTTP_DURATION, HTTP_BUCKETS),
             (BATCH_SIZE, BATCH_BUCKETS),
+            (RELAY_ROUND, RELAY_BUCKETS),
         ]
         .into_iter()
         .fold(builder, |builder, (name, buckets)| {
@@ -156,6 +164,11 @@ fn describe() {
     describe_counter!(
         RELAY_LOST_REPUBLISHED,
         "Tasks the relay published again because the broker lost the message it had confirmed."
+    );
+    describe_histogram!(
+        RELAY_ROUND,
+        Unit::Seconds,
+        "How long one relay pass took: retention, lease sweep, lost messages, owed publishes."
     );
     describe_counter!(
         LEASE_EXPIRIES,
@@ -308,6 +321,8 @@ pub struct RelayMetrics {
     pub lease_expiries: Counter,
     /// [`RELAY_LOST_REPUBLISHED`].
     pub lost_republished: Counter,
+    /// [`RELAY_ROUND`].
+    pub round: Histogram,
 }
 
 impl RelayMetrics {
@@ -317,6 +332,7 @@ impl RelayMetrics {
             published: metrics::counter!(RELAY_PUBLISHED),
             lease_expiries: metrics::counter!(LEASE_EXPIRIES),
             lost_republished: metrics::counter!(RELAY_LOST_REPUBLISHED),
+            round: metrics::histogram!(RELAY_ROUND),
         }
     }
 }

@@ -276,6 +276,7 @@ pub async fn join(relay: JoinHandle<()>) -> Result<(), tokio::task::JoinError> {
 pub async fn run(db: Db, queue: Queue, settings: Settings, shutdown: CancellationToken) {
     let metrics = RelayMetrics::new();
     loop {
+        let pass = std::time::Instant::now();
         if let Some(retention) = settings.retention {
             match expire_finished(&db, retention).await {
                 Ok(0) => {}
@@ -309,6 +310,7 @@ pub async fn run(db: Db, queue: Queue, settings: Settings, shutdown: Cancellatio
             tokio::task::yield_now().await;
             continue;
         }
+        metrics.round.record(pass.elapsed().as_secs_f64());
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(settings.interval) => {}
