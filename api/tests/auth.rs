@@ -592,8 +592,10 @@ async fn hash_token_prints_an_entry_that_works() {
         &call(api, "POST", &format!("/tasks/{id}/cancel"), Some(token), "").await,
         "admin",
     );
+    // Allowed: cancelled (200), cancel requested of a running task (202),
+    // or already finished (409), as the echo task's timing has it.
     let r = call(api, "POST", &format!("/tasks/{id}/cancel"), Some(new), "").await;
-    assert!(matches!(r.status, 200 | 409), "{:?}", r.body);
+    assert!(matches!(r.status, 200 | 202 | 409), "{:?}", r.body);
     assert_401(&call(api, "GET", "/tasks", None, "").await, "Bearer");
 }
 
