@@ -21,12 +21,16 @@
 //! each backend (10 000 with `--quick`), the first page of `GET /tasks` for
 //! each filter and `GET /tasks/counts`. Then the waiters row (also alone:
 //! `ferry-bench waiters`, in `waiters.rs`): one api holding 1 000 long
-//! polls and SSE streams while a worker finishes their tasks.
+//! polls and SSE streams while a worker finishes their tasks. Last of all
+//! (not with `--quick`), the Celery row (also alone: `ferry-bench celery`,
+//! in `celery.rs`): the stack Ferry replaces, the pacifica receiver, under
+//! the same load.
 //!
 //! Beside the burst and the broker's ceiling, `cost.rs` reads what each
 //! process spent: CPU per task, database statements and transactions per
 //! task, the broker's socket reads and writes per task, and an idle row.
 
+mod celery;
 mod cost;
 mod list;
 mod waiters;
@@ -125,6 +129,10 @@ enum Mode {
     /// SSE streams) on tasks a worker then runs; each wake is timed from
     /// its task's end, and the api's shared reader and memory are measured.
     Waiters(WaitersPlan),
+    /// Only the Celery row: the stack Ferry replaces (the pacifica receiver:
+    /// CherryPy + Celery + RabbitMQ + PeeWee, `bench/celery/`) under the
+    /// same load and client as Ferry's rows. Runs `bench/celery/setup` first.
+    Celery(celery::CeleryPlan),
 }
 
 /// The waiters row.
@@ -891,6 +899,26 @@ fn print_table(results: &Value) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Mode::Celery(plan)) = &args.mode {
+        celery::setup()?;
+        let mut rows = Vec::new();
+        for backend in &args.backends {
+            rows.push(celery::run(&args, plan, backend).await?);
+        }
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "quick": args.quick,
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "celery": rows,
+        });
+        celery::print(&results["celery"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/celery.json")),
+        );
+    }
     let bin_dir = ferry_testkit::bin_dir();
     for binary in ["ferry-api", "ferry-worker"] {
         if !bin_dir.join(binary).exists() {
@@ -1023,16 +1051,42 @@ async fn main() -> anyhow::Result<()> {
         waiting.push(waiters::run(&args, backend, n, &bin_dir).await?);
     }
     results["waiters"] = json!(waiting);
+    results["celery"] = celery_row(&args).await?;
     print_table(&results);
     print_stall(&results["stall"]);
     list::print(&results["list"]);
     waiters::print(&results["waiters"]);
+    celery::print(&results["celery"]);
     write_results(
         &results,
         args.out
             .as_deref()
             .unwrap_or(Path::new("bench-results/latest.json")),
     )
+}
+
+/// The full run's Celery row: skipped with `--quick` (CI stays fast and
+/// needs no Python) or where its venv cannot be made, with the reason.
+async fn celery_row(args: &Args) -> anyhow::Result<Value> {
+    if args.quick {
+        let reason =
+            "not in --quick (its venv takes a while to make): run `ferry-bench celery --quick`";
+        eprintln!("[celery] skipped: {reason}");
+        return Ok(json!({"skipped": reason}));
+    }
+    if let Err(e) = celery::setup() {
+        eprintln!("[celery] skipped: {e:#}");
+        return Ok(json!({"skipped": format!("{e:#}")}));
+    }
+    let plan = celery::CeleryPlan {
+        tasks: None,
+        rates: None,
+    };
+    let mut rows = Vec::new();
+    for backend in &args.backends {
+        rows.push(celery::run(args, &plan, backend).await?);
+    }
+    Ok(json!(rows))
 }
 
 /// Creates the database of a PostgreSQL URL if it is missing, from the
