@@ -25,13 +25,16 @@
 //! more, each also alone: the overload row (`ferry-bench open`, in
 //! `open.rs`), the embedded row (`ferry-bench standalone`, in
 //! `standalone.rs`) and the backlog row (`ferry-bench backlog`, in
-//! `backlog.rs`).
+//! `backlog.rs`). Last of all (not with `--quick`), the Celery row (also
+//! alone: `ferry-bench celery`, in `celery.rs`): the stack Ferry replaces,
+//! the pacifica receiver, under the same load.
 //!
 //! Beside the burst and the broker's ceiling, `cost.rs` reads what each
 //! process spent: CPU per task, database statements and transactions per
 //! task, the broker's socket reads and writes per task, and an idle row.
 
 mod backlog;
+mod celery;
 mod cost;
 mod list;
 mod open;
@@ -144,6 +147,10 @@ enum Mode {
     /// workers drain them: tasks/s, the relay's pass time, `/status` and
     /// `/receive` latency meanwhile.
     Backlog(backlog::BacklogPlan),
+    /// Only the Celery row: the stack Ferry replaces (the pacifica receiver:
+    /// CherryPy + Celery + RabbitMQ + PeeWee, `bench/celery/`) under the
+    /// same load and client as Ferry's rows. Runs `bench/celery/setup` first.
+    Celery(celery::CeleryPlan),
 }
 
 /// The waiters row.
@@ -1166,6 +1173,26 @@ fn print_table(results: &Value) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Mode::Celery(plan)) = &args.mode {
+        celery::setup()?;
+        let mut rows = Vec::new();
+        for backend in &args.backends {
+            rows.push(celery::run(&args, plan, backend).await?);
+        }
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "quick": args.quick,
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "celery": rows,
+        });
+        celery::print(&results["celery"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/celery.json")),
+        );
+    }
     let bin_dir = ferry_testkit::bin_dir();
     for binary in ["ferry-api", "ferry-worker"] {
         if !bin_dir.join(binary).exists() {
@@ -1353,6 +1380,7 @@ async fn main() -> anyhow::Result<()> {
     results["standalone"] =
         standalone::run(&args, &standalone::StandalonePlan::default(), &bin_dir).await?;
     results["backlog"] = backlog_rows(&args, &backlog::BacklogPlan::default(), &bin_dir).await?;
+    results["celery"] = celery_row(&args).await?;
     print_table(&results);
     print_stall(&results["stall"]);
     list::print(&results["list"]);
@@ -1360,6 +1388,7 @@ async fn main() -> anyhow::Result<()> {
     open::print(&results["open"]);
     standalone::print(&results["standalone"]);
     backlog::print(&results["backlog"]);
+    celery::print(&results["celery"]);
     write_results(
         &results,
         args.out
@@ -1379,6 +1408,30 @@ async fn backlog_rows(
         for backend in &args.backends {
             rows.push(backlog::run(args, backend, n, bin_dir).await?);
         }
+    }
+    Ok(json!(rows))
+}
+
+/// The full run's Celery row: skipped with `--quick` (CI stays fast and
+/// needs no Python) or where its venv cannot be made, with the reason.
+async fn celery_row(args: &Args) -> anyhow::Result<Value> {
+    if args.quick {
+        let reason =
+            "not in --quick (its venv takes a while to make): run `ferry-bench celery --quick`";
+        eprintln!("[celery] skipped: {reason}");
+        return Ok(json!({"skipped": reason}));
+    }
+    if let Err(e) = celery::setup() {
+        eprintln!("[celery] skipped: {e:#}");
+        return Ok(json!({"skipped": format!("{e:#}")}));
+    }
+    let plan = celery::CeleryPlan {
+        tasks: None,
+        rates: None,
+    };
+    let mut rows = Vec::new();
+    for backend in &args.backends {
+        rows.push(celery::run(args, &plan, backend).await?);
     }
     Ok(json!(rows))
 }
