@@ -23,12 +23,17 @@
 //! `ferry-bench waiters`, in `waiters.rs`): one api holding 1 000 long
 //! polls and SSE streams while a worker finishes their tasks.
 //!
+//! The reads row alone (`ferry-bench reads`, in `reads.rs`) seeds a few
+//! tasks and runs only the `/status` and HTTP floor loops, in rounds, and
+//! with `--baseline DIR` compares another build's api on the same database.
+//!
 //! Beside the burst and the broker's ceiling, `cost.rs` reads what each
 //! process spent: CPU per task, database statements and transactions per
 //! task, the broker's socket reads and writes per task, and an idle row.
 
 mod cost;
 mod list;
+mod reads;
 mod waiters;
 
 use std::collections::HashMap;
@@ -125,6 +130,11 @@ enum Mode {
     /// SSE streams) on tasks a worker then runs; each wake is timed from
     /// its task's end, and the api's shared reader and memory are measured.
     Waiters(WaitersPlan),
+    /// Only the reads row: N tasks seeded through `POST /receive`, then
+    /// rounds of the HTTP floor and `GET /status` closed loops on each
+    /// backend; with `--baseline DIR`, another build's api beside this one,
+    /// measured alternately with it (`reads.rs`).
+    Reads(reads::ReadsPlan),
 }
 
 /// The waiters row.
@@ -939,6 +949,24 @@ async fn main() -> anyhow::Result<()> {
             args.out
                 .as_deref()
                 .unwrap_or(Path::new("bench-results/list.json")),
+        );
+    }
+    if let Some(Mode::Reads(plan)) = &args.mode {
+        let mut rows = Vec::new();
+        for backend in &args.backends {
+            rows.push(reads::run(&args, plan, backend, &bin_dir).await?);
+        }
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "reads": rows,
+        });
+        reads::print(&results["reads"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/reads.json")),
         );
     }
     if let Some(Mode::Waiters(plan)) = &args.mode {
