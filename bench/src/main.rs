@@ -29,6 +29,10 @@
 //! alone: `ferry-bench celery`, in `celery.rs`): the stack Ferry replaces,
 //! the pacifica receiver, under the same load.
 //!
+//! The reads row alone (`ferry-bench reads`, in `reads.rs`) seeds a few
+//! tasks and runs only the `/status` and HTTP floor loops, in rounds, and
+//! with `--baseline DIR` compares another build's api on the same database.
+//!
 //! Beside the burst and the broker's ceiling, `cost.rs` reads what each
 //! process spent: CPU per task, database statements and transactions per
 //! task, the broker's socket reads and writes per task, and an idle row.
@@ -38,6 +42,7 @@ mod celery;
 mod cost;
 mod list;
 mod open;
+mod reads;
 mod standalone;
 mod waiters;
 
@@ -151,6 +156,11 @@ enum Mode {
     /// CherryPy + Celery + RabbitMQ + PeeWee, `bench/celery/`) under the
     /// same load and client as Ferry's rows. Runs `bench/celery/setup` first.
     Celery(celery::CeleryPlan),
+    /// Only the reads row: N tasks seeded through `POST /receive`, then
+    /// rounds of the HTTP floor and `GET /status` closed loops on each
+    /// backend; with `--baseline DIR`, another build's api beside this one,
+    /// measured alternately with it (`reads.rs`).
+    Reads(reads::ReadsPlan),
 }
 
 /// The waiters row.
@@ -1241,6 +1251,24 @@ async fn main() -> anyhow::Result<()> {
             args.out
                 .as_deref()
                 .unwrap_or(Path::new("bench-results/list.json")),
+        );
+    }
+    if let Some(Mode::Reads(plan)) = &args.mode {
+        let mut rows = Vec::new();
+        for backend in &args.backends {
+            rows.push(reads::run(&args, plan, backend, &bin_dir).await?);
+        }
+        let results = json!({
+            "when": chrono::Utc::now().to_rfc3339(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "reads": rows,
+        });
+        reads::print(&results["reads"]);
+        return write_results(
+            &results,
+            args.out
+                .as_deref()
+                .unwrap_or(Path::new("bench-results/reads.json")),
         );
     }
     if let Some(Mode::Waiters(plan)) = &args.mode {
