@@ -205,14 +205,7 @@ where
 /// The backlog row on one backend with `n` tasks pending.
 pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow::Result<Value> {
     let database = super::database(args, backend)?;
-    let mut deployment = ferry_testkit::Deployment::new(database, "backlog")
-        .config(super::ECHO_ONLY)
-        .broker(&args.broker_url)
-        .bins(bin_dir)
-        .env("RUST_LOG", "warn");
-    if let Some(slots) = args.worker_concurrency {
-        deployment = deployment.env("FERRY_CONCURRENCY", &slots.to_string());
-    }
+    let deployment = super::bench_deployment(args, database, "backlog", bin_dir);
     let api = deployment.api().await;
     let base = api.base.clone();
     let db = Db::connect(&deployment.database_url, 2)?;

@@ -317,6 +317,36 @@ fn database(args: &Args, backend: &str) -> anyhow::Result<Database> {
     })
 }
 
+/// A deployment of the bench's binaries on `database` as every row runs
+/// it: the echo route only, the bench's RabbitMQ, `RUST_LOG=warn`, and
+/// the workers' slots when `--worker-concurrency` is given.
+fn bench_deployment(
+    args: &Args,
+    database: Database,
+    name: &str,
+    bin_dir: &Path,
+) -> ferry_testkit::Deployment {
+    let deployment = ferry_testkit::Deployment::new(database, name)
+        .config(ECHO_ONLY)
+        .broker(&args.broker_url)
+        .bins(bin_dir)
+        .env("RUST_LOG", "warn");
+    match args.worker_concurrency {
+        Some(slots) => deployment.env("FERRY_CONCURRENCY", &slots.to_string()),
+        None => deployment,
+    }
+}
+
+/// `deployment` with each of its processes writing its database counts
+/// into the deployment's directory.
+fn counting(deployment: ferry_testkit::Deployment) -> anyhow::Result<ferry_testkit::Deployment> {
+    let counts_dir = deployment.dir.path().to_path_buf();
+    Ok(deployment.env(
+        ferry_core::db::counts::ENV,
+        counts_dir.to_str().context("a UTF-8 path")?,
+    ))
+}
+
 impl Deployment {
     async fn start(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Result<Self> {
         Self::start_with(args, backend, bin_dir, &[]).await
@@ -329,21 +359,12 @@ impl Deployment {
         bin_dir: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let database = database(args, backend)?;
-        let mut deployment = ferry_testkit::Deployment::new(database, "bench")
-            .config(ECHO_ONLY)
-            .broker(&args.broker_url)
-            .bins(bin_dir)
-            .env("RUST_LOG", "warn");
-        // Each process writes its database counts into the deployment's directory.
-        let counts_dir = deployment.dir.path().to_path_buf();
-        deployment = deployment.env(
-            ferry_core::db::counts::ENV,
-            counts_dir.to_str().context("a UTF-8 path")?,
-        );
-        if let Some(slots) = args.worker_concurrency {
-            deployment = deployment.env("FERRY_CONCURRENCY", &slots.to_string());
-        }
+        let mut deployment = counting(bench_deployment(
+            args,
+            database(args, backend)?,
+            "bench",
+            bin_dir,
+        ))?;
         for (key, value) in env {
             deployment = deployment.env(key, value);
         }
@@ -358,7 +379,7 @@ impl Deployment {
             .as_ref()
             .map(|schema| (deployment.database_url.clone(), schema.name.clone()));
         Ok(Self {
-            meter: cost::Meter::new(&pids, &counts_dir, pg),
+            meter: cost::Meter::new(&pids, deployment.dir.path(), pg),
             database_url: deployment.database_url.clone(),
             base: api.base.clone(),
             api,

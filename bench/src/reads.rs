@@ -16,11 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use ferry_core::Db;
 use serde_json::{json, Value};
 
-use super::{closed_loop_gets, database, event, fmt, submit, wait_succeeded, Args, ECHO_ONLY};
+use super::{
+    bench_deployment, closed_loop_gets, counting, database, event, fmt, submit, wait_succeeded,
+    Args,
+};
 
 /// The reads row.
 #[derive(Debug, Clone, clap::Args)]
@@ -71,17 +73,13 @@ pub async fn run(
     let tasks = plan.tasks.unwrap_or(if args.quick { 200 } else { 2000 });
     let reads = plan.reads.unwrap_or(if args.quick { 2000 } else { 20_000 });
     let rounds = plan.rounds.unwrap_or(if args.quick { 1 } else { 3 });
-    let mut deployment = ferry_testkit::Deployment::new(database(args, backend)?, "bench_reads")
-        .config(ECHO_ONLY)
-        .broker(&args.broker_url)
-        .bins(bin_dir)
-        .env("RUST_LOG", "warn");
     // As in the full run: each process writes its database counts.
-    let counts_dir = deployment.dir.path().to_path_buf();
-    deployment = deployment.env(
-        ferry_core::db::counts::ENV,
-        counts_dir.to_str().context("a UTF-8 path")?,
-    );
+    let mut deployment = counting(bench_deployment(
+        args,
+        database(args, backend)?,
+        "bench_reads",
+        bin_dir,
+    ))?;
     let mut apis = vec![("this build", deployment.api().await)];
     if let Some(baseline) = &plan.baseline {
         deployment.bins = baseline.clone();

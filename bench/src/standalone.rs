@@ -38,13 +38,8 @@ const GOAL_PER_S: f64 = 5000.0;
 
 /// The embedded row.
 pub async fn run(args: &Args, plan: &StandalonePlan, bin_dir: &Path) -> anyhow::Result<Value> {
-    let mut deployment = ferry_testkit::Deployment::new(Database::Sqlite, "standalone")
-        .config(super::ECHO_ONLY)
-        .bins(bin_dir)
-        .env("RUST_LOG", "warn");
-    if let Some(slots) = args.worker_concurrency {
-        deployment = deployment.env("FERRY_CONCURRENCY", &slots.to_string());
-    }
+    // Standalone: the broker it is given goes unused.
+    let deployment = super::bench_deployment(args, Database::Sqlite, "standalone", bin_dir);
     let api = deployment.standalone().await;
     let pid = api.proc.pid();
     let db = Db::connect(&deployment.database_url, 2)?;

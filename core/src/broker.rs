@@ -596,62 +596,46 @@ pub(crate) async fn subscribe_exclusive(
     binding: &str,
     tag: &str,
 ) -> Result<(Connection, lapin::Consumer), BrokerError> {
-    bounded(subscribe_exclusive_unbounded(
-        url,
-        connection_name,
-        exchange,
-        kind,
-        binding,
-        tag,
-    ))
+    bounded(async {
+        let props = ConnectionProperties::default().with_connection_name(connection_name.into());
+        let connection = Connection::connect(url, props).await?;
+        let channel = connection.create_channel().await?;
+        declare_exchange(&channel, exchange, kind).await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                binding.into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                tag.into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((connection, consumer))
+    })
     .await
-}
-
-async fn subscribe_exclusive_unbounded(
-    url: &str,
-    connection_name: String,
-    exchange: &str,
-    kind: lapin::ExchangeKind,
-    binding: &str,
-    tag: &str,
-) -> Result<(Connection, lapin::Consumer), BrokerError> {
-    let props = ConnectionProperties::default().with_connection_name(connection_name.into());
-    let connection = Connection::connect(url, props).await?;
-    let channel = connection.create_channel().await?;
-    declare_exchange(&channel, exchange, kind).await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            binding.into(),
-            lapin::options::QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            tag.into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                exclusive: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((connection, consumer))
 }
 
 #[cfg(test)]
