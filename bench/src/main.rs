@@ -1404,6 +1404,14 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     results["end_to_end_over_ceiling"] = json!(ratios);
+    // The full run takes the better part of an hour: what is done so far
+    // is on disk after each row, so a later row's failure loses only it.
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench-results/latest.json"));
+    let checkpoint = |results: &Value| write_json(results, &out);
+    checkpoint(&results)?;
     let plan = Stall {
         connections: args
             .stall_connections
@@ -1419,27 +1427,33 @@ async fn main() -> anyhow::Result<()> {
         humantime::format_duration(plan.limit)
     );
     results["stall"] = stall(&plan, &bin_dir).await?;
+    checkpoint(&results)?;
     let mut listing = Vec::new();
     for backend in &args.backends {
         let n = list::default_tasks(args.quick);
         listing.push(list::run(&args, backend, n, &bin_dir).await?);
     }
     results["list"] = json!(listing);
+    checkpoint(&results)?;
     let mut waiting = Vec::new();
     for backend in &args.backends {
         let n = waiters::default_waiters(args.quick);
         waiting.push(waiters::run(&args, backend, n, &bin_dir).await?);
     }
     results["waiters"] = json!(waiting);
+    checkpoint(&results)?;
     let mut overload = Vec::new();
     for backend in &args.backends {
         overload.push(open::run(&args, &open::OpenPlan::default(), backend, &bin_dir).await?);
     }
     results["open"] = json!(overload);
+    checkpoint(&results)?;
     eprintln!("standalone");
     results["standalone"] =
         standalone::run(&args, &standalone::StandalonePlan::default(), &bin_dir).await?;
+    checkpoint(&results)?;
     results["backlog"] = backlog_rows(&args, &backlog::BacklogPlan::default(), &bin_dir).await?;
+    checkpoint(&results)?;
     results["celery"] = celery_row(&args).await?;
     print_table(&results);
     print_stall(&results["stall"]);
@@ -1449,12 +1463,7 @@ async fn main() -> anyhow::Result<()> {
     standalone::print(&results["standalone"]);
     backlog::print(&results["backlog"]);
     celery::print(&results["celery"]);
-    write_results(
-        &results,
-        args.out
-            .as_deref()
-            .unwrap_or(Path::new("bench-results/latest.json")),
-    )
+    write_results(&results, &out)
 }
 
 /// The backlog row: each backlog on each backend.
@@ -1519,10 +1528,15 @@ fn create_database(url: &str) -> anyhow::Result<()> {
 }
 
 fn write_results(results: &Value, out: &Path) -> anyhow::Result<()> {
+    write_json(results, out)?;
+    println!("\nresults written to {}", out.display());
+    Ok(())
+}
+
+fn write_json(results: &Value, out: &Path) -> anyhow::Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(out, serde_json::to_string_pretty(results)?)?;
-    println!("\nresults written to {}", out.display());
     Ok(())
 }

@@ -76,6 +76,29 @@ pub(crate) async fn bounded<T>(
         .unwrap_or(Err(BrokerError::Timeout(BROKER_TIMEOUT)))
 }
 
+/// The largest AMQP frame Ferry asks RabbitMQ for, unless the broker URL
+/// sets `frame_max` itself. lapin keeps a send and a receive buffer of 32
+/// frames for each connection, written through, so RabbitMQ's default
+/// (128 KiB) costs 8 MiB of resident memory per connection, and a worker
+/// holds four (deliveries, publishes, hints, control). Ferry's messages are
+/// a task id (36 bytes) and its hints a few hundred bytes; a larger body
+/// would only be split into more frames.
+pub const FRAME_MAX: u32 = 8 * 1024;
+
+/// Opens an AMQP connection named `name` (as RabbitMQ lists it), asking
+/// for frames of at most [`FRAME_MAX`] bytes unless `url` says otherwise.
+pub(crate) async fn connect(url: &str, name: String) -> Result<Connection, lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(mut uri) => {
+            uri.query.frame_max.get_or_insert(FRAME_MAX);
+            Connection::connect_uri(uri, props).await
+        }
+        // lapin's own error for the URL.
+        Err(_) => Connection::connect(url, props).await,
+    }
+}
+
 /// Where tasks are queued; cheap to clone.
 #[derive(Debug, Clone)]
 pub enum Queue {
@@ -215,9 +238,8 @@ impl AmqpQueue {
     }
 
     async fn open_unbounded(&self, purpose: &str) -> Result<(Connection, Channel), BrokerError> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("ferry-{purpose}-{}", std::process::id()).into());
-        let connection = Connection::connect(&self.url, props).await?;
+        let name = format!("ferry-{purpose}-{}", std::process::id());
+        let connection = connect(&self.url, name).await?;
         let channel = connection.create_channel().await?;
         let dead = Self::dead_letter_name(&self.name);
         let (dead_args, args) = self.arguments();
@@ -597,8 +619,7 @@ pub(crate) async fn subscribe_exclusive(
     tag: &str,
 ) -> Result<(Connection, lapin::Consumer), BrokerError> {
     bounded(async {
-        let props = ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = Connection::connect(url, props).await?;
+        let connection = connect(url, connection_name).await?;
         let channel = connection.create_channel().await?;
         declare_exchange(&channel, exchange, kind).await?;
         let queue = channel

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
@@ -150,10 +150,9 @@ async fn publish_amqp(
         .as_ref()
         .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
     if !usable {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("ferry-hints-{}", std::process::id()).into());
+        let name = format!("ferry-hints-{}", std::process::id());
         let opened = broker::bounded(async {
-            let connection = Connection::connect(&amqp.url, props).await?;
+            let connection = broker::connect(&amqp.url, name).await?;
             let channel = connection.create_channel().await?;
             declare_exchange(&channel, &amqp.name).await?;
             Ok((connection, channel))
