@@ -292,6 +292,7 @@ pub async fn serve(
     let listener = GuardedListener::bind(
         (config.address.as_str(), config.port),
         config.request_timeout,
+        config.max_connections,
     )
     .await
     .with_context(|| format!("cannot listen on {}:{}", config.address, config.port))?;
@@ -317,6 +318,7 @@ pub async fn serve(
         queue = %config.queue,
         standalone,
         request_timeout = ?config.request_timeout,
+        max_connections = config.max_connections,
         tokens = config.tokens.iter().count(),
         "ferry-api starting"
     );

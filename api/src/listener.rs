@@ -52,15 +52,19 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
+use metrics::Gauge;
 use rocket::http::hyper::{Method, Uri};
 use rocket::http::private::{Connection, Listener, TcpListener};
 use rocket::http::Status;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::PollSemaphore;
 
 use crate::error::ErrorCode;
 
@@ -89,21 +93,48 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// A TCP listener whose connections are [`GuardedConnection`]s: what Ferry's
 /// Rocket serves on.
+///
+/// At most `max_connections` are open at once: each holds a place until
+/// it is dropped, and while none is free the listener accepts nothing, so
+/// new connections wait in the kernel's accept queue (and past it, their
+/// handshakes are retried by the client's kernel). Memory then stays
+/// bounded by the limit, whatever the number of producers or their rate;
+/// each open connection costs tens of KiB once a request is in flight.
+/// `request_timeout` frees the places of idle and stalled connections.
 #[derive(Debug)]
 pub struct GuardedListener {
     listener: TcpListener,
     timeout: Duration,
+    places: PollSemaphore,
+    /// A place taken while the socket had no connection to accept yet.
+    held: Option<OwnedSemaphorePermit>,
+    open: Gauge,
 }
 
 impl GuardedListener {
-    /// Binds a TCP listener; `timeout` is `request_timeout`.
-    pub async fn bind(addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<Self> {
-        Ok(Self::new(TcpListener::bind(addr).await?, timeout))
+    /// Binds a TCP listener; `timeout` is `request_timeout`,
+    /// `max_connections` the most connections open at once.
+    pub async fn bind(
+        addr: impl ToSocketAddrs,
+        timeout: Duration,
+        max_connections: usize,
+    ) -> io::Result<Self> {
+        Ok(Self::new(
+            TcpListener::bind(addr).await?,
+            timeout,
+            max_connections,
+        ))
     }
 
     /// Guards the connections of a bound listener.
-    pub fn new(listener: TcpListener, timeout: Duration) -> Self {
-        Self { listener, timeout }
+    pub fn new(listener: TcpListener, timeout: Duration, max_connections: usize) -> Self {
+        Self {
+            listener,
+            timeout,
+            places: PollSemaphore::new(Arc::new(Semaphore::new(max_connections))),
+            held: None,
+            open: ferry_core::metrics::http_connections(),
+        }
     }
 
     /// The address the listener is bound to.
@@ -123,8 +154,43 @@ impl Listener for GuardedListener {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Self::Connection>> {
-        let (stream, peer) = ready!(self.listener.poll_accept(cx))?;
-        Poll::Ready(Ok(GuardedConnection::new(stream, Some(peer), self.timeout)))
+        let this = self.get_mut();
+        let place = match this.held.take() {
+            Some(place) => place,
+            // The semaphore is never closed.
+            None => ready!(this.places.poll_acquire(cx)).expect("the places are never closed"),
+        };
+        match this.listener.poll_accept(cx) {
+            Poll::Ready(Ok((stream, peer))) => {
+                this.open.increment(1.0);
+                let place = Place {
+                    _permit: place,
+                    open: this.open.clone(),
+                };
+                let connection = GuardedConnection::new(stream, Some(peer), this.timeout);
+                Poll::Ready(Ok(connection.holding(place)))
+            }
+            Poll::Ready(Err(e)) => {
+                this.held = Some(place);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                this.held = Some(place);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// One of `max_connections`, held by an open connection: dropped with it.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
     }
 }
 
@@ -169,6 +235,8 @@ pub struct GuardedConnection<S = TcpStream> {
     answer: Vec<u8>,
     answered: usize,
     shut_down: bool,
+    /// The listener's place this connection holds, freed when it is dropped.
+    place: Option<Place>,
 }
 
 /// Where the read side stands.
@@ -630,7 +698,13 @@ impl<S> GuardedConnection<S> {
             answer: Vec::new(),
             answered: 0,
             shut_down: false,
+            place: None,
         }
+    }
+
+    fn holding(mut self, place: Place) -> Self {
+        self.place = Some(place);
+        self
     }
 
     fn buffered(&self) -> usize {

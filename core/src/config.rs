@@ -33,6 +33,13 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_RECEIVE_LIMIT: usize = 128;
 /// The largest `receive_limit` accepted.
 pub const MAX_RECEIVE_LIMIT: usize = 1 << 20;
+/// Client connections one api holds open at once, at most, by default:
+/// room for a thousand waiters (long polls, event streams) or producers,
+/// while the memory their buffers and requests take stays bounded (tens
+/// of KiB each with a request in flight: about 50 MiB at the limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The largest `max_connections` accepted.
+pub const MAX_MAX_CONNECTIONS: usize = 1 << 20;
 /// Default retention of final tasks: 7 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Default age after which a confirmed, unclaimed task's message may be
@@ -107,6 +114,9 @@ pub struct Config {
     /// `/receive` requests of one api that may wait for the database at
     /// once; past it `/receive` answers `503 overloaded` at once.
     pub receive_limit: usize,
+    /// Client connections one api holds open at once; past it new ones
+    /// wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
     /// How long a claimed task is held before another worker may take it over.
     pub lease: Duration,
     /// How often the relay looks for tasks the broker never received.
@@ -149,6 +159,7 @@ impl Default for Config {
             exec_concurrency: default_exec_concurrency(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             receive_limit: DEFAULT_RECEIVE_LIMIT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             lease: Duration::from_secs(30),
             relay_interval: Duration::from_secs(2),
             republish_after: DEFAULT_REPUBLISH_AFTER,
@@ -199,6 +210,8 @@ pub(crate) struct Layer {
     pub(crate) max_body_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) receive_limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections: Option<usize>,
     #[serde(
         default,
         with = "humantime_serde",
@@ -287,6 +300,9 @@ impl Layer {
             receive_limit: var("FERRY_RECEIVE_LIMIT")
                 .map(|v| parse("FERRY_RECEIVE_LIMIT", &v))
                 .transpose()?,
+            max_connections: var("FERRY_MAX_CONNECTIONS")
+                .map(|v| parse("FERRY_MAX_CONNECTIONS", &v))
+                .transpose()?,
             lease: duration("FERRY_LEASE")?,
             relay_interval: duration("FERRY_RELAY_INTERVAL")?,
             republish_after: duration("FERRY_REPUBLISH_AFTER")?,
@@ -325,6 +341,7 @@ impl Layer {
             exec_concurrency,
             max_body_bytes,
             receive_limit,
+            max_connections,
             lease,
             relay_interval,
             republish_after,
@@ -529,6 +546,12 @@ impl Config {
                 format!("must be between 1 and {MAX_RECEIVE_LIMIT}"),
             ));
         }
+        if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
+            return Err(ConfigError::new(
+                "max_connections",
+                format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+            ));
+        }
         if self.relay_interval < Duration::from_millis(10) {
             return Err(ConfigError::new("relay_interval", "must be at least 10ms"));
         }
@@ -573,6 +596,7 @@ impl Config {
             exec_concurrency: self.exec_concurrency as u64,
             max_body_bytes: self.max_body_bytes,
             receive_limit: self.receive_limit as u64,
+            max_connections: self.max_connections as u64,
             lease: duration(self.lease),
             relay_interval: duration(self.relay_interval),
             republish_after: duration(self.republish_after),
@@ -636,6 +660,7 @@ struct Effective<'a> {
     exec_concurrency: u64,
     max_body_bytes: u64,
     receive_limit: u64,
+    max_connections: u64,
     lease: String,
     relay_interval: String,
     republish_after: String,
@@ -907,6 +932,7 @@ mod tests {
             ("database_url = \"mysql://x\"", "database_url"),
             ("concurrency = 0", "concurrency"),
             ("receive_limit = 0", "receive_limit"),
+            ("max_connections = 0", "max_connections"),
             ("concurrency = 70000", "concurrency"),
             ("exec_concurrency = 0", "exec_concurrency"),
             ("exec_concurrency = 70000", "exec_concurrency"),

@@ -66,6 +66,9 @@ pub const BATCH_SIZE: &str = "ferry_batch_size";
 /// Gauge: `/receive` requests admitted and waiting for the database (at
 /// most `receive_limit`); past it they are refused as `503 overloaded`.
 pub const RECEIVE_WAITING: &str = "ferry_receive_waiting";
+/// Gauge: client connections the api holds open (at most
+/// `max_connections`).
+pub const HTTP_CONNECTIONS: &str = "ferry_http_connections";
 
 /// Seconds: attempts run from milliseconds to the default 10-minute timeout.
 const ATTEMPT_BUCKETS: &[f64] = &[
@@ -195,6 +198,10 @@ fn describe() {
     describe_gauge!(
         RECEIVE_WAITING,
         "/receive requests admitted and waiting for the database (at most receive_limit)."
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Client connections the API holds open (at most max_connections)."
     );
 }
 
@@ -387,6 +394,11 @@ pub fn set_dead_letter_depth(messages: u32) {
 /// The [`RECEIVE_WAITING`] gauge.
 pub fn receive_waiting() -> Gauge {
     metrics::gauge!(RECEIVE_WAITING)
+}
+
+/// The [`HTTP_CONNECTIONS`] gauge.
+pub fn http_connections() -> Gauge {
+    metrics::gauge!(HTTP_CONNECTIONS)
 }
 
 /// A [`BATCH_SIZE`] histogram of the batcher `name`.

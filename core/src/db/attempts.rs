@@ -54,13 +54,16 @@ macro_rules! owed_again {
 
 /// Those of `$ids` that went back to `retrying` although a client asked to
 /// cancel them while they ran: they become `cancelled` instead (the attempt
-/// ended before the cancel reached its worker).
+/// ended before the cancel reached its worker). `$retrying` is
+/// [`status_in`] of `retrying`: a bound status lets SQLite, which has no
+/// statistics, read every retrying task from `tasks_by_status` instead of
+/// the ids from the primary key, a scan as long as the backlog.
 macro_rules! cancel_requested_retries {
-    ($t:ident, $ids:expr, $now:expr) => {
+    ($t:ident, $ids:expr, $retrying:expr, $now:expr) => {
         diesel::update(
             $t::tasks
                 .filter($t::id.eq_any($ids))
-                .filter($t::status.eq(TaskStatus::Retrying))
+                .filter($retrying)
                 .filter($t::cancel_requested_at.is_not_null()),
         )
         .set((
@@ -68,6 +71,18 @@ macro_rules! cancel_requested_retries {
             $t::finished_at.eq($now),
             $t::run_after.eq(None::<DateTime<Utc>>),
         ))
+    };
+}
+
+/// The tasks of `$ids` a claim takes: claimable (`$claimable`, [`status_in`]
+/// of [`TaskStatus::CLAIMABLE`], for the reason given at
+/// `cancel_requested_retries!`) and due.
+macro_rules! claimable_by_id {
+    ($t:ident, $ids:expr, $claimable:expr, $now:expr) => {
+        $t::tasks
+            .filter($t::id.eq_any($ids))
+            .filter($claimable)
+            .filter($t::run_after.is_null().or($t::run_after.le($now)))
     };
 }
 
@@ -135,27 +150,23 @@ impl Db {
                 // One statement claims the batch, first attempts' start
                 // included; PostgreSQL locks the rows in index order, so
                 // concurrent batches cannot deadlock.
-                let claimed = diesel::update(
-                    t::tasks
-                        .filter(t::id.eq_any(ids))
-                        .filter(t::status.eq_any(TaskStatus::CLAIMABLE))
-                        .filter(t::run_after.is_null().or(t::run_after.le(now))),
-                )
-                .set((
-                    t::status.eq(TaskStatus::Running),
-                    t::attempts.eq(t::attempts + 1),
-                    t::worker.eq(worker),
-                    t::lease_expires_at.eq(lease_until),
-                    t::updated_at.eq(now),
-                    // When the first attempt started.
-                    t::started_at.eq(case_when::<_, _, SqlTypeOf<t::started_at>>(
-                        t::started_at.is_null(),
-                        now,
-                    )
-                    .otherwise(t::started_at)),
-                ))
-                .returning((t::id, t::attempts, t::max_attempts, t::event_type, t::event))
-                .get_results::<(TaskId, i32, i32, String, Value)>(conn)?;
+                let claimable = status_in(&*conn, &TaskStatus::CLAIMABLE);
+                let claimed = diesel::update(claimable_by_id!(t, ids, claimable, now))
+                    .set((
+                        t::status.eq(TaskStatus::Running),
+                        t::attempts.eq(t::attempts + 1),
+                        t::worker.eq(worker),
+                        t::lease_expires_at.eq(lease_until),
+                        t::updated_at.eq(now),
+                        // When the first attempt started.
+                        t::started_at.eq(case_when::<_, _, SqlTypeOf<t::started_at>>(
+                            t::started_at.is_null(),
+                            now,
+                        )
+                        .otherwise(t::started_at)),
+                    ))
+                    .returning((t::id, t::attempts, t::max_attempts, t::event_type, t::event))
+                    .get_results::<(TaskId, i32, i32, String, Value)>(conn)?;
                 if claimed.is_empty() {
                     return Ok(vec![None; ids.len()]);
                 }
@@ -270,7 +281,8 @@ impl Db {
                     .map(|((attempt, _), _)| attempt.task)
                     .collect();
                 if !retried.is_empty() {
-                    cancel_requested_retries!(t, &retried, now).execute(conn)?;
+                    let retrying = status_in(&*conn, &[TaskStatus::Retrying]);
+                    cancel_requested_retries!(t, &retried, retrying, now).execute(conn)?;
                 }
                 // A task's only unfinished attempt row is the one that just
                 // ended (a lost attempt's row is closed when it is taken back).
@@ -323,7 +335,8 @@ impl Db {
                     .returning((t::id, t::attempts))
                     .get_results::<AttemptRef>(conn)?;
                 let retried_ids: Vec<TaskId> = retried.iter().map(|a| a.task).collect();
-                cancel_requested_retries!(t, &retried_ids, now).execute(conn)?;
+                let retrying = status_in(&*conn, &[TaskStatus::Retrying]);
+                cancel_requested_retries!(t, &retried_ids, retrying, now).execute(conn)?;
                 for attempt in retried.iter().chain(&failed) {
                     diesel::update(
                         a::task_attempts

@@ -16,7 +16,7 @@ use super::dialect::{count_confirmed, status_in};
 use super::outbox::LostWindow;
 use super::retention::FINAL;
 use super::{Db, DbResult, LostBound};
-use crate::task::TaskStatus;
+use crate::task::{TaskId, TaskStatus};
 
 /// `EXPLAIN` (PostgreSQL) or `EXPLAIN QUERY PLAN` (SQLite) of a query,
 /// with its parameters bound.
@@ -142,6 +142,40 @@ impl Db {
                 (
                     "delete_finished_before",
                     conn.plan(expired_finals!(t, finals, cutoff, 1000_i64))?,
+                ),
+            ])
+        })
+    }
+
+    /// The plan of each statement that takes a batch of tasks by id and
+    /// checks their status (`ids`, as many as a batch holds): none may read
+    /// every task of that status, however long the backlog in it. Named `claim_many`, `cancel_requested_retries` and
+    /// `delete_finished_before (by id)`.
+    #[doc(hidden)]
+    pub fn by_id_plans(&self, ids: &[TaskId]) -> DbResult<Vec<(&'static str, String)>> {
+        let now = Utc::now();
+        // The default retention's.
+        let cutoff: DateTime<Utc> = now - chrono::Duration::days(7);
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            let claimable = status_in(&*conn, &TaskStatus::CLAIMABLE);
+            let retrying = status_in(&*conn, &[TaskStatus::Retrying]);
+            let finals = status_in(&*conn, &FINAL);
+            Ok(vec![
+                (
+                    "claim_many",
+                    conn.plan(
+                        diesel::update(claimable_by_id!(t, ids, claimable, now))
+                            .set(t::status.eq(TaskStatus::Running)),
+                    )?,
+                ),
+                (
+                    "cancel_requested_retries",
+                    conn.plan(cancel_requested_retries!(t, ids, retrying, now))?,
+                ),
+                (
+                    "delete_finished_before (by id)",
+                    conn.plan(diesel::delete(finals_by_id!(t, ids, finals, cutoff)))?,
                 ),
             ])
         })

@@ -32,6 +32,19 @@ macro_rules! expired_finals {
     };
 }
 
+/// Those of `$ids` still final and finished before `$cutoff`: what the
+/// delete takes. `$finals` is [`status_in`] of [`FINAL`], so that SQLite
+/// reads the ids from the primary key rather than every final task from
+/// `tasks_by_status`.
+macro_rules! finals_by_id {
+    ($t:ident, $ids:expr, $finals:expr, $cutoff:expr) => {
+        $t::tasks
+            .filter($t::id.eq_any($ids))
+            .filter($finals)
+            .filter($t::finished_at.lt($cutoff))
+    };
+}
+
 impl Db {
     /// Deletes up to `limit` final tasks (succeeded, failed, cancelled) that
     /// finished before `cutoff`, with their attempts; returns how many tasks
@@ -41,20 +54,15 @@ impl Db {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                let finals = status_in(conn, &FINAL);
+                let [finals, again] = [(); 2].map(|()| status_in(&*conn, &FINAL));
                 let ids: Vec<TaskId> = expired_finals!(t, finals, cutoff, limit).load(conn)?;
                 if ids.is_empty() {
                     return Ok(0);
                 }
                 // The conditions again: a task retried meanwhile is kept.
-                let deleted: Vec<TaskId> = diesel::delete(
-                    t::tasks
-                        .filter(t::id.eq_any(&ids))
-                        .filter(t::status.eq_any(FINAL))
-                        .filter(t::finished_at.lt(cutoff)),
-                )
-                .returning(t::id)
-                .get_results(conn)?;
+                let deleted: Vec<TaskId> = diesel::delete(finals_by_id!(t, &ids, again, cutoff))
+                    .returning(t::id)
+                    .get_results(conn)?;
                 // The foreign key cascades on both backends (SQLite's
                 // connections turn `foreign_keys` on); this does not depend
                 // on it.
