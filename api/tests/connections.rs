@@ -8,8 +8,11 @@
 use std::time::Duration;
 
 use ferry_testkit::{Layout, Stack};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use raw_http::{read_response, Raw};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+mod raw_http;
 
 /// Places of the api under test.
 const MAX_CONNECTIONS: usize = 2;
@@ -22,7 +25,7 @@ const DONE: Duration = Duration::from_secs(60);
 /// A keep-alive connection that sent one request.
 struct Client {
     stream: TcpStream,
-    read: Vec<u8>,
+    buf: Vec<u8>,
 }
 
 impl Client {
@@ -34,42 +37,14 @@ impl Client {
             .expect("write the request");
         Client {
             stream,
-            read: Vec::new(),
+            buf: Vec::new(),
         }
     }
 
-    /// The whole response (head and `Content-Length` body), or `None` if
-    /// it is not complete within `limit`.
-    async fn response(&mut self, limit: Duration) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(text) = complete(&self.read) {
-                return Some(text);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
-                .await
-                .ok()?
-                .expect("read the response");
-            assert!(n > 0, "the api closed the connection");
-            self.read.extend_from_slice(&chunk[..n]);
-        }
+    /// The next response, or `None` if it is not whole within `limit`.
+    async fn response(&mut self, limit: Duration) -> Option<Raw> {
+        read_response(&mut self.stream, &mut self.buf, limit).await
     }
-}
-
-/// A complete response in `bytes`, if there is one.
-fn complete(bytes: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    (body.len() >= length).then(|| text.to_string())
 }
 
 fn get(path: &str) -> String {
@@ -89,10 +64,6 @@ fn receive(id: &str) -> String {
     )
 }
 
-fn status_of(response: &str) -> &str {
-    response.split(' ').nth(1).unwrap_or("")
-}
-
 async fn limits_open_connections(stack: &Stack) {
     let addr = stack.api.base.trim_start_matches("http://").to_string();
     // Open connections until one is not served: the testkit's own client
@@ -103,7 +74,7 @@ async fn limits_open_connections(stack: &Stack) {
         let mut client = Client::send(&addr, &get("/health")).await;
         match client.response(UNSERVED_FOR).await {
             Some(response) => {
-                assert_eq!(status_of(&response), "200", "{response}");
+                assert_eq!(response.status, 200, "{response:?}");
                 held.push(client);
                 assert!(
                     held.len() <= MAX_CONNECTIONS,
@@ -121,18 +92,16 @@ async fn limits_open_connections(stack: &Stack) {
         .response(DONE)
         .await
         .expect("served once a place is free");
-    assert_eq!(status_of(&response), "200", "{response}");
+    assert_eq!(response.status, 200, "{response:?}");
     // It works as any connection: an event through it is stored and run.
     waiting
         .stream
         .write_all(receive("through-a-freed-place").as_bytes())
         .await
         .expect("write");
-    waiting.read.clear();
     let accepted = waiting.response(DONE).await.expect("an answer");
-    assert_eq!(status_of(&accepted), "202", "{accepted}");
-    let body = accepted.split_once("\r\n\r\n").expect("a body").1;
-    let id = serde_json::from_str::<serde_json::Value>(body).expect("JSON")["id"]
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let id = accepted.json()["id"]
         .as_str()
         .expect("a task id")
         .to_string();
@@ -140,8 +109,8 @@ async fn limits_open_connections(stack: &Stack) {
     drop(waiting);
     drop(held);
     let mut metrics = Client::send(&addr, &get("/metrics")).await;
-    let text = metrics.response(DONE).await.expect("the metrics");
-    let open: f64 = text
+    let text = metrics.response(DONE).await.expect("the metrics").body;
+    let open: f64 = String::from_utf8_lossy(&text)
         .lines()
         .find_map(|l| l.strip_prefix("ferry_http_connections "))
         .expect("ferry_http_connections in /metrics")

@@ -6,9 +6,12 @@
 use std::time::Duration;
 
 use ferry_testkit::{Api, Deployment};
+use raw_http::{parse_response, read_response, Raw};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod raw_http;
 
 /// The API's `request_timeout` in these tests.
 const LIMIT: &str = "2s";
@@ -25,103 +28,9 @@ fn addr(api: &Api) -> String {
     api.base.trim_start_matches("http://").to_string()
 }
 
-/// One response read off a raw connection.
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {}: body is not JSON ({e}): {:?}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    /// Checks Ferry's error shape: JSON `{"error": code, "message": …}`.
-    fn assert_error(&self, status: u16, code: &str) -> String {
-        assert_eq!(self.status, status, "{self:?}");
-        assert!(
-            self.header("content-type")
-                .is_some_and(|v| v.starts_with("application/json")),
-            "{self:?}"
-        );
-        let body = self.json();
-        assert_eq!(body["error"], code, "{body}");
-        let message = body["message"].as_str().unwrap_or_default().to_string();
-        assert!(!message.is_empty(), "{body}");
-        message
-    }
-}
-
-/// Parses one response at the start of `bytes`: the response and its length,
-/// or `None` while it is incomplete.
-fn parse_response(bytes: &[u8]) -> Option<(Raw, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(bytes).expect("a valid response head") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return None,
-    };
-    let headers: Vec<(String, String)> = response
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse().expect("a numeric content-length"));
-    let end = head_len + length;
-    (bytes.len() >= end).then(|| {
-        (
-            Raw {
-                status: response.code.expect("a status"),
-                headers,
-                body: bytes[head_len..end].to_vec(),
-            },
-            end,
-        )
-    })
-}
-
 /// Reads the next response from `stream`; `buf` keeps what follows it.
 async fn next_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Raw {
-    let read = async {
-        loop {
-            if let Some((raw, len)) = parse_response(buf) {
-                buf.drain(..len);
-                return raw;
-            }
-            let mut chunk = [0; 16 * 1024];
-            let n = stream.read(&mut chunk).await.expect("read a response");
-            assert!(
-                n > 0,
-                "connection closed mid-response: {:?}",
-                String::from_utf8_lossy(buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(PATIENCE, read)
+    read_response(stream, buf, PATIENCE)
         .await
         .expect("a response in time")
 }
