@@ -89,6 +89,7 @@ mod outbox;
 pub mod pool;
 #[macro_use]
 mod retention;
+mod busy;
 mod plans;
 mod status;
 mod submit;
@@ -103,16 +104,16 @@ struct SqlitePragmas;
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        // WAL lets the API read while workers write; busy_timeout makes
-        // writers from several processes queue instead of failing. Each
-        // pooled connection keeps its own page cache on top of the kernel's:
-        // 1 MiB each (SQLite's default is 2 MiB) keeps a pool's memory small,
-        // and the task lookups are by primary key, which need few pages.
-        // busy_timeout comes first: switching to WAL takes a lock, and a
-        // connection opened while another process writes must wait for it,
-        // not fail with "database is locked".
+        // WAL lets the API read while workers write; the busy handler
+        // (`busy`, installed as the connection opened; no `busy_timeout`
+        // here, which would replace it) makes writers from several
+        // processes queue instead of failing, switching to WAL included.
+        // Each pooled connection keeps its own page cache on top of the
+        // kernel's: 1 MiB each (SQLite's default is 2 MiB) keeps a pool's
+        // memory small, and the task lookups are by primary key, which need
+        // few pages.
         conn.batch_execute(
-            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+            "PRAGMA journal_mode = WAL; \
              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA cache_size = -1024;",
         )
@@ -161,6 +162,7 @@ impl Db {
                 .connection_timeout(Duration::from_secs(5))
         }
         let pool = if let Some(path) = url.strip_prefix("sqlite://") {
+            busy::install();
             Pool::Sqlite(
                 builder(pool_size)
                     .connection_customizer(Box::new(SqlitePragmas))
