@@ -103,7 +103,7 @@ pub enum ErrorCode {
     DatabaseUnavailable,
     /// 503: `GET /ready`: the database or the broker does not answer.
     NotReady,
-    /// 503: `/receive` has `receive_limit` requests waiting already.
+    /// 503: `/receive` has the limit in force of requests waiting already.
     Overloaded,
     /// 400: a request Rocket itself refuses.
     BadRequest,

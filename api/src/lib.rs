@@ -3,6 +3,7 @@
 //! `POST /tasks/<id>/cancel` and `/retry` steer it. Built by [`rocket`] so
 //! tests and `main` assemble the same application.
 
+pub mod admission;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
@@ -16,7 +17,8 @@ pub mod routes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::metrics::Gauge;
+use admission::Admission;
+pub use admission::Admitted;
 use anyhow::Context as _;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
@@ -30,7 +32,6 @@ use ferry_core::{relay, runtime, Config, Db, TaskId};
 use listener::GuardedListener;
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -75,10 +76,9 @@ pub struct AppState {
     pub task_metrics: TaskMetrics,
     /// Publishes under way, off the request path: shutdown waits for them.
     publishing: TaskTracker,
-    /// `/receive` requests waiting for the database: at most `receive_limit`.
-    admission: Arc<Semaphore>,
-    /// How many hold a place now.
-    waiting: Gauge,
+    /// `/receive` requests waiting for the database: at most the limit
+    /// in force, which follows their commits' latency up to `receive_limit`.
+    admission: Arc<Admission>,
 }
 
 impl AppState {
@@ -122,7 +122,7 @@ impl AppState {
                 .collect()
             },
         );
-        let admission = Arc::new(Semaphore::new(config.receive_limit));
+        let admission = Admission::new(config.receive_limit, config.receive_latency_target);
         let view_db = db.clone();
         let views = Batcher::spawn("status", READ_BATCH, move |ids: Vec<TaskId>| {
             DbError::isolate("status", &ids, |ids| view_db.task_views(ids))
@@ -141,7 +141,6 @@ impl AppState {
             views,
             publishing: TaskTracker::new(),
             admission,
-            waiting: ferry_core::metrics::receive_waiting(),
         }
     }
 
@@ -155,16 +154,16 @@ impl AppState {
     }
 
     /// A place among the `/receive` requests that may wait for the
-    /// database, held until dropped; `None` when all `receive_limit` are
+    /// database, held until dropped; `None` when the limit in force is
     /// taken. Refusing at once keeps the wait of those admitted short and
-    /// the memory of an overloaded api flat.
+    /// the memory of an overloaded api flat (see [`admission`]).
     pub fn admit(&self) -> Option<Admitted> {
-        let permit = self.admission.clone().try_acquire_owned().ok()?;
-        self.waiting.increment(1);
-        Some(Admitted {
-            _permit: permit,
-            waiting: self.waiting.clone(),
-        })
+        self.admission.admit()
+    }
+
+    /// How many `/receive` requests may wait for the database now.
+    pub fn receive_limit(&self) -> usize {
+        self.admission.limit()
     }
 
     /// Stores one request's tasks, committed together with those of other
@@ -218,20 +217,6 @@ impl AppState {
                 }
             }
         }
-    }
-}
-
-/// A `/receive` request's place among those waiting for the database
-/// ([`AppState::admit`]), given back when dropped.
-#[derive(Debug)]
-pub struct Admitted {
-    _permit: OwnedSemaphorePermit,
-    waiting: Gauge,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.waiting.decrement(1);
     }
 }
 

@@ -420,23 +420,33 @@ fn rss_mib(pid: i32) -> Option<f64> {
 struct RssSampler {
     start_mib: Option<f64>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    sampler: tokio::task::JoinHandle<Option<f64>>,
+    sampler: tokio::task::JoinHandle<(Option<f64>, Vec<f64>)>,
 }
 
 impl RssSampler {
+    /// Samples every 50 ms; keeps the peak, and the peak of each second.
     fn start(pid: i32) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let start_mib = rss_mib(pid);
         let stopped = stop.clone();
         let sampler = tokio::spawn(async move {
             let mut peak = start_mib;
+            let mut seconds = Vec::new();
+            let mut second: Option<f64> = None;
+            let mut slice = std::time::Instant::now();
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Some(now) = rss_mib(pid) {
                     peak = Some(peak.map_or(now, |p| p.max(now)));
+                    second = Some(second.map_or(now, |p| p.max(now)));
+                }
+                if slice.elapsed() >= Duration::from_secs(1) {
+                    seconds.extend(second.take());
+                    slice = std::time::Instant::now();
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            peak
+            seconds.extend(second);
+            (peak, seconds)
         });
         Self {
             start_mib,
@@ -445,11 +455,11 @@ impl RssSampler {
         }
     }
 
-    /// `{"start_mib", "peak_mib"}`.
+    /// `{"start_mib", "peak_mib", "per_second_peak_mib"}`.
     async fn finish(self) -> Value {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let peak = self.sampler.await.ok().flatten();
-        json!({"start_mib": self.start_mib, "peak_mib": peak})
+        let (peak, seconds) = self.sampler.await.unwrap_or_default();
+        json!({"start_mib": self.start_mib, "peak_mib": peak, "per_second_peak_mib": seconds})
     }
 }
 

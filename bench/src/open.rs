@@ -37,6 +37,10 @@ pub struct OpenPlan {
     /// The api's `receive_limit` (unset: the api's default, 128).
     #[arg(long)]
     pub receive_limit: Option<usize>,
+    /// The api's `receive_latency_target` (unset: the api's default,
+    /// 20ms; `0` keeps the limit fixed at `receive_limit`).
+    #[arg(long)]
+    pub receive_latency_target: Option<String>,
     /// Requests the generator keeps on the wire at once at most, a bound
     /// of its own file descriptors (default 2048).
     #[arg(long)]
@@ -65,10 +69,13 @@ pub async fn run(
     bin_dir: &Path,
 ) -> anyhow::Result<Value> {
     let limit = plan.receive_limit.map(|l| l.to_string());
-    let env: Vec<(&str, &str)> = limit
+    let mut env: Vec<(&str, &str)> = limit
         .iter()
         .map(|l| ("FERRY_RECEIVE_LIMIT", l.as_str()))
         .collect();
+    if let Some(target) = &plan.receive_latency_target {
+        env.push(("FERRY_RECEIVE_LATENCY_TARGET", target.as_str()));
+    }
     let d = Deployment::start_with(args, backend, bin_dir, &env).await?;
     let db = Db::connect(&d.database_url, 2)?;
     let sockets = plan.sockets.unwrap_or(2048);
@@ -84,6 +91,7 @@ pub async fn run(
             .run_blocking(|db| db.count_with_status(TaskStatus::Succeeded))
             .await?;
         let rss = RssSampler::start(d.api.proc.pid());
+        let limits = LimitSampler::start(client.clone(), d.base.clone());
         let offered = offer(
             &client,
             &d.base,
@@ -112,6 +120,7 @@ pub async fn run(
         wait_succeeded(&db, before + accepted as i64, Duration::from_secs(600)).await?;
         let drained_after = drain.elapsed();
         let memory = rss.finish().await;
+        let limit = limits.finish().await;
         let done_ms = succeeded_latencies(&client, &d.base, &offered).await?;
         errors.sort();
         errors.dedup();
@@ -133,6 +142,7 @@ pub async fn run(
             "send_lag": summary(offered.send_lag_ms.clone()),
             "peak_in_flight": offered.peak_in_flight,
             "api_rss": memory,
+            "receive_limit_in_force": limit,
             "load_average": super::load_average(),
         }));
     }
@@ -140,23 +150,71 @@ pub async fn run(
         "backend": backend,
         "workers": args.workers,
         "receive_limit": plan.receive_limit.unwrap_or(ferry_core::config::DEFAULT_RECEIVE_LIMIT),
+        "receive_latency_target": plan.receive_latency_target.clone().unwrap_or_else(|| {
+            humantime::format_duration(ferry_core::config::DEFAULT_RECEIVE_LATENCY_TARGET)
+                .to_string()
+        }),
         "sockets": sockets,
         "rates": rows,
     }))
+}
+
+/// Reads the api's `ferry_receive_limit` gauge every 100 ms while a rate
+/// is offered and drained: the lowest, the last and each reading.
+struct LimitSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: tokio::task::JoinHandle<(Option<f64>, Option<f64>, Vec<f64>)>,
+}
+
+impl LimitSampler {
+    fn start(client: reqwest::Client, base: String) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let sampler = tokio::spawn(async move {
+            let (mut lowest, mut last, mut series) = (None::<f64>, None, Vec::new());
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(limit) = receive_limit(&client, &base).await {
+                    lowest = Some(lowest.map_or(limit, |l| l.min(limit)));
+                    last = Some(limit);
+                    series.push(limit);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (lowest, last, series)
+        });
+        Self { stop, sampler }
+    }
+
+    /// `{"lowest", "last", "every_100ms"}`.
+    async fn finish(self) -> Value {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (lowest, last, series) = self.sampler.await.unwrap_or_default();
+        json!({"lowest": lowest, "last": last, "every_100ms": series})
+    }
+}
+
+/// The api's `ferry_receive_limit` gauge.
+async fn receive_limit(client: &reqwest::Client, base: &str) -> Option<f64> {
+    let response = client.get(format!("{base}/metrics")).send().await.ok()?;
+    let text = response.text().await.ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("ferry_receive_limit "))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// Prints the overload rows.
 pub fn print(results: &Value) {
     for b in results.as_array().into_iter().flatten() {
         println!(
-            "\n== open-loop overload, {} ({} workers, receive_limit {}, generator bound {} sockets) ==",
+            "\n== open-loop overload, {} ({} workers, receive_limit {}, receive_latency_target {}, generator bound {} sockets) ==",
             b["backend"].as_str().unwrap_or("?"),
             b["workers"],
             b["receive_limit"],
+            b["receive_latency_target"].as_str().unwrap_or("?"),
             b["sockets"],
         );
         println!(
-            "{:>8} {:>7} {:>8} {:>7} {:>6} | {:>17} | {:>17} | {:>19} | {:>12} {:>9} | {:>14}",
+            "{:>8} {:>7} {:>8} {:>7} {:>6} | {:>17} | {:>17} | {:>19} | {:>12} {:>9} | {:>14} | {:>12}",
             "offer/s",
             "offered",
             "accepted",
@@ -168,10 +226,11 @@ pub fn print(results: &Value) {
             "lag p99 ms",
             "in flight",
             "api RSS MiB",
+            "limit low",
         );
         for r in b["rates"].as_array().into_iter().flatten() {
             println!(
-                "{:>8} {:>7} {:>8} {:>7} {:>6} | {:>17} | {:>17} | {:>19} | {:>12} {:>9} | {:>14}",
+                "{:>8} {:>7} {:>8} {:>7} {:>6} | {:>17} | {:>17} | {:>19} | {:>12} {:>9} | {:>14} | {:>12}",
                 r["rate_per_s"].to_string(),
                 r["offered"].to_string(),
                 r["accepted"].to_string(),
@@ -199,6 +258,7 @@ pub fn print(results: &Value) {
                     fmt(&r["api_rss"]["start_mib"]),
                     fmt(&r["api_rss"]["peak_mib"])
                 ),
+                fmt(&r["receive_limit_in_force"]["lowest"]),
             );
             for e in r["error_examples"].as_array().into_iter().flatten() {
                 println!("         error: {}", e.as_str().unwrap_or("?"));

@@ -64,11 +64,17 @@ pub const HTTP_DURATION: &str = "ferry_http_request_duration_seconds";
 /// Histogram: requests in one group commit, by `batcher`.
 pub const BATCH_SIZE: &str = "ferry_batch_size";
 /// Gauge: `/receive` requests admitted and waiting for the database (at
-/// most `receive_limit`); past it they are refused as `503 overloaded`.
+/// most [`RECEIVE_LIMIT`]); past it they are refused as `503 overloaded`.
 pub const RECEIVE_WAITING: &str = "ferry_receive_waiting";
+/// Gauge: the limit in force on [`RECEIVE_WAITING`]: `receive_limit`, or
+/// less while commits take longer than `receive_latency_target`.
+pub const RECEIVE_LIMIT: &str = "ferry_receive_limit";
 /// Gauge: client connections the api holds open (at most
 /// `max_connections`).
 pub const HTTP_CONNECTIONS: &str = "ferry_http_connections";
+/// Counter: connections the api answered `503 overloaded` without reading
+/// their request, because `max_connections` were open.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "ferry_http_connections_refused_total";
 
 /// Seconds: attempts run from milliseconds to the default 10-minute timeout.
 const ATTEMPT_BUCKETS: &[f64] = &[
@@ -197,11 +203,19 @@ fn describe() {
     describe_histogram!(BATCH_SIZE, "Requests in one group commit, by batcher.");
     describe_gauge!(
         RECEIVE_WAITING,
-        "/receive requests admitted and waiting for the database (at most receive_limit)."
+        "/receive requests admitted and waiting for the database (at most ferry_receive_limit)."
+    );
+    describe_gauge!(
+        RECEIVE_LIMIT,
+        "/receive requests that may wait for the database now: receive_limit, less while commits are slower than receive_latency_target."
     );
     describe_gauge!(
         HTTP_CONNECTIONS,
         "Client connections the API holds open (at most max_connections)."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "Connections answered 503 overloaded unread, max_connections being open."
     );
 }
 
@@ -396,9 +410,19 @@ pub fn receive_waiting() -> Gauge {
     metrics::gauge!(RECEIVE_WAITING)
 }
 
+/// The [`RECEIVE_LIMIT`] gauge.
+pub fn receive_limit() -> Gauge {
+    metrics::gauge!(RECEIVE_LIMIT)
+}
+
 /// The [`HTTP_CONNECTIONS`] gauge.
 pub fn http_connections() -> Gauge {
     metrics::gauge!(HTTP_CONNECTIONS)
+}
+
+/// The [`HTTP_CONNECTIONS_REFUSED`] counter.
+pub fn http_connections_refused() -> Counter {
+    metrics::counter!(HTTP_CONNECTIONS_REFUSED)
 }
 
 /// A [`BATCH_SIZE`] histogram of the batcher `name`.

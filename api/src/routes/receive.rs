@@ -218,8 +218,9 @@ fn task_json(stored: &Stored) -> Value {
         (status = 422, description = "`invalid_event`: not an event Ferry can store; \
             `unrouted_event`: no route for its type; `idempotency_key_reused`: the key is held by \
             a task with another event (`task` names it)", body = crate::openapi::bodies::ErrorBody),
-        (status = 503, description = "`overloaded`: `receive_limit` requests already wait for \
-            the database; nothing was stored, retry after `Retry-After` seconds",
+        (status = 503, description = "`overloaded`: as many requests as the limit in force \
+            already wait for the database (`receive_limit`, or fewer while commits are slower \
+            than `receive_latency_target`); nothing was stored, retry after `Retry-After` seconds",
             headers(("Retry-After" = i64, description = "Seconds to wait: 1 for `overloaded`, \
                 5 for `database_unavailable`.")),
             body = crate::openapi::bodies::ErrorBody),
@@ -264,7 +265,7 @@ async fn receive(
             ErrorCode::Overloaded,
             format!(
                 "{} requests are already waiting for the database; retry after a second",
-                state.config.receive_limit
+                state.receive_limit()
             ),
         ));
     };
