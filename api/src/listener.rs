@@ -56,7 +56,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
-use metrics::Gauge;
+use metrics::{Counter, Gauge};
 use rocket::http::hyper::{Method, Uri};
 use rocket::http::private::{Connection, Listener, TcpListener};
 use rocket::http::Status;
@@ -95,20 +95,39 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Rocket serves on.
 ///
 /// At most `max_connections` are open at once: each holds a place until
-/// it is dropped, and while none is free the listener accepts nothing, so
-/// new connections wait in the kernel's accept queue (and past it, their
-/// handshakes are retried by the client's kernel). Memory then stays
-/// bounded by the limit, whatever the number of producers or their rate;
-/// each open connection costs tens of KiB once a request is in flight.
-/// `request_timeout` frees the places of idle and stalled connections.
+/// it is dropped. While none is free, a new connection is still accepted,
+/// but it is answered `503 overloaded` with `Retry-After: 1` without its
+/// request being read, and closed ([`REFUSING`] such answers at once at
+/// most; past that the listener accepts nothing until a place or a
+/// refusal is free, and connections wait in the kernel's accept queue).
+/// Memory then stays bounded by the limit, whatever the number of
+/// producers or their rate; each open connection costs tens of KiB once a
+/// request is in flight. `request_timeout` frees the places of idle and
+/// stalled connections.
 #[derive(Debug)]
 pub struct GuardedListener {
     listener: TcpListener,
     timeout: Duration,
+    max_connections: usize,
     places: PollSemaphore,
-    /// A place taken while the socket had no connection to accept yet.
-    held: Option<OwnedSemaphorePermit>,
+    refusals: PollSemaphore,
+    /// A place or a refusal taken while the socket had no connection to
+    /// accept yet.
+    held: Option<Held>,
     open: Gauge,
+    refused: Counter,
+}
+
+/// Connections past `max_connections` being answered `503 overloaded` at
+/// once, at most. Each lasts as long as the client takes to read a few
+/// hundred bytes and close ([`LINGER`] at most).
+pub const REFUSING: usize = 64;
+
+/// What the next accepted connection gets.
+#[derive(Debug)]
+enum Held {
+    Place(OwnedSemaphorePermit),
+    Refusal(OwnedSemaphorePermit),
 }
 
 impl GuardedListener {
@@ -131,10 +150,55 @@ impl GuardedListener {
         Self {
             listener,
             timeout,
+            max_connections,
             places: PollSemaphore::new(Arc::new(Semaphore::new(max_connections))),
+            refusals: PollSemaphore::new(Arc::new(Semaphore::new(REFUSING))),
             held: None,
             open: ferry_core::metrics::http_connections(),
+            refused: ferry_core::metrics::http_connections_refused(),
         }
+    }
+
+    /// A place if one is free; else what was held, or a refusal.
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Held> {
+        // The semaphores are never closed.
+        let held = match self.held.take() {
+            Some(Held::Place(place)) => return Poll::Ready(Held::Place(place)),
+            held => held,
+        };
+        if let Poll::Ready(place) = self.places.poll_acquire(cx) {
+            return Poll::Ready(Held::Place(place.expect("the places are never closed")));
+        }
+        if let Some(refusal) = held {
+            return Poll::Ready(refusal);
+        }
+        self.refusals
+            .poll_acquire(cx)
+            .map(|r| Held::Refusal(r.expect("the refusals are never closed")))
+    }
+
+    /// Answers a connection past `max_connections`, off the accept loop.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr, refusal: OwnedSemaphorePermit) {
+        self.refused.increment(1);
+        let mut connection = GuardedConnection::new(stream, Some(peer), self.timeout);
+        connection.close(Some(error_response(
+            ErrorCode::Overloaded,
+            &format!(
+                "the api holds {} connections already (max_connections); retry after a second",
+                self.max_connections
+            ),
+        )));
+        tokio::spawn(async move {
+            let _refusal = refusal;
+            // Reads write the answer, shut the socket down and linger; they
+            // end at end of file, within LINGER.
+            let mut sink = [0; 1024];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut connection, &mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
     }
 
     /// The address the listener is bound to.
@@ -155,28 +219,29 @@ impl Listener for GuardedListener {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Self::Connection>> {
         let this = self.get_mut();
-        let place = match this.held.take() {
-            Some(place) => place,
-            // The semaphore is never closed.
-            None => ready!(this.places.poll_acquire(cx)).expect("the places are never closed"),
-        };
-        match this.listener.poll_accept(cx) {
-            Poll::Ready(Ok((stream, peer))) => {
-                this.open.increment(1.0);
-                let place = Place {
-                    _permit: place,
-                    open: this.open.clone(),
-                };
-                let connection = GuardedConnection::new(stream, Some(peer), this.timeout);
-                Poll::Ready(Ok(connection.holding(place)))
-            }
-            Poll::Ready(Err(e)) => {
-                this.held = Some(place);
-                Poll::Ready(Err(e))
-            }
-            Poll::Pending => {
-                this.held = Some(place);
-                Poll::Pending
+        loop {
+            let held = ready!(this.poll_held(cx));
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, peer))) => match held {
+                    Held::Place(place) => {
+                        this.open.increment(1.0);
+                        let place = Place {
+                            _permit: place,
+                            open: this.open.clone(),
+                        };
+                        let connection = GuardedConnection::new(stream, Some(peer), this.timeout);
+                        return Poll::Ready(Ok(connection.holding(place)));
+                    }
+                    Held::Refusal(refusal) => this.refuse(stream, peer, refusal),
+                },
+                Poll::Ready(Err(e)) => {
+                    this.held = Some(held);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    this.held = Some(held);
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -607,9 +672,14 @@ fn error_response(code: ErrorCode, message: &str) -> Vec<u8> {
     let status = code.status().unwrap_or(Status::BadRequest);
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
+    let retry_after = if code == ErrorCode::Overloaded {
+        "retry-after: 1\r\n"
+    } else {
+        ""
+    };
     format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\nserver: Ferry\r\nx-content-type-options: nosniff\r\n\
+         connection: close\r\n{retry_after}server: Ferry\r\nx-content-type-options: nosniff\r\n\
          date: {date}\r\n\r\n{body}",
         status.code,
         status.reason_lossy(),

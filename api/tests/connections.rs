@@ -1,25 +1,23 @@
 //! `max_connections` over real sockets, on real processes: with the api's
-//! places all held by open connections, a new connection is not served (it
-//! waits in the kernel's accept queue) until one of them closes; then it
-//! is, and `/receive` goes on storing and running tasks through it. The
-//! `ferry_http_connections` gauge counts the open connections. On SQLite,
+//! places all held by open connections, a new connection is answered
+//! `503 overloaded` with `Retry-After: 1` at once, its request unread, and
+//! closed; once one of the open connections closes, a new one is served,
+//! and `/receive` goes on storing and running tasks through it. The
+//! `ferry_http_connections` gauge counts the open connections,
+//! `ferry_http_connections_refused_total` the refused ones. On SQLite,
 //! PostgreSQL and standalone.
 
 use std::time::Duration;
 
 use ferry_testkit::{Layout, Stack};
 use raw_http::{read_response, Raw};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod raw_http;
 
 /// Places of the api under test.
 const MAX_CONNECTIONS: usize = 2;
-/// How long a connection past the limit is watched for an answer it must
-/// not get. Longer only makes the test slower; an api that ignored the
-/// limit answers within milliseconds.
-const UNSERVED_FOR: Duration = Duration::from_secs(1);
 const DONE: Duration = Duration::from_secs(60);
 
 /// A keep-alive connection that sent one request.
@@ -47,6 +45,39 @@ impl Client {
     }
 }
 
+/// A new connection's `request`, sent again while the api refuses
+/// connections: a place comes back once the api has seen a close.
+async fn served(addr: &str, request: &str) -> (Client, Raw) {
+    let deadline = std::time::Instant::now() + DONE;
+    loop {
+        let mut client = Client::send(addr, request).await;
+        let response = client.response(DONE).await.expect("an answer");
+        if response.status != 503 {
+            assert_eq!(response.status, 200, "{response:?}");
+            return (client, response);
+        }
+        response.assert_error(503, "overloaded");
+        assert!(std::time::Instant::now() < deadline, "no place came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// After its answer, the api closes a refused connection: nothing more
+/// comes, then end of file.
+async fn assert_closed(client: &mut Client) {
+    assert!(
+        client.buf.is_empty(),
+        "more after the answer: {:?}",
+        client.buf
+    );
+    let mut rest = [0; 64];
+    let read = tokio::time::timeout(DONE, client.stream.read(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the refused connection is not closed: {read:?}"
+    );
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: ferry\r\n\r\n")
 }
@@ -66,33 +97,33 @@ fn receive(id: &str) -> String {
 
 async fn limits_open_connections(stack: &Stack) {
     let addr = stack.api.base.trim_start_matches("http://").to_string();
-    // Open connections until one is not served: the testkit's own client
+    // Open connections until one is refused: the testkit's own client
     // may hold a place with a kept-alive connection, so that happens at
     // the second or the third.
     let mut held = Vec::new();
-    let mut waiting = loop {
-        let mut client = Client::send(&addr, &get("/health")).await;
-        match client.response(UNSERVED_FOR).await {
-            Some(response) => {
-                assert_eq!(response.status, 200, "{response:?}");
-                held.push(client);
-                assert!(
-                    held.len() <= MAX_CONNECTIONS,
-                    "{} connections served at once; max_connections is {MAX_CONNECTIONS}",
-                    held.len()
-                );
-            }
-            None => break client,
+    let (mut refused, response) = loop {
+        let mut client = Client::send(&addr, &receive("past-the-limit")).await;
+        let response = client.response(DONE).await.expect("an answer");
+        if response.status == 503 {
+            break (client, response);
         }
+        assert_eq!(response.status, 202, "{response:?}");
+        held.push(client);
+        assert!(
+            held.len() <= MAX_CONNECTIONS,
+            "{} connections served at once; max_connections is {MAX_CONNECTIONS}",
+            held.len()
+        );
     };
     assert!(!held.is_empty(), "no connection was served");
-    // One closes: the waiting connection is accepted, and its request answered.
+    assert_closed(&mut refused).await;
+    let message = response.assert_error(503, "overloaded");
+    assert!(message.contains("max_connections"), "{message}");
+    assert_eq!(response.header("retry-after"), Some("1"), "{response:?}");
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+    // One closes: a new connection is served.
     drop(held.pop());
-    let response = waiting
-        .response(DONE)
-        .await
-        .expect("served once a place is free");
-    assert_eq!(response.status, 200, "{response:?}");
+    let (mut waiting, _) = served(&addr, &get("/health")).await;
     // It works as any connection: an event through it is stored and run.
     waiting
         .stream
@@ -108,8 +139,8 @@ async fn limits_open_connections(stack: &Stack) {
     // Free every place, then read the gauge and wait for the task.
     drop(waiting);
     drop(held);
-    let mut metrics = Client::send(&addr, &get("/metrics")).await;
-    let text = metrics.response(DONE).await.expect("the metrics").body;
+    let (metrics, response) = served(&addr, &get("/metrics")).await;
+    let text = response.body;
     let open: f64 = String::from_utf8_lossy(&text)
         .lines()
         .find_map(|l| l.strip_prefix("ferry_http_connections "))
@@ -120,6 +151,17 @@ async fn limits_open_connections(stack: &Stack) {
     assert!(
         (1.0..=MAX_CONNECTIONS as f64).contains(&open),
         "ferry_http_connections {open}"
+    );
+    let refused: f64 = String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_http_connections_refused_total "))
+        .expect("ferry_http_connections_refused_total in /metrics")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(
+        refused >= 1.0,
+        "ferry_http_connections_refused_total {refused}"
     );
     drop(metrics);
     stack.api.wait_for(&id, "succeeded", DONE).await;
@@ -133,21 +175,21 @@ async fn start(layout: Layout) -> Option<Stack> {
 }
 
 #[tokio::test]
-async fn max_connections_holds_new_ones_sqlite() {
+async fn max_connections_refuses_new_ones_sqlite() {
     if let Some(stack) = start(Layout::Sqlite).await {
         limits_open_connections(&stack).await;
     }
 }
 
 #[tokio::test]
-async fn max_connections_holds_new_ones_postgres() {
+async fn max_connections_refuses_new_ones_postgres() {
     if let Some(stack) = start(Layout::Postgres).await {
         limits_open_connections(&stack).await;
     }
 }
 
 #[tokio::test]
-async fn max_connections_holds_new_ones_standalone() {
+async fn max_connections_refuses_new_ones_standalone() {
     if let Some(stack) = start(Layout::Standalone).await {
         limits_open_connections(&stack).await;
     }
