@@ -62,6 +62,18 @@ async fn served(addr: &str, request: &str) -> (Client, Raw) {
     }
 }
 
+/// The value of the unlabelled series `name` in the text of `/metrics`.
+fn sample(metrics: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
 /// After its answer, the api closes a refused connection: nothing more
 /// comes, then end of file.
 async fn assert_closed(client: &mut Client) {
@@ -140,25 +152,13 @@ async fn limits_open_connections(stack: &Stack) {
     drop(waiting);
     drop(held);
     let (metrics, response) = served(&addr, &get("/metrics")).await;
-    let text = response.body;
-    let open: f64 = String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|l| l.strip_prefix("ferry_http_connections "))
-        .expect("ferry_http_connections in /metrics")
-        .trim()
-        .parse()
-        .expect("a number");
+    let text = String::from_utf8_lossy(&response.body).into_owned();
+    let open = sample(&text, "ferry_http_connections");
     assert!(
         (1.0..=MAX_CONNECTIONS as f64).contains(&open),
         "ferry_http_connections {open}"
     );
-    let refused: f64 = String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|l| l.strip_prefix("ferry_http_connections_refused_total "))
-        .expect("ferry_http_connections_refused_total in /metrics")
-        .trim()
-        .parse()
-        .expect("a number");
+    let refused = sample(&text, "ferry_http_connections_refused_total");
     assert!(
         refused >= 1.0,
         "ferry_http_connections_refused_total {refused}"

@@ -245,6 +245,18 @@ fn count(d: &Deployment, sql: &str) -> usize {
         .expect("a count")
 }
 
+/// The first sample at or after each tenth of `seconds`, as `api/worker`.
+fn tenths(memory: &[(f64, f64, f64)], seconds: u64) -> String {
+    (1..=10)
+        .filter_map(|k| {
+            let at = seconds as f64 * f64::from(k) / 10.0;
+            memory.iter().find(|(t, _, _)| *t >= at).or(memory.last())
+        })
+        .map(|(_, api, worker)| format!("{api:.0}/{worker:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rss(proc: &Proc) -> f64 {
     proc.rss_mib().unwrap_or(f64::NAN)
 }
@@ -288,6 +300,8 @@ async fn soak() {
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut memory_start = None;
+    // (seconds, api-0, worker-0) after each fault: how memory moved.
+    let mut memory = Vec::new();
     let mut faults: HashMap<Fault, usize> = HashMap::new();
     let mut purged = None;
     let purge_at = start + (end - start) / 3 + rng.millis(0, seconds * 1000 / 3 + 1);
@@ -334,6 +348,11 @@ async fn soak() {
             }
         }
         *faults.entry(fault).or_default() += 1;
+        memory.push((
+            start.elapsed().as_secs_f64(),
+            rss(&fleet.apis[0].proc),
+            rss(&fleet.workers[0]),
+        ));
     }
     stop.store(true, Ordering::Relaxed);
     producer.await.expect("the producer");
@@ -410,7 +429,7 @@ async fn soak() {
     let (api_start, worker_start) = memory_start.unwrap_or(memory_end);
     let other = sent.other.lock().unwrap().clone();
 
-    let rows: Vec<(String, String)> = vec![
+    let mut rows: Vec<(String, String)> = vec![
         (
             "seconds of faults (seed)".into(),
             format!("{seconds} ({seed})"),
@@ -461,6 +480,10 @@ async fn soak() {
             format!("{worker_start:.1} → {:.1}", memory_end.1),
         ),
     ];
+    rows.push((
+        "api-0 / worker-0 RSS at each tenth of the run (MiB)".into(),
+        tenths(&memory, seconds),
+    ));
     println!("\n| soak | count |\n|---|---|");
     for (what, n) in &rows {
         println!("| {what} | {n} |");
