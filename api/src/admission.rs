@@ -14,13 +14,15 @@
 //!   queue behind each other (one slow window alone may be a stall, such
 //!   as a checkpoint, which refusing would not shorten, and is let pass):
 //!   the limit is scaled by `target / mean` (at most halved per window, and
-//!   not below [`MIN_LIMIT`]), so
-//!   it settles where the database commits what it admits within the
-//!   target, and what it cannot take is refused at once with
-//!   `503 overloaded`;
-//! - **at or below it**, the limit grows by an eighth (at least one) up to
-//!   `receive_limit`, so a load the database keeps up with is never
-//!   refused for long after a burst.
+//!   not below [`MIN_LIMIT`]), so it settles where the database commits
+//!   what it admits within the target, and what it cannot take is refused
+//!   at once with `503 overloaded`;
+//! - **at or below it**, while the limit is in use (requests held three
+//!   quarters of it, or were refused), it grows by an eighth (at least
+//!   one) up to `receive_limit`, so a load the database keeps up with is
+//!   never refused for long after a burst; while it is not, it decays
+//!   towards twice the use, so that a sudden overload starts from what the
+//!   load needed rather than from the ceiling.
 //!
 //! This is the additive-increase, multiplicative-decrease of TCP's
 //! congestion control with a delay signal (as TCP Vegas, or Netflix's
