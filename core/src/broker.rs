@@ -87,10 +87,21 @@ pub const FRAME_MAX: u32 = 8 * 1024;
 
 /// Opens an AMQP connection named `name` (as RabbitMQ lists it), asking
 /// for frames of at most [`FRAME_MAX`] bytes unless `url` says otherwise.
+///
+/// The broker's port is tried first with a plain TCP connect, and lapin is
+/// called only when it answers. lapin 4.12 keeps about 8 KiB for ever from
+/// every attempt whose TCP connect fails (its connection's state stays
+/// referenced after the error is returned), and while RabbitMQ is down
+/// every publisher, consumer and subscription of a process retries: the
+/// soak's long-lived processes grew by ~200 KiB per broker outage until
+/// refused attempts stopped reaching lapin. `core/tests/connect_memory.rs`
+/// holds it to that.
 pub(crate) async fn connect(url: &str, name: String) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     match url.parse::<lapin::uri::AMQPUri>() {
         Ok(mut uri) => {
+            let authority = (uri.authority.host.as_str(), uri.authority.port);
+            drop(tokio::net::TcpStream::connect(authority).await?);
             uri.query.frame_max.get_or_insert(FRAME_MAX);
             Connection::connect_uri(uri, props).await
         }
