@@ -64,14 +64,7 @@ async fn served(addr: &str, request: &str) -> (Client, Raw) {
 
 /// The value of the unlabelled series `name` in the text of `/metrics`.
 fn sample(metrics: &str, name: &str) -> f64 {
-    let prefix = format!("{name} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-        .trim()
-        .parse()
-        .expect("a number")
+    ferry_testkit::metric_value(metrics, name).unwrap_or_else(|| panic!("{name} in /metrics"))
 }
 
 /// After its answer, the api closes a refused connection: nothing more

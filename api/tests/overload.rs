@@ -48,10 +48,7 @@ async fn post(stack: &Stack, id: &str, timeout: Duration) -> Option<Reply> {
 async fn gauge(stack: &Stack, name: &str) -> Option<f64> {
     let response = stack.api.client.get(stack.api.url("/metrics")).send().await;
     let text = response.ok()?.text().await.ok()?;
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
+    ferry_testkit::metric_value(&text, name)
 }
 
 /// The api's `ferry_receive_waiting` gauge.

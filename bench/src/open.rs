@@ -163,7 +163,7 @@ pub async fn run(
 /// is offered and drained: the lowest, the last and each reading.
 struct LimitSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    sampler: tokio::task::JoinHandle<(Option<f64>, Option<f64>, Vec<f64>)>,
+    sampler: tokio::task::JoinHandle<Vec<f64>>,
 }
 
 impl LimitSampler {
@@ -171,16 +171,12 @@ impl LimitSampler {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let sampler = tokio::spawn(async move {
-            let (mut lowest, mut last, mut series) = (None::<f64>, None, Vec::new());
+            let mut series = Vec::new();
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(limit) = receive_limit(&client, &base).await {
-                    lowest = Some(lowest.map_or(limit, |l| l.min(limit)));
-                    last = Some(limit);
-                    series.push(limit);
-                }
+                series.extend(receive_limit(&client, &base).await);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            (lowest, last, series)
+            series
         });
         Self { stop, sampler }
     }
@@ -188,8 +184,9 @@ impl LimitSampler {
     /// `{"lowest", "last", "every_100ms"}`.
     async fn finish(self) -> Value {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (lowest, last, series) = self.sampler.await.unwrap_or_default();
-        json!({"lowest": lowest, "last": last, "every_100ms": series})
+        let series = self.sampler.await.unwrap_or_default();
+        let lowest = series.iter().copied().reduce(f64::min);
+        json!({"lowest": lowest, "last": series.last(), "every_100ms": series})
     }
 }
 
@@ -197,9 +194,7 @@ impl LimitSampler {
 async fn receive_limit(client: &reqwest::Client, base: &str) -> Option<f64> {
     let response = client.get(format!("{base}/metrics")).send().await.ok()?;
     let text = response.text().await.ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("ferry_receive_limit "))
-        .and_then(|value| value.trim().parse().ok())
+    ferry_testkit::metric_value(&text, "ferry_receive_limit")
 }
 
 /// Prints the overload rows.

@@ -90,3 +90,15 @@ macro_rules! layout_tests {
         )+
     };
 }
+
+/// The value of the unlabelled sample `name` in a `/metrics` text, if it
+/// has one that parses.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
