@@ -28,7 +28,8 @@
 //!     --profile faults -E 'binary(soak)' --no-capture
 //! ```
 //!
-//! `FERRY_SOAK_SEED` replays a run's order of faults.
+//! `FERRY_SOAK_SEED` replays a run's order of faults; `FERRY_SOAK_FAULTS`
+//! (e.g. `StopBroker,RestartPostgres`) deals only the kinds it names.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,6 +101,27 @@ const FAULTS: [Fault; 5] = [
     Fault::StopBroker,
     Fault::RestartPostgres,
 ];
+
+/// The kinds of fault dealt: all of [`FAULTS`], or those that
+/// `FERRY_SOAK_FAULTS` names (comma-separated, e.g. `StopBroker`), to tell
+/// which kind a change in memory comes with. The purge comes once either way.
+fn dealt() -> Vec<Fault> {
+    let names = std::env::var("FERRY_SOAK_FAULTS").unwrap_or_default();
+    if names.trim().is_empty() {
+        return FAULTS.to_vec();
+    }
+    names
+        .split(',')
+        .map(|name| {
+            let name = name.trim();
+            FAULTS
+                .iter()
+                .copied()
+                .find(|fault| format!("{fault:?}") == name)
+                .unwrap_or_else(|| panic!("FERRY_SOAK_FAULTS: no fault {name:?} in {FAULTS:?}"))
+        })
+        .collect()
+}
 
 /// What the producer saw.
 #[derive(Debug, Default)]
@@ -296,6 +318,7 @@ async fn soak() {
     let stop = Arc::new(AtomicBool::new(false));
     let producer = tokio::spawn(produce(urls, sent.clone(), stop.clone()));
 
+    let kinds = dealt();
     let mut rng = Rng(seed);
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
@@ -313,7 +336,7 @@ async fn soak() {
             memory_start = Some((rss(&fleet.apis[0].proc), rss(&fleet.workers[0])));
         }
         if deck.is_empty() {
-            deck = rng.shuffled(&FAULTS);
+            deck = rng.shuffled(&kinds);
         }
         // The purge once, at a random point of the middle third.
         let fault = if purged.is_none() && Instant::now() >= purge_at {
