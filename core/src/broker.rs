@@ -89,7 +89,7 @@ pub const FRAME_MAX: u32 = 8 * 1024;
 /// for frames of at most [`FRAME_MAX`] bytes unless `url` says otherwise.
 ///
 /// The broker's port is tried first with a plain TCP connect, and lapin is
-/// called only when it answers. lapin 4.12 keeps about 8 KiB for ever from
+/// called only when it answers. lapin 4.12 keeps about 10 KiB for ever from
 /// every attempt whose TCP connect fails (its connection's state stays
 /// referenced after the error is returned), and while RabbitMQ is down
 /// every publisher, consumer and subscription of a process retries: the

@@ -2,7 +2,7 @@
 //!
 //! While RabbitMQ is down every publisher, consumer and subscription of a
 //! process retries its connection, for as long as the outage lasts. lapin
-//! 4.12 keeps about 8 KiB for ever from each attempt whose TCP connect
+//! 4.12 keeps about 10 KiB for ever from each attempt whose TCP connect
 //! fails, so Ferry tries the port itself before calling lapin
 //! (`broker::connect`). This binary counts the bytes its allocations hold
 //! (it is its own process, with this one test), makes 500 refused attempts
