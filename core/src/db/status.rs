@@ -1,7 +1,8 @@
 //! Status: what `GET /status` and monitoring read. Nothing here writes.
 //!
-//! A task's view is its row joined to its attempt rows, read in one query
-//! for a whole batch of ids.
+//! A task's view is its row joined to its attempt rows: on PostgreSQL one
+//! query for a whole batch of ids, on SQLite one prepared query per id of
+//! the batch, on one connection (see [`Db::task_views`]).
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
