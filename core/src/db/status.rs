@@ -2,7 +2,8 @@
 //!
 //! A task's view is its row joined to its attempt rows: on PostgreSQL one
 //! query for a whole batch of ids, on SQLite one prepared query per id of
-//! the batch, on one connection (see [`Db::task_views`]).
+//! the batch, on one connection (see [`Db::task_views`] and the dialect's
+//! `BatchRead`).
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
@@ -11,6 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::Value;
 
+use super::dialect::one_id_at_a_time;
 use super::{Db, DbResult};
 use crate::task::{AttemptView, TaskId, TaskStatus, TaskView};
 
@@ -91,13 +93,6 @@ impl Db {
             Option<DateTime<Utc>>,
             Option<String>,
         );
-        // SQLite: one statement per task, the same text each time, so that
-        // diesel keeps it prepared. An `IN` list has a placeholder per id,
-        // so its text changes with the batch's size and diesel prepares it
-        // anew every time: that was 43% of the instructions of a `/status`
-        // answered alone (callgrind). PostgreSQL binds the ids as one array
-        // (`= ANY($1)`), one statement kept prepared whatever the batch.
-        let one_by_one = self.backend() == "sqlite";
         let rows = with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
@@ -127,7 +122,8 @@ impl Db {
                 )
                     .nullable(),
             );
-            if one_by_one {
+            // SQLite reads id by id, PostgreSQL all at once (`BatchRead`).
+            if one_id_at_a_time(conn) {
                 let mut rows = Vec::new();
                 let mut seen = HashSet::with_capacity(ids.len());
                 for id in ids.iter().filter(|id| seen.insert(**id)) {
