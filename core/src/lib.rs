@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod probe;
 pub mod relay;
 pub mod retry;
+pub mod rfc3339;
 pub mod routes;
 pub mod runtime;
 pub mod storable;

@@ -304,8 +304,10 @@ pub struct AttemptView {
     /// The worker that ran it.
     pub worker: String,
     /// When it was claimed.
+    #[serde(serialize_with = "crate::rfc3339::at")]
     pub started_at: DateTime<Utc>,
     /// When its outcome was recorded; null while it runs or if its worker died.
+    #[serde(serialize_with = "crate::rfc3339::opt_at")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Its error, if it failed.
     pub error: Option<String>,
@@ -330,17 +332,22 @@ pub struct TaskView {
     /// Attempts allowed by its route.
     pub max_attempts: i32,
     /// When it was received.
+    #[serde(serialize_with = "crate::rfc3339::at")]
     pub created_at: DateTime<Utc>,
     /// Not run before this: a delayed task's due time while it waits, or a
     /// retry's; null when there is nothing to wait for.
+    #[serde(serialize_with = "crate::rfc3339::opt_at")]
     pub due_at: Option<DateTime<Utc>>,
     /// When its first attempt started.
+    #[serde(serialize_with = "crate::rfc3339::opt_at")]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
+    #[serde(serialize_with = "crate::rfc3339::opt_at")]
     pub finished_at: Option<DateTime<Utc>>,
     /// While it runs: when a client asked to cancel it
     /// (`POST /tasks/<id>/cancel`) and its worker has not yet stopped it;
     /// else null.
+    #[serde(serialize_with = "crate::rfc3339::opt_at")]
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// The handler's result, once succeeded.
     #[schema(required = true)]

@@ -30,6 +30,7 @@ pub struct TaskEvent {
     /// The status the task went to.
     pub status: TaskStatus,
     /// When (the writer's clock).
+    #[serde(serialize_with = "crate::rfc3339::at")]
     pub at: DateTime<Utc>,
 }
 

@@ -115,10 +115,13 @@ pub struct TaskSummary {
     /// Attempts started so far.
     pub attempts: i32,
     /// When it was received.
+    #[serde(serialize_with = "crate::rfc3339::at")]
     pub created_at: DateTime<Utc>,
     /// When its first attempt started.
+    #[serde(serialize_with = "crate::rfc3339::opt_at")]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
+    #[serde(serialize_with = "crate::rfc3339::opt_at")]
     pub finished_at: Option<DateTime<Utc>>,
 }
 

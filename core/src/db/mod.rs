@@ -91,6 +91,7 @@ pub mod pool;
 mod retention;
 mod busy;
 mod plans;
+mod stamp;
 mod status;
 mod submit;
 

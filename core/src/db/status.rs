@@ -8,11 +8,12 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use diesel::prelude::*;
 use serde_json::Value;
 
 use super::dialect::one_id_at_a_time;
+use super::stamp::Stamp;
 use super::{Db, DbResult};
 use crate::task::{AttemptView, TaskId, TaskStatus, TaskView};
 
@@ -25,13 +26,13 @@ struct TaskRow {
     event_id: String,
     attempts: i32,
     max_attempts: i32,
-    created_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
+    created_at: Stamp,
+    started_at: Option<Stamp>,
+    finished_at: Option<Stamp>,
     result: Option<Value>,
     error: Option<String>,
-    run_after: Option<DateTime<Utc>>,
-    cancel_requested_at: Option<DateTime<Utc>>,
+    run_after: Option<Stamp>,
+    cancel_requested_at: Option<Stamp>,
 }
 
 impl Db {
@@ -86,13 +87,7 @@ impl Db {
     /// [`Db::task_view`] of several tasks in one query (the tasks joined to
     /// their attempts, a row per attempt), answered in the order asked.
     pub fn task_views(&self, ids: &[TaskId]) -> DbResult<Vec<Option<TaskView>>> {
-        type AttemptRow = (
-            i32,
-            String,
-            DateTime<Utc>,
-            Option<DateTime<Utc>>,
-            Option<String>,
-        );
+        type AttemptRow = (i32, String, Stamp, Option<Stamp>, Option<String>);
         let rows = with_conn!(self, |conn, s| {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
@@ -164,16 +159,18 @@ impl Db {
                     event_id: row.event_id,
                     attempts: row.attempts,
                     max_attempts: row.max_attempts,
-                    created_at: row.created_at,
+                    created_at: row.created_at.0,
                     // Only a task waiting to be claimed waits for it.
                     due_at: row
                         .run_after
+                        .map(DateTime::from)
                         .filter(|_| TaskStatus::CLAIMABLE.contains(&row.status)),
-                    started_at: row.started_at,
-                    finished_at: row.finished_at,
+                    started_at: row.started_at.map(DateTime::from),
+                    finished_at: row.finished_at.map(DateTime::from),
                     // Only a running task has a stop still to come.
                     cancel_requested_at: row
                         .cancel_requested_at
+                        .map(DateTime::from)
                         .filter(|_| row.status == TaskStatus::Running),
                     result: row.result,
                     error: row.error,
@@ -184,8 +181,8 @@ impl Db {
                 view.attempt_history.push(AttemptView {
                     attempt,
                     worker,
-                    started_at,
-                    finished_at,
+                    started_at: started_at.0,
+                    finished_at: finished_at.map(DateTime::from),
                     error,
                 });
             }
