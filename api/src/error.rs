@@ -1,6 +1,8 @@
 //! The API's one response type for JSON bodies, and its errors. What a
 //! client sees is a stable code and a message; causes are logged, not sent.
 
+use std::sync::Arc;
+
 use rocket::http::{ContentType, Header, Status};
 use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
@@ -15,9 +17,18 @@ pub struct JsonResponse {
     /// HTTP status.
     pub status: Status,
     /// The body, serialized.
-    pub body: String,
+    pub body: Body,
     /// Extra headers (`Location`, `Retry-After`).
     pub headers: Vec<Header<'static>>,
+}
+
+/// A [`JsonResponse`]'s serialized body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// Serialized for this answer.
+    Owned(String),
+    /// Serialized once, answered many times ([`crate::final_views`]).
+    Shared(Arc<[u8]>),
 }
 
 impl JsonResponse {
@@ -26,7 +37,16 @@ impl JsonResponse {
         Self {
             status,
             // Ferry's bodies are maps with string keys: they always serialize.
-            body: serde_json::to_string(&body).expect("a response body serializes"),
+            body: Body::Owned(serde_json::to_string(&body).expect("a response body serializes")),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A body serialized before, shared with other answers.
+    pub fn shared(status: Status, body: Arc<[u8]>) -> Self {
+        Self {
+            status,
+            body: Body::Shared(body),
             headers: Vec::new(),
         }
     }
@@ -40,12 +60,12 @@ impl JsonResponse {
 
 impl<'r> Responder<'r, 'static> for JsonResponse {
     fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
-        let body = self.body;
         let mut response = Response::build();
-        response
-            .status(self.status)
-            .header(ContentType::JSON)
-            .sized_body(body.len(), std::io::Cursor::new(body));
+        response.status(self.status).header(ContentType::JSON);
+        match self.body {
+            Body::Owned(body) => response.sized_body(body.len(), std::io::Cursor::new(body)),
+            Body::Shared(body) => response.sized_body(body.len(), std::io::Cursor::new(body)),
+        };
         for header in self.headers {
             response.header(header);
         }

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod final_views;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
@@ -64,6 +65,8 @@ pub struct AppState {
     enqueued: Batcher<Vec<TaskId>, ()>,
     /// Concurrent `/status` reads, answered by one query.
     views: Batcher<TaskId, DbResult<Option<TaskView>>>,
+    /// Succeeded tasks' `/status` answers, kept in memory.
+    pub final_views: Arc<final_views::FinalViews>,
     /// The one reader of every waiter's task (`?wait=`, `/events`).
     pub hub: hub::Hub,
     /// Hints of the changes this process makes (cancel, retry).
@@ -128,6 +131,7 @@ impl AppState {
             DbError::isolate("status", &ids, |ids| view_db.task_views(ids))
         });
         Self {
+            final_views: Arc::new(final_views::FinalViews::new(config.retention)),
             hub: hub::Hub::spawn(db.clone(), queue.clone()),
             hints: Hints::spawn(&queue),
             probe: Probe::new(&config, db.clone(), queue.clone()),

@@ -2,8 +2,11 @@
 //! HTTP floor of the full run, without the rest, so that a change to the
 //! read path can be measured in a minute. Per backend: a fresh deployment
 //! (api, workers), N echo tasks seeded through `POST /receive` and run to
-//! `succeeded`, then rounds of the two closed loops of the full run (the
-//! HTTP floor, then `/status`), each of `--reads` GETs from `--concurrency`
+//! `succeeded`, and N more delayed by 30 days (so `pending`), then rounds
+//! of the closed loops of the full run (the HTTP floor, then `/status` of
+//! the succeeded tasks, which the api answers from memory after the first
+//! read, `final_views`) and of `/status` of the delayed ones (read from the
+//! database every time), each of `--reads` GETs from `--concurrency`
 //! clients.
 //!
 //! With `--baseline DIR` a second `ferry-api`, built from another commit
@@ -95,27 +98,25 @@ pub async fn run(
         .build()?;
     eprintln!("[{backend}] seeding {tasks} tasks");
     let base = apis[0].1.base.clone();
-    let ids = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(tasks)));
-    let seeders: Vec<_> = (0..args.concurrency.min(tasks).max(1))
-        .map(|c| {
-            let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
-            let n = args.concurrency.min(tasks).max(1);
-            tokio::spawn(async move {
-                for i in (c..tasks).step_by(n) {
-                    let id = submit(&client, &base, event("reads", i)).await?;
-                    ids.lock().await.push(id);
-                }
-                Ok::<_, anyhow::Error>(())
-            })
-        })
-        .collect();
-    for s in seeders {
-        s.await??;
-    }
+    let ids = seed(&client, &base, args.concurrency, tasks, |i| {
+        event("reads", i)
+    })
+    .await?;
     wait_succeeded(&db, tasks as i64, Duration::from_secs(300)).await?;
-    let ids = Arc::new(std::mem::take(&mut *ids.lock().await));
-    // Per api: floor req/s, /status req/s, and the api's CPU µs per request of each.
-    type Figures = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    // Tasks in flight: delayed by 30 days, so they stay `pending` and each
+    // read of one goes to the database (only succeeded tasks' answers are
+    // kept in memory, `final_views`).
+    eprintln!("[{backend}] seeding {tasks} delayed tasks");
+    let delayed = seed(&client, &base, args.concurrency, tasks, |i| {
+        let mut e: Value = serde_json::from_str(&event("reads-delayed", i)).expect("JSON");
+        e["delayseconds"] = json!(30 * 24 * 3600);
+        e.to_string()
+    })
+    .await?;
+    let (ids, delayed) = (Arc::new(ids), Arc::new(delayed));
+    // Per api: floor req/s, /status req/s (succeeded tasks), the api's CPU
+    // µs per request of each, and /status req/s and CPU of delayed tasks.
+    type Figures = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
     let mut figures: Vec<Figures> = vec![Default::default(); apis.len()];
     for round in 1..=rounds {
         for (i, (name, api)) in apis.iter().enumerate() {
@@ -143,6 +144,19 @@ pub async fn run(
             )
             .await?;
             let status_cpu = (cpu_us(pid) - cpu) / reads as f64;
+            let cpu = cpu_us(pid);
+            let delayed = delayed.clone();
+            let pending = closed_loop_gets(
+                &client,
+                &api.base,
+                move |i| format!("/status/{}", delayed[i % delayed.len()]),
+                reqwest::StatusCode::OK,
+                reads,
+                args.concurrency,
+            )
+            .await?;
+            let pending_cpu = (cpu_us(pid) - cpu) / reads as f64;
+            let p = pending["reads_per_s"].as_f64().unwrap_or(f64::NAN);
             let (f, s) = (
                 floor["reads_per_s"].as_f64().unwrap_or(f64::NAN),
                 status["reads_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -156,28 +170,45 @@ pub async fn run(
                 fmt(&status["latency"]["p99_ms"]),
                 100.0 * s / f
             );
+            eprintln!(
+                "[{backend}] round {round} {name:>10}: /status of delayed (pending) tasks {} req/s (p50 {} ms, p99 {} ms, api {pending_cpu:.1} µs CPU each) = {:.0}%",
+                fmt(&pending["reads_per_s"]),
+                fmt(&pending["latency"]["p50_ms"]),
+                fmt(&pending["latency"]["p99_ms"]),
+                100.0 * p / f
+            );
             figures[i].0.push(f);
             figures[i].1.push(s);
             figures[i].2.push(floor_cpu);
             figures[i].3.push(status_cpu);
+            figures[i].4.push(p);
+            figures[i].5.push(pending_cpu);
         }
     }
     let rows: Vec<Value> = apis
         .iter()
         .zip(figures)
-        .map(|((name, _), (floor, status, floor_cpu, status_cpu))| {
-            let ratios: Vec<f64> = status.iter().zip(&floor).map(|(s, f)| s / f).collect();
-            json!({
-                "api": name,
-                "median_floor_per_s": median(floor.clone()),
-                "median_status_per_s": median(status.clone()),
-                "floor_per_s": floor,
-                "status_per_s": status,
-                "median_ratio": median(ratios),
-                "api_cpu_us_per_floor_request": median(floor_cpu),
-                "api_cpu_us_per_status_request": median(status_cpu),
-            })
-        })
+        .map(
+            |((name, _), (floor, status, floor_cpu, status_cpu, pending, pending_cpu))| {
+                let ratios: Vec<f64> = status.iter().zip(&floor).map(|(s, f)| s / f).collect();
+                let pending_ratios: Vec<f64> =
+                    pending.iter().zip(&floor).map(|(p, f)| p / f).collect();
+                json!({
+                    "api": name,
+                    "median_floor_per_s": median(floor.clone()),
+                    "median_status_per_s": median(status.clone()),
+                    "floor_per_s": floor,
+                    "status_per_s": status,
+                    "median_ratio": median(ratios),
+                    "api_cpu_us_per_floor_request": median(floor_cpu),
+                    "api_cpu_us_per_status_request": median(status_cpu),
+                    "median_pending_status_per_s": median(pending.clone()),
+                    "pending_status_per_s": pending,
+                    "median_pending_ratio": median(pending_ratios),
+                    "api_cpu_us_per_pending_status_request": median(pending_cpu),
+                })
+            },
+        )
         .collect();
     Ok(json!({
         "backend": backend,
@@ -186,6 +217,38 @@ pub async fn run(
         "concurrency": args.concurrency,
         "apis": rows,
     }))
+}
+
+/// Submits `tasks` events (`event(i)`) from `concurrency` clients; their
+/// task ids.
+async fn seed(
+    client: &reqwest::Client,
+    base: &str,
+    concurrency: usize,
+    tasks: usize,
+    event: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> anyhow::Result<Vec<String>> {
+    let ids = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(tasks)));
+    let event = Arc::new(event);
+    let n = concurrency.min(tasks).max(1);
+    let seeders: Vec<_> = (0..n)
+        .map(|c| {
+            let (client, base, ids, event) =
+                (client.clone(), base.to_string(), ids.clone(), event.clone());
+            tokio::spawn(async move {
+                for i in (c..tasks).step_by(n) {
+                    let id = submit(&client, &base, event(i)).await?;
+                    ids.lock().await.push(id);
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    for s in seeders {
+        s.await??;
+    }
+    let ids = std::mem::take(&mut *ids.lock().await);
+    Ok(ids)
 }
 
 /// Prints each backend's medians.
@@ -202,6 +265,14 @@ pub fn print(rows: &Value) {
                 fmt(&a["api_cpu_us_per_floor_request"]),
                 fmt(&a["api_cpu_us_per_status_request"]),
                 a["floor_per_s"].as_array().map_or(0, Vec::len),
+            );
+            println!(
+                "{:<8} {:>10}: /status of delayed (pending) tasks {:>8} req/s, ÷ floor {:.0}%; api CPU per request {} µs",
+                b["backend"].as_str().unwrap_or("?"),
+                a["api"].as_str().unwrap_or("?"),
+                fmt(&a["median_pending_status_per_s"]),
+                100.0 * a["median_pending_ratio"].as_f64().unwrap_or(f64::NAN),
+                fmt(&a["api_cpu_us_per_pending_status_request"]),
             );
         }
     }

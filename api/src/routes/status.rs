@@ -6,10 +6,12 @@
 //! Waiters read nothing themselves: the api's hub ([`crate::hub`]) reads
 //! the changes of every watched task in one query and wakes them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::db::TaskEvent;
-use ferry_core::TaskId;
+use ferry_core::task::TaskView;
+use ferry_core::{TaskId, TaskStatus};
 use rocket::http::Status;
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::stream::{Event, EventStream};
@@ -80,12 +82,16 @@ async fn status(
 ) -> Result<JsonResponse, ApiError> {
     let id = parse_task_id(id)?;
     let wait = wait.map(parse_wait).transpose()?;
+    // A succeeded task's answer never changes: the one read before serves.
+    if let Some(body) = state.final_views.get(id) {
+        return Ok(JsonResponse::shared(Status::Ok, body));
+    }
     let view = state
         .task_view(id)
         .await?
         .ok_or_else(|| task_not_found(id))?;
     let Some(wait) = wait.filter(|wait| !wait.is_zero() && !view.status.is_final()) else {
-        return Ok(JsonResponse::new(Status::Ok, view));
+        return Ok(answer(state, &view));
     };
     // The hub reads the task's events from the first, so a change made
     // between the read above and this registration is not missed.
@@ -109,7 +115,19 @@ async fn status(
         .task_view(id)
         .await?
         .ok_or_else(|| task_not_found(id))?;
-    Ok(JsonResponse::new(Status::Ok, view))
+    Ok(answer(state, &view))
+}
+
+/// `view`'s answer; a succeeded task's is kept for the next asks.
+fn answer(state: &AppState, view: &TaskView) -> JsonResponse {
+    if view.status != TaskStatus::Succeeded {
+        return JsonResponse::new(Status::Ok, view);
+    }
+    let body: Arc<[u8]> = serde_json::to_vec(view)
+        .expect("a task view serializes")
+        .into();
+    state.final_views.keep(view, &body);
+    JsonResponse::shared(Status::Ok, body)
 }
 
 /// The `Last-Event-ID` header, unchecked: the route answers a bad one.
