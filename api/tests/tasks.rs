@@ -111,6 +111,12 @@ async fn listing(stack: &Stack) {
     assert_eq!(first["event_id"], "a-3");
     assert_eq!(first["status"], "succeeded");
     assert_eq!(first["attempts"], 1);
+    // Its times are the status view's, to the nanosecond.
+    let view = api.status(first["id"].as_str().unwrap()).await.body;
+    for key in ["created_at", "started_at", "finished_at"] {
+        assert!(first[key].is_string(), "{key}: {first}");
+        assert_eq!(first[key], view[key], "{key}");
+    }
     let failed = rows.iter().find(|t| t["id"] == b_fail[0].as_str()).unwrap();
     assert_eq!(failed["attempts"], 3);
     assert_eq!(failed["status"], "failed");

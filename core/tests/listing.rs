@@ -150,6 +150,23 @@ fn statuses_filter_and_count() {
         );
         assert_eq!(with(&[TaskStatus::Pending]), sorted(ids[3..].to_vec()));
         assert_eq!(with(&[TaskStatus::Cancelled]), []);
+        // Each summary's times are its view's: none yet, or the same instant.
+        for summary in walk(db, &TaskFilter::default(), 4) {
+            let view = db.task_view(summary.id).unwrap().unwrap();
+            let times = |s: &TaskSummary| (s.created_at, s.started_at, s.finished_at);
+            assert_eq!(
+                times(&summary),
+                (view.created_at, view.started_at, view.finished_at)
+            );
+            assert_eq!(
+                summary.started_at.is_some(),
+                !ids[3..].contains(&summary.id)
+            );
+            assert_eq!(
+                summary.finished_at.is_some(),
+                ids[..2].contains(&summary.id)
+            );
+        }
 
         let counts = db.task_counts().unwrap();
         assert_eq!(counts.total, 6);

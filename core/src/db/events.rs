@@ -31,6 +31,7 @@ pub struct TaskEvent {
     pub status: TaskStatus,
     /// When (the writer's clock).
     #[serde(serialize_with = "crate::rfc3339::at")]
+    #[diesel(deserialize_as = super::stamp::Stamp)]
     pub at: DateTime<Utc>,
 }
 

@@ -116,12 +116,15 @@ pub struct TaskSummary {
     pub attempts: i32,
     /// When it was received.
     #[serde(serialize_with = "crate::rfc3339::at")]
+    #[diesel(deserialize_as = super::stamp::Stamp)]
     pub created_at: DateTime<Utc>,
     /// When its first attempt started.
     #[serde(serialize_with = "crate::rfc3339::opt_at")]
+    #[diesel(deserialize_as = super::stamp::MaybeStamp)]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
     #[serde(serialize_with = "crate::rfc3339::opt_at")]
+    #[diesel(deserialize_as = super::stamp::MaybeStamp)]
     pub finished_at: Option<DateTime<Utc>>,
 }
 

@@ -13,13 +13,14 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::Pg;
-use diesel::sql_types::{Timestamptz, TimestamptzSqlite};
+use diesel::sql_types::{Nullable, Timestamptz, TimestamptzSqlite};
 use diesel::sqlite::{Sqlite, SqliteValue};
 
 /// A timestamp read from a `Timestamptz` (PostgreSQL) or
-/// `TimestamptzSqlite` column.
+/// `TimestamptzSqlite` column; for a row struct's `DateTime<Utc>` field,
+/// `#[diesel(deserialize_as = Stamp)]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromSqlRow)]
-pub(super) struct Stamp(pub DateTime<Utc>);
+pub struct Stamp(pub DateTime<Utc>);
 
 impl From<Stamp> for DateTime<Utc> {
     fn from(stamp: Stamp) -> Self {
@@ -39,6 +40,32 @@ impl FromSql<TimestamptzSqlite, Sqlite> for Stamp {
 impl FromSql<Timestamptz, Pg> for Stamp {
     fn from_sql(value: diesel::pg::PgValue<'_>) -> deserialize::Result<Self> {
         <DateTime<Utc> as FromSql<Timestamptz, Pg>>::from_sql(value).map(Stamp)
+    }
+}
+
+/// A nullable timestamp read as [`Stamp`] reads one: for a row struct's
+/// `Option<DateTime<Utc>>` field, `#[diesel(deserialize_as = MaybeStamp)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromSqlRow)]
+pub struct MaybeStamp(pub Option<DateTime<Utc>>);
+
+impl From<MaybeStamp> for Option<DateTime<Utc>> {
+    fn from(stamp: MaybeStamp) -> Self {
+        stamp.0
+    }
+}
+
+impl<B, ST> FromSql<Nullable<ST>, B> for MaybeStamp
+where
+    B: diesel::backend::Backend,
+    ST: diesel::sql_types::SqlType,
+    Stamp: FromSql<ST, B>,
+{
+    fn from_sql(value: B::RawValue<'_>) -> deserialize::Result<Self> {
+        Stamp::from_sql(value).map(|stamp| Self(Some(stamp.0)))
+    }
+
+    fn from_nullable_sql(value: Option<B::RawValue<'_>>) -> deserialize::Result<Self> {
+        value.map_or(Ok(Self(None)), Self::from_sql)
     }
 }
 
