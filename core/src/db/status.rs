@@ -8,12 +8,12 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::Value;
 
 use super::dialect::one_id_at_a_time;
-use super::stamp::Stamp;
+use super::stamp::{MaybeStamp, Stamp};
 use super::{Db, DbResult};
 use crate::task::{AttemptView, TaskId, TaskStatus, TaskView};
 
@@ -26,13 +26,18 @@ struct TaskRow {
     event_id: String,
     attempts: i32,
     max_attempts: i32,
-    created_at: Stamp,
-    started_at: Option<Stamp>,
-    finished_at: Option<Stamp>,
+    #[diesel(deserialize_as = Stamp)]
+    created_at: DateTime<Utc>,
+    #[diesel(deserialize_as = MaybeStamp)]
+    started_at: Option<DateTime<Utc>>,
+    #[diesel(deserialize_as = MaybeStamp)]
+    finished_at: Option<DateTime<Utc>>,
     result: Option<Value>,
     error: Option<String>,
-    run_after: Option<Stamp>,
-    cancel_requested_at: Option<Stamp>,
+    #[diesel(deserialize_as = MaybeStamp)]
+    run_after: Option<DateTime<Utc>>,
+    #[diesel(deserialize_as = MaybeStamp)]
+    cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 impl Db {
@@ -159,18 +164,16 @@ impl Db {
                     event_id: row.event_id,
                     attempts: row.attempts,
                     max_attempts: row.max_attempts,
-                    created_at: row.created_at.0,
+                    created_at: row.created_at,
                     // Only a task waiting to be claimed waits for it.
                     due_at: row
                         .run_after
-                        .map(DateTime::from)
                         .filter(|_| TaskStatus::CLAIMABLE.contains(&row.status)),
-                    started_at: row.started_at.map(DateTime::from),
-                    finished_at: row.finished_at.map(DateTime::from),
+                    started_at: row.started_at,
+                    finished_at: row.finished_at,
                     // Only a running task has a stop still to come.
                     cancel_requested_at: row
                         .cancel_requested_at
-                        .map(DateTime::from)
                         .filter(|_| row.status == TaskStatus::Running),
                     result: row.result,
                     error: row.error,
