@@ -30,6 +30,8 @@ impl From<Stamp> for DateTime<Utc> {
 
 impl FromSql<TimestamptzSqlite, Sqlite> for Stamp {
     fn from_sql(mut value: SqliteValue<'_, '_, '_>) -> deserialize::Result<Self> {
+        // A number (a Julian day, which diesel also takes) read as text
+        // keeps its type: diesel still reads it as a number (tested below).
         if let Some(at) = parse_utc_text(value.read_text()) {
             return Ok(Stamp(at));
         }
@@ -159,6 +161,44 @@ mod tests {
             assert_eq!(at, diesel_parse(text).unwrap(), "{text}");
             assert_eq!(chrono::Timelike::nanosecond(&at), nanos, "{text}");
         }
+    }
+
+    /// `Stamp` and `MaybeStamp` read what diesel's `DateTime<Utc>` reads
+    /// from a SQLite value: Ferry's text, other texts, a Julian day, NULL.
+    #[test]
+    fn reads_sqlite_values_as_diesel_does() {
+        use diesel::dsl::sql;
+        use diesel::prelude::*;
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        for value in [
+            "'2026-12-05 02:07:12.123456+00:00'",
+            "'2026-12-05 02:07:12+00:00'",
+            "'2026-12-05T02:07:12Z'",
+            "'2026-12-05 03:07:12+01:00'",
+            "'2026-12-05 02:07:12'",
+            "2461014.5",
+        ] {
+            let read = |conn: &mut SqliteConnection| {
+                diesel::select(sql::<TimestamptzSqlite>(value))
+                    .get_result::<Stamp>(conn)
+                    .map(|s| s.0)
+            };
+            let diesel = diesel::select(sql::<TimestamptzSqlite>(value))
+                .get_result::<DateTime<Utc>>(&mut conn)
+                .unwrap();
+            assert_eq!(read(&mut conn).unwrap(), diesel, "{value}");
+            let maybe = diesel::select(sql::<Nullable<TimestamptzSqlite>>(value))
+                .get_result::<MaybeStamp>(&mut conn)
+                .unwrap();
+            assert_eq!(maybe.0, Some(diesel), "{value}");
+        }
+        let null = diesel::select(sql::<Nullable<TimestamptzSqlite>>("NULL"))
+            .get_result::<MaybeStamp>(&mut conn)
+            .unwrap();
+        assert_eq!(null.0, None);
+        assert!(diesel::select(sql::<TimestamptzSqlite>("'yesterday'"))
+            .get_result::<Stamp>(&mut conn)
+            .is_err());
     }
 
     #[test]
