@@ -120,42 +120,25 @@ pub async fn run(
     let mut figures: Vec<Figures> = vec![Default::default(); apis.len()];
     for round in 1..=rounds {
         for (i, (name, api)) in apis.iter().enumerate() {
-            let pid = api.proc.pid();
-            let cpu = cpu_us(pid);
-            let floor = closed_loop_gets(
-                &client,
-                &api.base,
-                |i| format!("/no-such-route/{i}"),
+            let gets =
+                |path, expected| timed_gets(&client, api, path, expected, reads, args.concurrency);
+            let (floor, floor_cpu) = gets(
+                Box::new(|i| format!("/no-such-route/{i}")),
                 reqwest::StatusCode::NOT_FOUND,
-                reads,
-                args.concurrency,
             )
             .await?;
-            let floor_cpu = (cpu_us(pid) - cpu) / reads as f64;
-            let cpu = cpu_us(pid);
             let ids = ids.clone();
-            let status = closed_loop_gets(
-                &client,
-                &api.base,
-                move |i| format!("/status/{}", ids[i % ids.len()]),
+            let (status, status_cpu) = gets(
+                Box::new(move |i| format!("/status/{}", ids[i % ids.len()])),
                 reqwest::StatusCode::OK,
-                reads,
-                args.concurrency,
             )
             .await?;
-            let status_cpu = (cpu_us(pid) - cpu) / reads as f64;
-            let cpu = cpu_us(pid);
             let delayed = delayed.clone();
-            let pending = closed_loop_gets(
-                &client,
-                &api.base,
-                move |i| format!("/status/{}", delayed[i % delayed.len()]),
+            let (pending, pending_cpu) = gets(
+                Box::new(move |i| format!("/status/{}", delayed[i % delayed.len()])),
                 reqwest::StatusCode::OK,
-                reads,
-                args.concurrency,
             )
             .await?;
-            let pending_cpu = (cpu_us(pid) - cpu) / reads as f64;
             let p = pending["reads_per_s"].as_f64().unwrap_or(f64::NAN);
             let (f, s) = (
                 floor["reads_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -217,6 +200,23 @@ pub async fn run(
         "concurrency": args.concurrency,
         "apis": rows,
     }))
+}
+
+/// `reads` GETs of `path(i)` on `api` from `concurrency` clients, each
+/// answered `expected`: the closed loop's figures, and the api's CPU µs
+/// per GET.
+async fn timed_gets(
+    client: &reqwest::Client,
+    api: &ferry_testkit::Api,
+    path: Box<dyn Fn(usize) -> String + Send + Sync>,
+    expected: reqwest::StatusCode,
+    reads: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Value, f64)> {
+    let pid = api.proc.pid();
+    let cpu = cpu_us(pid);
+    let figures = closed_loop_gets(client, &api.base, path, expected, reads, concurrency).await?;
+    Ok((figures, (cpu_us(pid) - cpu) / reads as f64))
 }
 
 /// Submits `tasks` events (`event(i)`) from `concurrency` clients; their
