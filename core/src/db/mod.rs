@@ -112,11 +112,14 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         // Each pooled connection keeps its own page cache on top of the
         // kernel's: 1 MiB each (SQLite's default is 2 MiB) keeps a pool's
         // memory small, and the task lookups are by primary key, which need
-        // few pages.
+        // few pages. Temporary files in memory: a multi-row insert or update
+        // whose rows fire triggers keeps a statement journal, and in a file
+        // each one cost an open, writes and an unlink (13 KiB written per
+        // task in the embedded mode; BENCHMARKS.md).
         conn.batch_execute(
             "PRAGMA journal_mode = WAL; \
              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-             PRAGMA cache_size = -1024;",
+             PRAGMA cache_size = -1024; PRAGMA temp_store = MEMORY;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
     }
