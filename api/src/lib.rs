@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
-use ferry_core::db::{DbError, DbResult};
+use ferry_core::db::{DbError, DbResult, Publish};
 use ferry_core::hints::Hints;
 use ferry_core::metrics::TaskMetrics;
 use ferry_core::probe::{CountGauges, Probe};
@@ -88,14 +88,19 @@ impl AppState {
     /// The state for a process: its batching loops start here.
     pub fn new(config: Arc<Config>, db: Db, queue: Queue) -> Self {
         let insert_db = db.clone();
+        let local = queue.is_local();
         let inserts = Batcher::spawn(
             "insert",
             INSERT_BATCH,
             move |requests: Vec<Vec<NewTask>>| {
-                let lock = Utc::now() + PUBLISH_LOCK;
+                let publish = if local {
+                    Publish::Enqueued
+                } else {
+                    Publish::LockedUntil(Utc::now() + PUBLISH_LOCK)
+                };
                 DbError::isolate("insert", &requests, |requests| {
                     let tasks: Vec<&NewTask> = requests.iter().flatten().collect();
-                    let mut stored = insert_db.insert_task_refs(&tasks, lock)?.into_iter();
+                    let mut stored = insert_db.insert_task_refs(&tasks, publish)?.into_iter();
                     // Back into one list per request.
                     Ok(requests
                         .iter()
@@ -179,16 +184,27 @@ impl AppState {
             .unwrap_or_else(|| Err(DbError::Unavailable("the insert batch failed".into())))
     }
 
-    /// Publishes freshly stored tasks off the request path: the caller
-    /// answers once the rows are committed, because a committed row is owed
-    /// to the broker until a confirm is recorded (its publish lock runs out
-    /// and the relay publishes it if this process cannot). The publishes of
-    /// concurrent requests share the publisher channel, their confirms in
-    /// flight together.
+    /// Publishes tasks whose publish lock this process holds, off the
+    /// request path: the caller answers once the rows are committed, because
+    /// a committed row is owed to the broker until a confirm is recorded (its
+    /// publish lock runs out and the relay publishes it if this process
+    /// cannot). The publishes of concurrent requests share the publisher
+    /// channel, their confirms in flight together.
     pub fn publish_soon(&self, ids: Vec<TaskId>) {
+        self.spawn_publish(ids, true);
+    }
+
+    /// [`publish_soon`](Self::publish_soon) for tasks [`store`](Self::store)
+    /// just stored: with the in-process queue they were stored as enqueued
+    /// ([`Publish::Enqueued`]), so no confirm is recorded.
+    pub fn publish_stored(&self, ids: Vec<TaskId>) {
+        self.spawn_publish(ids, !self.queue.is_local());
+    }
+
+    fn spawn_publish(&self, ids: Vec<TaskId>, record: bool) {
         let state = self.clone();
         self.publishing
-            .spawn(async move { state.publish(ids).await });
+            .spawn(async move { state.publish(ids, record).await });
     }
 
     /// Waits for the publishes [`publish_soon`](Self::publish_soon) started
@@ -200,16 +216,19 @@ impl AppState {
         self.publishing.wait().await;
     }
 
-    /// Publishes tasks and records the broker's confirm. A failure is only
-    /// logged: the rows are committed and the relay will publish them.
-    async fn publish(&self, ids: Vec<TaskId>) {
+    /// Publishes tasks and, with `record`, records the broker's confirm. A
+    /// failure is only logged: the rows are committed and the relay will
+    /// publish them (the in-process queue fails only once it is closed, when
+    /// the process stops, and the next process owes its tasks again).
+    async fn publish(&self, ids: Vec<TaskId>, record: bool) {
         // A broker that does not answer must not hold the publish for ever:
         // the row is committed, so the relay can finish the job.
         let published = tokio::time::timeout(PUBLISH_TIMEOUT, self.queue.publish(&ids))
             .await
             .unwrap_or_else(|_| Err(BrokerError::Timeout(PUBLISH_TIMEOUT)));
         match published {
-            Ok(()) => self.enqueued.send(ids),
+            Ok(()) if record => self.enqueued.send(ids),
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, tasks = ids.len(), "publish failed; the relay will retry");
                 if let Err(e) = self

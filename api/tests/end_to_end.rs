@@ -222,3 +222,60 @@ async fn standalone_restart_loses_nothing() {
     let first_task = second.status(&ids[0]).await.body;
     assert_eq!(first_task["attempts"], 2, "{first_task:#}");
 }
+
+/// Standalone: a stored task counts as enqueued from its commit (the
+/// in-process queue cannot lose a publish while the process lives, and a
+/// restart owes every unfinished task again), so no confirm is recorded
+/// by a second write of its row, and the relay never publishes a task the
+/// api did.
+#[tokio::test]
+async fn standalone_stores_tasks_enqueued_and_publishes_each_once() {
+    // One slot and six 2 s sleeps ahead: the tasks behind them wait in the
+    // queue past the api's publish lock (10 s), while the relay runs.
+    let deployment = Deployment::sqlite()
+        .env("FERRY_CONCURRENCY", "1")
+        .env("FERRY_RELAY_INTERVAL", "200ms");
+    let api = deployment.standalone().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            api.submit("org.ferry.sleep", &format!("ahead-{i}"), json!(i))
+                .await,
+        );
+    }
+    for i in 0..4 {
+        ids.push(
+            api.submit("org.ferry.echo", &format!("behind-{i}"), json!(i))
+                .await,
+        );
+    }
+    for id in &ids {
+        api.wait_for(id, "succeeded", DONE).await;
+    }
+    let metrics = || async {
+        let text = reqwest::get(api.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name| ferry_testkit::metric_value(&text, name).unwrap_or(0.0);
+        let batches = |name: &str| {
+            let sample = format!("ferry_batch_size_count{{batcher=\"{name}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&sample)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (
+            batches("insert"),
+            batches("enqueued"),
+            value("ferry_relay_round_seconds_count"),
+            value("ferry_relay_published_total"),
+        )
+    };
+    let (inserts, marks, rounds, published) = metrics().await;
+    assert!(inserts >= 1.0, "the insert batches are counted");
+    assert_eq!(marks, 0.0, "a confirm was written after the insert");
+    assert!(rounds >= 20.0, "the relay ran while tasks waited: {rounds}");
+    assert_eq!(published, 0.0, "the relay published a task again");
+}

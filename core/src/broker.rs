@@ -192,6 +192,12 @@ impl Queue {
         }
     }
 
+    /// Whether this is the in-process queue: its publish cannot fail while
+    /// the process lives, and it does not outlive the process.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Local(_))
+    }
+
     /// A new in-process queue.
     pub fn local() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
-use ferry_core::db::DbError;
+use ferry_core::db::{DbError, Publish};
 use ferry_core::task::{AttemptRef, NewTask, Outcome};
 use ferry_core::{Db, TaskId, TaskStatus};
 use serde_json::json;
@@ -236,6 +236,35 @@ fn unfinished_tasks_are_owed_again_when_the_queue_is_lost() {
         assert_eq!(
             db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
             vec![queued]
+        );
+    });
+}
+
+#[test]
+fn tasks_stored_as_enqueued_are_owed_only_when_due_or_when_the_queue_is_lost() {
+    // The in-process queue's insert: a due task counts as enqueued from
+    // its commit; a delayed one is left to the relay, as with RabbitMQ.
+    on_both_backends(|db| {
+        let mut delayed = new_task("delayed", 3);
+        delayed.run_after = Some(Utc::now() + Duration::from_millis(300));
+        let due = new_task("due", 3);
+        let stored = db
+            .insert_task_refs(&[&due, &delayed], Publish::Enqueued)
+            .unwrap();
+        let (due, delayed) = (stored[0].id, stored[1].id);
+        assert!(db
+            .claim_unpublished(10, Duration::from_secs(30))
+            .unwrap()
+            .is_empty());
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![delayed]
+        );
+        assert_eq!(db.forget_enqueued().unwrap(), 1);
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![due]
         );
     });
 }
@@ -507,7 +536,7 @@ fn a_refused_item_fails_only_itself_in_every_batch() {
             .collect();
         let stored = DbError::isolate("insert", &requests, |requests| {
             let tasks: Vec<&NewTask> = requests.iter().flatten().collect();
-            let stored = db.insert_task_refs(&tasks, Utc::now())?;
+            let stored = db.insert_task_refs(&tasks, Publish::LockedUntil(Utc::now()))?;
             Ok(stored.into_iter().map(|s| vec![s]).collect())
         });
         assert!(

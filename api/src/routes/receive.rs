@@ -344,7 +344,7 @@ async fn receive(
         .map(|(s, _)| s.id)
         .collect();
     if !new.is_empty() {
-        state.publish_soon(new);
+        state.publish_stored(new);
     }
     if let Some(held) = stored.iter().find(|s| s.key_conflict) {
         let task = held.id;

@@ -99,6 +99,7 @@ pub use control::{CancelAnswer, Lease, RetryAnswer};
 pub use error::{DbError, DbResult};
 pub use events::{TaskEvent, EVENTS_CHUNK};
 pub use outbox::{LostBound, LOST_COUNT_CAP};
+pub use submit::Publish;
 
 #[derive(Debug)]
 struct SqlitePragmas;

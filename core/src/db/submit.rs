@@ -7,7 +7,9 @@
 //! lock runs out. A request's `Idempotency-Key` names at most one task
 //! too: the same key with the same event is that task again, with another
 //! event a key conflict. A delayed task (`run_after` in the future) gets no
-//! publish lock: the relay publishes it once due.
+//! publish lock: the relay publishes it once due. With the in-process queue
+//! a due task is stored as enqueued already ([`Publish::Enqueued`]), which
+//! spares a second write of every row.
 
 use std::collections::HashSet;
 
@@ -17,9 +19,24 @@ use diesel::prelude::*;
 use super::{Db, DbResult};
 use crate::task::{NewTask, Stored, TaskId, TaskStatus};
 
-/// Rows per multi-row insert: 13 bind parameters each, well under SQLite's
+/// Rows per multi-row insert: 14 bind parameters each, well under SQLite's
 /// and PostgreSQL's limits.
 const INSERT_CHUNK: usize = 500;
+
+/// What an insert records of how its due tasks reach the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// The caller publishes them and then records the confirm
+    /// ([`Db::mark_enqueued`]); until this time nobody else does, after it
+    /// the relay does.
+    LockedUntil(DateTime<Utc>),
+    /// They count as enqueued from the commit: for the in-process queue,
+    /// whose publish cannot fail while the process lives, and which starts
+    /// empty, so that a new process owes every unfinished task again
+    /// ([`Db::forget_enqueued`]). The confirm's separate update of each row
+    /// is spared.
+    Enqueued,
+}
 
 impl Db {
     /// Stores tasks in one transaction. An event already stored (same source
@@ -34,17 +51,18 @@ impl Db {
         tasks: &[NewTask],
         publish_lock_until: DateTime<Utc>,
     ) -> DbResult<Vec<Stored>> {
-        self.insert_task_refs(&tasks.iter().collect::<Vec<_>>(), publish_lock_until)
+        let tasks: Vec<&NewTask> = tasks.iter().collect();
+        self.insert_task_refs(&tasks, Publish::LockedUntil(publish_lock_until))
     }
 
     /// [`Db::insert_tasks`] for tasks owned elsewhere (the requests of a
     /// group commit), without copying them.
-    pub fn insert_task_refs(
-        &self,
-        tasks: &[&NewTask],
-        publish_lock_until: DateTime<Utc>,
-    ) -> DbResult<Vec<Stored>> {
+    pub fn insert_task_refs(&self, tasks: &[&NewTask], publish: Publish) -> DbResult<Vec<Stored>> {
         let now = Utc::now();
+        let (lock, enqueued) = match publish {
+            Publish::LockedUntil(until) => (Some(until), None),
+            Publish::Enqueued => (None, Some(now)),
+        };
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
@@ -55,6 +73,7 @@ impl Db {
                     let rows: Vec<_> = chunk
                         .iter()
                         .map(|task| {
+                            let due = is_due(task, now);
                             (
                                 t::id.eq(task.id),
                                 t::event_type.eq(&task.event_type),
@@ -66,8 +85,8 @@ impl Db {
                                 t::max_attempts.eq(task.max_attempts),
                                 t::idempotency_key.eq(&task.idempotency_key),
                                 t::run_after.eq(task.run_after),
-                                t::publish_lock_until
-                                    .eq(is_due(task, now).then_some(publish_lock_until)),
+                                t::publish_lock_until.eq(lock.filter(|_| due)),
+                                t::enqueued_at.eq(enqueued.filter(|_| due)),
                                 t::created_at.eq(now),
                                 t::updated_at.eq(now),
                             )
