@@ -261,6 +261,15 @@ async fn metrics_move(layout: Layout) {
         api_now.text
     );
     assert!(api_now.value("ferry_batch_size_count", &[("batcher", "insert")]) >= 1.0);
+    // Each insert batch is timed too, once per batch.
+    assert_eq!(
+        api_now.value(
+            "ferry_batch_duration_seconds_count",
+            &[("batcher", "insert")]
+        ),
+        api_now.value("ferry_batch_size_count", &[("batcher", "insert")]),
+    );
+    assert!(api_now.value("ferry_batch_duration_seconds_sum", &[("batcher", "insert")]) > 0.0);
     // HTTP answers by route template, never by a task's id.
     assert!(
         api_now.value(
@@ -355,6 +364,9 @@ async fn metrics_move(layout: Layout) {
     );
     assert!(m.value("ferry_batch_size_sum", &[("batcher", "claim")]) >= 6.0);
     assert!(m.value("ferry_batch_size_sum", &[("batcher", "outcome")]) >= 6.0);
+    for batcher in ["claim", "outcome"] {
+        assert!(m.value("ferry_batch_duration_seconds_sum", &[("batcher", batcher)]) > 0.0);
+    }
     assert_eq!(
         m.value("ferry_worker_running_tasks", &[]),
         0.0,

@@ -11,7 +11,8 @@ type Job<Req, Resp> = (Req, Option<oneshot::Sender<Resp>>);
 
 /// Sends requests to a background loop that runs them in batches of up to
 /// `max` through a blocking function (on tokio's blocking pool). Each batch's
-/// size is recorded in the `ferry_batch_size` histogram under its name.
+/// size and duration are recorded in the `ferry_batch_size` and
+/// `ferry_batch_duration_seconds` histograms under its name.
 #[derive(Debug)]
 pub struct Batcher<Req, Resp> {
     jobs: mpsc::UnboundedSender<Job<Req, Resp>>,
@@ -34,14 +35,17 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job<Req, Resp>>();
         let run = Arc::new(run);
-        let sizes = crate::metrics::batch_size(name);
+        let (sizes, durations) = crate::metrics::batch_histograms(name);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max);
             while queue.recv_many(&mut batch, max).await > 0 {
                 sizes.record(batch.len() as f64);
                 let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
                 let run = run.clone();
-                match tokio::task::spawn_blocking(move || run(requests)).await {
+                let started = std::time::Instant::now();
+                let ran = tokio::task::spawn_blocking(move || run(requests)).await;
+                durations.record(started.elapsed().as_secs_f64());
+                match ran {
                     Ok(responses) => {
                         debug_assert_eq!(responses.len(), replies.len());
                         for (reply, response) in replies.into_iter().zip(responses) {

@@ -63,6 +63,10 @@ pub const HTTP_REQUESTS: &str = "ferry_http_requests_total";
 pub const HTTP_DURATION: &str = "ferry_http_request_duration_seconds";
 /// Histogram: requests in one group commit, by `batcher`.
 pub const BATCH_SIZE: &str = "ferry_batch_size";
+/// Histogram: seconds each group commit took, by batcher, from its hand-off
+/// to the blocking pool to its answers (the wait for the connection and,
+/// on SQLite, for the write lock included).
+pub const BATCH_DURATION: &str = "ferry_batch_duration_seconds";
 /// Gauge: `/receive` requests admitted and waiting for the database (at
 /// most [`RECEIVE_LIMIT`]); past it they are refused as `503 overloaded`.
 pub const RECEIVE_WAITING: &str = "ferry_receive_waiting";
@@ -89,6 +93,11 @@ const HTTP_BUCKETS: &[f64] = &[
 const RELAY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// Seconds per batch: from a lone read in tens of microseconds to a
+/// commit that waited for a busy database.
+const BATCH_DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 /// Requests per batch: powers of two up to the largest batch (256).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -107,6 +116,7 @@ pub fn install() -> &'static PrometheusHandle {
             (ATTEMPT_DURATION, ATTEMPT_BUCKETS),
             (HTTP_DURATION, HTTP_BUCKETS),
             (BATCH_SIZE, BATCH_BUCKETS),
+            (BATCH_DURATION, BATCH_DURATION_BUCKETS),
             (RELAY_ROUND, RELAY_BUCKETS),
         ]
         .into_iter()
@@ -201,6 +211,11 @@ fn describe() {
         "Time to the head of an API answer, by method and route template."
     );
     describe_histogram!(BATCH_SIZE, "Requests in one group commit, by batcher.");
+    describe_histogram!(
+        BATCH_DURATION,
+        Unit::Seconds,
+        "Seconds one group commit took, by batcher, from its hand-off to the blocking pool to its answers."
+    );
     describe_gauge!(
         RECEIVE_WAITING,
         "/receive requests admitted and waiting for the database (at most ferry_receive_limit)."
@@ -425,9 +440,13 @@ pub fn http_connections_refused() -> Counter {
     metrics::counter!(HTTP_CONNECTIONS_REFUSED)
 }
 
-/// A [`BATCH_SIZE`] histogram of the batcher `name`.
-pub fn batch_size(name: &'static str) -> Histogram {
-    metrics::histogram!(BATCH_SIZE, "batcher" => name)
+/// The [`BATCH_SIZE`] and [`BATCH_DURATION`] histograms of the batcher
+/// `name`.
+pub fn batch_histograms(name: &'static str) -> (Histogram, Histogram) {
+    (
+        metrics::histogram!(BATCH_SIZE, "batcher" => name),
+        metrics::histogram!(BATCH_DURATION, "batcher" => name),
+    )
 }
 
 #[cfg(test)]
