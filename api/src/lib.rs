@@ -207,7 +207,8 @@ impl AppState {
             .spawn(async move { state.publish(ids, record).await });
     }
 
-    /// Waits for the publishes [`publish_soon`](Self::publish_soon) started
+    /// Waits for the publishes [`publish_soon`](Self::publish_soon) and
+    /// [`publish_stored`](Self::publish_stored) started
     /// (each ends within [`PUBLISH_TIMEOUT`]); the shutdown does, so that a
     /// stopping api hands the broker what it stored rather than leaving it
     /// to a relay after the publish lock.

@@ -56,7 +56,8 @@ impl Db {
     }
 
     /// [`Db::insert_tasks`] for tasks owned elsewhere (the requests of a
-    /// group commit), without copying them.
+    /// group commit), without copying them; `publish` says what is
+    /// recorded of the due tasks' publish.
     pub fn insert_task_refs(&self, tasks: &[&NewTask], publish: Publish) -> DbResult<Vec<Stored>> {
         let now = Utc::now();
         let (lock, enqueued) = match publish {
