@@ -259,16 +259,10 @@ async fn standalone_stores_tasks_enqueued_and_publishes_each_once() {
             .text()
             .await
             .unwrap();
-        let value = |name| ferry_testkit::metric_value(&text, name).unwrap_or(0.0);
-        let batches = |name: &str| {
-            let sample = format!("ferry_batch_size_count{{batcher=\"{name}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(&sample)?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let value = |name: &str| ferry_testkit::metric_value(&text, name).unwrap_or(0.0);
         (
-            batches("insert"),
-            batches("enqueued"),
+            value("ferry_batch_size_count{batcher=\"insert\"}"),
+            value("ferry_batch_size_count{batcher=\"enqueued\"}"),
             value("ferry_relay_round_seconds_count"),
             value("ferry_relay_published_total"),
         )

@@ -91,8 +91,9 @@ macro_rules! layout_tests {
     };
 }
 
-/// The value of the unlabelled sample `name` in a `/metrics` text, if it
-/// has one that parses.
+/// The value of the sample `name` in a `/metrics` text, if it has one that
+/// parses; a labelled sample is named with its labels as the text writes
+/// them (`ferry_batch_size_count{batcher="insert"}`).
 pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         line.strip_prefix(name)?
