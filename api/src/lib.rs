@@ -28,7 +28,7 @@ use ferry_core::db::{DbError, DbResult, Publish};
 use ferry_core::hints::Hints;
 use ferry_core::metrics::TaskMetrics;
 use ferry_core::probe::{CountGauges, Probe};
-use ferry_core::task::{NewTask, Stored, TaskView};
+use ferry_core::task::{NewTask, Stored, SubmitWrite, TaskView};
 use ferry_core::{relay, runtime, Config, Db, TaskId};
 use listener::GuardedListener;
 use rocket::config::LogLevel;
@@ -59,10 +59,10 @@ pub struct AppState {
     pub db: Db,
     /// Where tasks are queued.
     pub queue: Queue,
-    /// Group commit of the tasks of concurrent `/receive` requests.
-    inserts: Batcher<Vec<NewTask>, DbResult<Vec<Stored>>>,
-    /// Group commit of broker confirms (`enqueued_at`), off the request path.
-    enqueued: Batcher<Vec<TaskId>, ()>,
+    /// Group commit of the tasks of concurrent `/receive` requests, and of
+    /// the broker confirms of tasks stored before (`enqueued_at`), in one
+    /// transaction.
+    writes: Batcher<SubmitWrite, DbResult<Vec<Stored>>>,
     /// Concurrent `/status` reads, answered by one query.
     views: Batcher<TaskId, DbResult<Option<TaskView>>>,
     /// Succeeded tasks' `/status` answers, kept in memory.
@@ -87,49 +87,31 @@ pub struct AppState {
 impl AppState {
     /// The state for a process: its batching loops start here.
     pub fn new(config: Arc<Config>, db: Db, queue: Queue) -> Self {
-        let insert_db = db.clone();
+        let write_db = db.clone();
         let local = queue.is_local();
-        let inserts = Batcher::spawn(
-            "insert",
-            INSERT_BATCH,
-            move |requests: Vec<Vec<NewTask>>| {
-                let publish = if local {
-                    Publish::Enqueued
-                } else {
-                    Publish::LockedUntil(Utc::now() + PUBLISH_LOCK)
+        let confirms = ::metrics::counter!(ferry_core::metrics::CONFIRMS_RECORDED);
+        let writes = Batcher::spawn("insert", INSERT_BATCH, move |writes: Vec<SubmitWrite>| {
+            let publish = if local {
+                Publish::Enqueued
+            } else {
+                Publish::LockedUntil(Utc::now() + PUBLISH_LOCK)
+            };
+            let written = DbError::isolate("insert", &writes, |writes| {
+                write_db.write_submits(writes, publish)
+            });
+            for (write, written) in writes.iter().zip(&written) {
+                let SubmitWrite::Confirmed(ids) = write else {
+                    continue;
                 };
-                DbError::isolate("insert", &requests, |requests| {
-                    let tasks: Vec<&NewTask> = requests.iter().flatten().collect();
-                    let mut stored = insert_db.insert_task_refs(&tasks, publish)?.into_iter();
-                    // Back into one list per request.
-                    Ok(requests
-                        .iter()
-                        .map(|request| stored.by_ref().take(request.len()).collect())
-                        .collect())
-                })
-            },
-        );
-        let mark_db = db.clone();
-        let enqueued = Batcher::spawn(
-            "enqueued",
-            INSERT_BATCH,
-            move |requests: Vec<Vec<TaskId>>| {
-                DbError::isolate("enqueued", &requests, |requests| {
-                    let ids: Vec<TaskId> = requests.iter().flatten().copied().collect();
-                    mark_db.mark_enqueued(&ids)?;
-                    Ok(vec![(); requests.len()])
-                })
-                .into_iter()
-                .map(|marked| {
-                    if let Err(e) = marked {
-                        // The relay will publish again; the claim's
-                        // compare-and-set makes the duplicate message harmless.
-                        tracing::warn!(error = %e, "published, but could not record it");
-                    }
-                })
-                .collect()
-            },
-        );
+                match written {
+                    Ok(_) => confirms.increment(ids.len() as u64),
+                    // The relay will publish again; the claim's
+                    // compare-and-set makes the duplicate message harmless.
+                    Err(e) => tracing::warn!(error = %e, "published, but could not record it"),
+                }
+            }
+            written
+        });
         let admission = Admission::new(config.receive_limit, config.receive_latency_target);
         let view_db = db.clone();
         let views = Batcher::spawn("status", READ_BATCH, move |ids: Vec<TaskId>| {
@@ -145,8 +127,7 @@ impl AppState {
             config,
             db,
             queue,
-            inserts,
-            enqueued,
+            writes,
             views,
             publishing: TaskTracker::new(),
             admission,
@@ -178,8 +159,8 @@ impl AppState {
     /// Stores one request's tasks, committed together with those of other
     /// requests arriving meanwhile.
     pub async fn store(&self, tasks: Vec<NewTask>) -> DbResult<Vec<Stored>> {
-        self.inserts
-            .call(tasks)
+        self.writes
+            .call(SubmitWrite::Insert(tasks))
             .await
             .unwrap_or_else(|| Err(DbError::Unavailable("the insert batch failed".into())))
     }
@@ -228,7 +209,7 @@ impl AppState {
             .await
             .unwrap_or_else(|_| Err(BrokerError::Timeout(PUBLISH_TIMEOUT)));
         match published {
-            Ok(()) if record => self.enqueued.send(ids),
+            Ok(()) if record => self.writes.send(SubmitWrite::Confirmed(ids)),
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, tasks = ids.len(), "publish failed; the relay will retry");

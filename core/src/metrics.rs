@@ -44,6 +44,9 @@ pub const WORKER_FREE_SLOTS: &str = "ferry_worker_free_slots";
 /// Counter: tasks the relay published (unconfirmed publishes taken over,
 /// delayed tasks and retries once due).
 pub const RELAY_PUBLISHED: &str = "ferry_relay_published_total";
+/// Counter: tasks an api published right after storing them whose broker
+/// confirm it recorded.
+pub const CONFIRMS_RECORDED: &str = "ferry_confirms_recorded_total";
 /// Counter: tasks the relay published again because the broker had
 /// confirmed their message and then lost it.
 pub const RELAY_LOST_REPUBLISHED: &str = "ferry_relay_lost_republished_total";
@@ -179,6 +182,10 @@ fn describe() {
     describe_counter!(
         RELAY_PUBLISHED,
         "Tasks the relay published: unconfirmed publishes, delayed tasks and retries once due."
+    );
+    describe_counter!(
+        CONFIRMS_RECORDED,
+        "Tasks the api published after storing them whose broker confirm it recorded."
     );
     describe_counter!(
         RELAY_LOST_REPUBLISHED,

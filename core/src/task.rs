@@ -258,6 +258,53 @@ pub struct Claimed {
     pub event: Value,
 }
 
+/// One write of the api's group commit ([`crate::Db::write_submits`]).
+#[derive(Debug, Clone)]
+pub enum SubmitWrite {
+    /// A `/receive` request's tasks, to store.
+    Insert(Vec<NewTask>),
+    /// Tasks stored and published before, whose publish the broker
+    /// confirmed: recorded as enqueued ([`crate::Db::mark_enqueued`]).
+    Confirmed(Vec<TaskId>),
+}
+
+impl SubmitWrite {
+    /// The tasks it stores (none for a confirm).
+    pub fn tasks(&self) -> &[NewTask] {
+        match self {
+            Self::Insert(tasks) => tasks,
+            Self::Confirmed(_) => &[],
+        }
+    }
+
+    /// The tasks whose confirm it records (none for an insert).
+    pub fn confirmed(&self) -> &[TaskId] {
+        match self {
+            Self::Insert(_) => &[],
+            Self::Confirmed(ids) => ids,
+        }
+    }
+}
+
+/// One write of a worker's group commit ([`crate::Db::write_attempts`]).
+#[derive(Debug, Clone)]
+pub enum AttemptWrite {
+    /// Claim this task.
+    Claim(TaskId),
+    /// Record how this attempt ended.
+    Finish(AttemptRef, Outcome),
+}
+
+/// The answer to an [`AttemptWrite`].
+#[derive(Debug, Clone)]
+pub enum AttemptWritten {
+    /// The claim: `None` if the task was not claimable.
+    Claimed(Option<Claimed>),
+    /// The outcome: false if the attempt no longer held the task, and
+    /// nothing was written.
+    Finished(bool),
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::Connection;
 use ferry_core::db::{DbError, Publish};
-use ferry_core::task::{AttemptRef, NewTask, Outcome};
+use ferry_core::task::{AttemptWrite, AttemptWritten, NewTask, Outcome, SubmitWrite};
 use ferry_core::{Db, TaskId, TaskStatus};
 use serde_json::json;
 
@@ -523,58 +523,93 @@ const POISON_POSTGRES: &str = "
     CREATE TRIGGER poison BEFORE INSERT OR UPDATE ON tasks
     FOR EACH ROW EXECUTE FUNCTION poison();";
 
-/// Group commit is not shared fate: in every batch (inserts, claims,
-/// outcomes), one item the database refuses fails alone, and the others are
-/// committed and answered as if it had not been there.
+/// Group commit is not shared fate: in every batch (the api's inserts and
+/// confirms, a worker's claims and outcomes), one item the database
+/// refuses fails alone, and the others are committed and answered as if it
+/// had not been there.
 #[test]
 fn a_refused_item_fails_only_itself_in_every_batch() {
     let check = |db: &Db| {
-        // Inserts: one request per item, as /receive batches them.
-        let requests: Vec<Vec<NewTask>> = ["a", "poison-1", "b", "claim-poison", "finish-poison"]
+        // Stored before, its publish lock run out: the confirm below is
+        // what keeps it from the relay.
+        let published = db.insert_tasks(&[new_task("a", 3)], Utc::now()).unwrap()[0].id;
+        // Inserts, one request per item as /receive batches them, and a
+        // confirm, in the api's one batch.
+        let writes: Vec<SubmitWrite> = ["b", "poison-1", "", "claim-poison", "finish-poison"]
             .iter()
-            .map(|id| vec![new_task(id, 3)])
+            .map(|id| match *id {
+                "" => SubmitWrite::Confirmed(vec![published]),
+                id => SubmitWrite::Insert(vec![new_task(id, 3)]),
+            })
             .collect();
-        let stored = DbError::isolate("insert", &requests, |requests| {
-            let tasks: Vec<&NewTask> = requests.iter().flatten().collect();
-            let stored = db.insert_task_refs(&tasks, Publish::LockedUntil(Utc::now()))?;
-            Ok(stored.into_iter().map(|s| vec![s]).collect())
+        let stored = DbError::isolate("insert", &writes, |writes| {
+            db.write_submits(writes, Publish::LockedUntil(Utc::now()))
         });
         assert!(
             matches!(stored[1], Err(DbError::Query(_))),
             "{:?}",
             stored[1]
         );
-        let ids: Vec<TaskId> = [0, 2, 3, 4]
-            .iter()
-            .map(|&i| {
+        assert!(
+            stored[2].as_ref().unwrap().is_empty(),
+            "a confirm stores nothing"
+        );
+        let ids: Vec<TaskId> = std::iter::once(published)
+            .chain([0, 3, 4].iter().map(|&i| {
                 let stored = stored[i].as_ref().unwrap();
                 assert!(stored[0].created);
                 stored[0].id
-            })
+            }))
             .collect();
         assert_eq!(db.count_with_status(TaskStatus::Pending).unwrap(), 4);
+        let mut owed = db.claim_unpublished(10, Duration::from_secs(30)).unwrap();
+        owed.sort_by_key(|id| id.0);
+        let mut inserted = ids[1..].to_vec();
+        inserted.sort_by_key(|id| id.0);
+        assert_eq!(
+            owed, inserted,
+            "the confirm was recorded, the inserts' locks ran out"
+        );
         // Claims: the refused claim fails alone; the others run.
-        let claims = DbError::isolate("claim", &ids, |ids| db.claim_many(ids, "w1", lease()));
+        let claims: Vec<AttemptWrite> = ids.iter().map(|&id| AttemptWrite::Claim(id)).collect();
+        let claimed = DbError::isolate("attempt", &claims, |w| db.write_attempts(w, "w1", lease()));
         assert!(
-            matches!(claims[2], Err(DbError::Query(_))),
+            matches!(claimed[2], Err(DbError::Query(_))),
             "{:?}",
-            claims[2]
+            claimed[2]
         );
         for i in [0, 1, 3] {
-            assert_eq!(claims[i].as_ref().unwrap().as_ref().unwrap().attempt, 1);
+            assert!(
+                matches!(&claimed[i], Ok(AttemptWritten::Claimed(Some(c))) if c.attempt == 1),
+                "{:?}",
+                claimed[i]
+            );
         }
-        // Outcomes: the refused success fails alone; the others are recorded.
-        let outcomes: Vec<(AttemptRef, Outcome)> = [0, 1, 3]
-            .iter()
-            .map(|&i| (ids[i].attempt(1), Outcome::Succeeded(json!({"i": i}))))
-            .collect();
-        let recorded = DbError::isolate("outcome", &outcomes, |o| db.finish_many(o));
-        assert!(recorded[0].as_ref().unwrap());
-        assert!(recorded[1].as_ref().unwrap());
+        // Outcomes and claims together: the refused success fails alone; the
+        // others are recorded, the duplicate claim answered as such.
+        let writes = vec![
+            AttemptWrite::Finish(ids[0].attempt(1), Outcome::Succeeded(json!({"i": 0}))),
+            AttemptWrite::Claim(ids[1]),
+            AttemptWrite::Finish(ids[3].attempt(1), Outcome::Succeeded(json!({"i": 3}))),
+            AttemptWrite::Finish(ids[1].attempt(1), Outcome::Succeeded(json!({"i": 1}))),
+        ];
+        let written = DbError::isolate("attempt", &writes, |w| db.write_attempts(w, "w1", lease()));
         assert!(
-            matches!(recorded[2], Err(DbError::Query(_))),
+            matches!(written[0], Ok(AttemptWritten::Finished(true))),
+            "{written:?}"
+        );
+        assert!(
+            matches!(written[1], Ok(AttemptWritten::Claimed(None))),
+            "{written:?}"
+        );
+        assert!(
+            matches!(written[2], Err(DbError::Query(_))),
             "{:?}",
-            recorded[2]
+            written[2]
+        );
+        assert!(
+            matches!(written[3], Ok(AttemptWritten::Finished(true))),
+            "{written:?}"
         );
         assert_eq!(db.count_with_status(TaskStatus::Succeeded).unwrap(), 2);
         assert_eq!(db.status(ids[3]).unwrap(), Some(TaskStatus::Running));
@@ -592,5 +627,87 @@ fn a_refused_item_fails_only_itself_in_every_batch() {
             .batch_execute(POISON_POSTGRES)
             .unwrap();
         check(db);
+    });
+}
+
+/// The transactions of this process's counted connections so far:
+/// explicit ones begun and committed, and statements sent outside one
+/// (each a transaction of its own; the pool's checkout pings left out).
+fn transactions() -> (u64, u64, u64) {
+    let counts = ferry_core::db::counts::snapshot();
+    let count = |name: &str| {
+        counts
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap()
+    };
+    let implicit: u64 = count("implicit");
+    (count("begins"), count("commits"), implicit - count("pings"))
+}
+
+/// Each process's writes are one transaction a batch: the api's inserts
+/// with the confirms of tasks it published, a worker's claims with its
+/// outcomes; each write answered in its place.
+#[test]
+fn each_process_writes_a_batch_in_one_transaction() {
+    // Counts the connections made from here on.
+    ferry_core::db::counts::count();
+    on_both_backends(|db| {
+        let first = db
+            .insert_tasks(&[new_task("first", 3)], Utc::now())
+            .unwrap()[0]
+            .id;
+        let before = transactions();
+        let writes = vec![
+            SubmitWrite::Insert(vec![new_task("x", 3), new_task("y", 3)]),
+            SubmitWrite::Confirmed(vec![first]),
+            SubmitWrite::Insert(vec![new_task("first", 3)]),
+        ];
+        let stored = db
+            .write_submits(&writes, Publish::LockedUntil(Utc::now()))
+            .unwrap();
+        let (begins, commits, implicit) = transactions();
+        assert_eq!(
+            (begins - before.0, commits - before.1, implicit - before.2),
+            (1, 1, 0)
+        );
+        assert_eq!(stored.iter().map(Vec::len).collect::<Vec<_>>(), [2, 0, 1]);
+        assert!(stored[0].iter().all(|s| s.created));
+        assert_eq!(stored[2][0].id, first, "the same event is the same task");
+        let (x, y) = (stored[0][0].id, stored[0][1].id);
+        let mut owed = db.claim_unpublished(10, Duration::from_secs(30)).unwrap();
+        owed.sort_by_key(|id| id.0);
+        let mut expected = vec![x, y];
+        expected.sort_by_key(|id| id.0);
+        assert_eq!(owed, expected, "the confirmed task is not owed");
+
+        db.claim(first, "w1", lease()).unwrap().unwrap();
+        let before = transactions();
+        let writes = vec![
+            AttemptWrite::Claim(x),
+            AttemptWrite::Finish(first.attempt(1), Outcome::Succeeded(json!({"ok": 1}))),
+            AttemptWrite::Claim(y),
+            AttemptWrite::Claim(x),
+            AttemptWrite::Finish(x.attempt(2), Outcome::Failed("not its attempt".into())),
+        ];
+        let written = db.write_attempts(&writes, "w2", lease()).unwrap();
+        let (begins, commits, implicit) = transactions();
+        assert_eq!(
+            (begins - before.0, commits - before.1, implicit - before.2),
+            (1, 1, 0)
+        );
+        assert!(
+            matches!(&written[..], [
+                AttemptWritten::Claimed(Some(cx)),
+                AttemptWritten::Finished(true),
+                AttemptWritten::Claimed(Some(cy)),
+                AttemptWritten::Claimed(None),
+                AttemptWritten::Finished(false),
+            ] if cx.attempt == 1 && cy.attempt == 1),
+            "{written:?}"
+        );
+        assert_eq!(db.status(first).unwrap(), Some(TaskStatus::Succeeded));
+        assert_eq!(db.status(x).unwrap(), Some(TaskStatus::Running));
+        assert_eq!(db.status(y).unwrap(), Some(TaskStatus::Running));
     });
 }

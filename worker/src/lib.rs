@@ -25,7 +25,7 @@ use ferry_core::db::{DbError, DbResult, Lease};
 use ferry_core::hints::Hints;
 use ferry_core::metrics::{Finish, TaskMetrics, TypeMetrics, WorkerMetrics, UNROUTED};
 use ferry_core::retry::RetryPolicy;
-use ferry_core::task::{AttemptRef, Claimed, Outcome};
+use ferry_core::task::{AttemptRef, AttemptWrite, AttemptWritten, Claimed, Outcome};
 use ferry_core::{storable, Config, Db, TaskId, TaskStatus};
 use futures_util::FutureExt;
 use rand::Rng;
@@ -42,10 +42,8 @@ const BATCH: usize = 256;
 /// A worker process's shared state.
 #[derive(Debug)]
 struct Worker {
-    /// Group commit of claims.
-    claims: Batcher<TaskId, DbResult<Option<Claimed>>>,
-    /// Group commit of outcomes.
-    outcomes: Batcher<(AttemptRef, Outcome), DbResult<bool>>,
+    /// Group commit of claims and outcomes, together in one transaction.
+    writes: Batcher<AttemptWrite, DbResult<AttemptWritten>>,
     /// Attempts running now, handed back if the drain timeout passes; each
     /// with the token a cancel of its task cancels, and its type's metrics.
     attempts: std::sync::Mutex<std::collections::HashMap<TaskId, RunningAttempt>>,
@@ -112,29 +110,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     ferry_core::metrics::install();
     let name = worker_name();
-    let (claim_db, claimer, lease) = (db.clone(), name.clone(), config.lease);
-    let claims = Batcher::spawn("claim", BATCH, move |ids: Vec<TaskId>| {
+    let (write_db, claimer, lease) = (db.clone(), name.clone(), config.lease);
+    let writes = Batcher::spawn("attempt", BATCH, move |writes: Vec<AttemptWrite>| {
         let until = Utc::now() + lease;
-        DbError::isolate("claim", &ids, |ids| {
-            claim_db.claim_many(ids, &claimer, until)
+        DbError::isolate("attempt", &writes, |writes| {
+            write_db.write_attempts(writes, &claimer, until)
         })
     });
-    let outcome_db = db.clone();
-    let outcomes = Batcher::spawn(
-        "outcome",
-        BATCH,
-        move |attempts: Vec<(AttemptRef, Outcome)>| {
-            DbError::isolate("outcome", &attempts, |attempts| {
-                outcome_db.finish_many(attempts)
-            })
-        },
-    );
     let gauges = WorkerMetrics::new(&name);
     gauges.free_slots.set(config.concurrency as f64);
     gauges.running.set(0.0);
     let worker = Arc::new(Worker {
-        claims,
-        outcomes,
+        writes,
         attempts: Default::default(),
         metrics: TaskMetrics::default(),
         gauges,
@@ -449,12 +436,15 @@ impl Worker {
         }
         .backoff();
         loop {
-            match self.claims.call(id).await.unwrap_or_else(batch_lost) {
+            let claimed = self.writes.call(AttemptWrite::Claim(id)).await;
+            match claimed.unwrap_or_else(batch_lost) {
                 Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "cannot claim yet; retrying");
                     tokio::time::sleep(backoff.next_wait()).await;
                 }
-                claimed => return claimed,
+                Ok(AttemptWritten::Claimed(claimed)) => return Ok(claimed),
+                Ok(AttemptWritten::Finished(_)) => return mismatched(),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -576,8 +566,17 @@ impl Worker {
         .backoff();
         let mut outcome = outcome.clone();
         loop {
-            let recorded = self.outcomes.call((attempt, outcome.clone())).await;
-            match recorded.unwrap_or_else(batch_lost) {
+            let recorded = self
+                .writes
+                .call(AttemptWrite::Finish(attempt, outcome.clone()))
+                .await;
+            let recorded = recorded
+                .unwrap_or_else(batch_lost)
+                .and_then(|written| match written {
+                    AttemptWritten::Finished(recorded) => Ok(recorded),
+                    AttemptWritten::Claimed(_) => mismatched(),
+                });
+            match recorded {
                 Ok(true) => return true,
                 Ok(false) => {
                     tracing::warn!("outcome not recorded: the attempt lost its lease");
@@ -617,6 +616,15 @@ enum LeaseEnd {
 
 fn batch_lost<T>() -> DbResult<T> {
     Err(DbError::Unavailable("the database batch failed".into()))
+}
+
+/// A claim answered as an outcome or the other way round: a bug in
+/// [`ferry_core::Db::write_attempts`], failed like a lost batch.
+fn mismatched<T>() -> DbResult<T> {
+    debug_assert!(false, "a write was answered as another kind");
+    Err(DbError::Batch(
+        "a write was answered as another kind".into(),
+    ))
 }
 
 fn settle(result: Result<(), ferry_core::broker::BrokerError>) {

@@ -15,8 +15,8 @@ use diesel::prelude::*;
 use serde_json::Value;
 
 use super::dialect::{status_in, ClaimedRow, OneStatement, SetBased};
-use super::{Db, DbResult};
-use crate::task::{AttemptRef, Claimed, Outcome, TaskId, TaskStatus};
+use super::{Db, DbError, DbResult};
+use crate::task::{AttemptRef, AttemptWrite, AttemptWritten, Claimed, Outcome, TaskId, TaskStatus};
 
 /// The rows of `$t` (a `tasks` dsl) that attempt `$attempt` still holds.
 macro_rules! held_by {
@@ -94,59 +94,16 @@ macro_rules! lease_lost {
     };
 }
 
-/// Indexes of `ids` in id order: batches lock rows in one global order.
-pub(super) fn order_by_id(ids: impl Iterator<Item = TaskId>) -> Vec<usize> {
-    let mut order: Vec<(TaskId, usize)> = ids.zip(0..).collect();
-    order.sort_by_key(|(id, _)| id.0);
-    order.into_iter().map(|(_, i)| i).collect()
-}
-
-impl Db {
-    /// Claims a task for `worker`: pending or due-retrying → running, one more
-    /// attempt, leased until `lease_until`. `None` if it is not claimable
-    /// (running elsewhere, finished, cancelled, not due, or unknown).
-    pub fn claim(
-        &self,
-        id: TaskId,
-        worker: &str,
-        lease_until: DateTime<Utc>,
-    ) -> DbResult<Option<Claimed>> {
-        Ok(self.claim_many(&[id], worker, lease_until)?.remove(0))
-    }
-
-    /// [`Db::claim`] for several tasks in one transaction (group commit);
-    /// one answer per id, in order.
-    pub fn claim_many(
-        &self,
-        ids: &[TaskId],
-        worker: &str,
-        lease_until: DateTime<Utc>,
-    ) -> DbResult<Vec<Option<Claimed>>> {
-        let now = Utc::now();
-        // A task delivered twice in one batch is claimed once: the first of
-        // its callers gets it.
-        let answer = |claimed: Vec<ClaimedRow>| {
-            let mut by_id: HashMap<TaskId, Claimed> = claimed
-                .into_iter()
-                .map(|(id, attempt, max_attempts, event_type, event)| {
-                    let claim = Claimed {
-                        attempt,
-                        max_attempts,
-                        event_type,
-                        event,
-                    };
-                    (id, claim)
-                })
-                .collect();
-            ids.iter().map(|id| by_id.remove(id)).collect()
-        };
-        with_conn!(self, |conn, s| {
-            use s::task_attempts::dsl as a;
-            use s::tasks::dsl as t;
-            if let Some(claimed) = conn.claim_at_once(ids, worker, lease_until, now)? {
-                return Ok(answer(claimed));
-            }
-            conn.transaction(|conn| {
+/// Claims the tasks `$ids` (see [`Db::claim_many`]) on `$conn`, whose
+/// schema is `$s`: the rows claimed, in no order.
+macro_rules! claim_rows {
+    ($conn:ident, $s:ident, $ids:expr, $worker:expr, $lease_until:expr, $now:expr) => {{
+        use $s::task_attempts::dsl as a;
+        use $s::tasks::dsl as t;
+        let (ids, worker, lease_until, now) = ($ids, $worker, $lease_until, $now);
+        match $conn.claim_at_once(ids, worker, lease_until, now)? {
+            Some(claimed) => Ok::<_, DbError>(claimed),
+            None => $conn.transaction::<_, DbError, _>(|conn| {
                 // One statement claims the batch, first attempts' start
                 // included; PostgreSQL locks the rows in index order, so
                 // concurrent batches cannot deadlock.
@@ -168,7 +125,7 @@ impl Db {
                     .returning((t::id, t::attempts, t::max_attempts, t::event_type, t::event))
                     .get_results::<(TaskId, i32, i32, String, Value)>(conn)?;
                 if claimed.is_empty() {
-                    return Ok(vec![None; ids.len()]);
+                    return Ok(claimed);
                 }
                 let attempt_rows: Vec<_> = claimed
                     .iter()
@@ -184,46 +141,36 @@ impl Db {
                 diesel::insert_into(a::task_attempts)
                     .values(attempt_rows)
                     .execute(conn)?;
-                Ok(answer(claimed))
-            })
-        })
-    }
+                Ok(claimed)
+            }),
+        }
+    }};
+}
 
-    /// Extends the lease of a running attempt. False if the attempt no
-    /// longer holds the task (its lease expired and it was taken back).
-    pub fn renew_lease(&self, attempt: AttemptRef, lease_until: DateTime<Utc>) -> DbResult<bool> {
-        with_conn!(self, |conn, s| {
-            use s::tasks::dsl as t;
-            let renewed = diesel::update(held_by!(t, attempt))
-                .set(t::lease_expires_at.eq(lease_until))
-                .execute(conn)?;
-            Ok(renewed == 1)
-        })
-    }
-
-    /// Records how an attempt ended. False if the attempt no longer holds
-    /// the task, in which case nothing is written.
-    pub fn finish(&self, attempt: AttemptRef, outcome: &Outcome) -> DbResult<bool> {
-        Ok(self.finish_many(&[(attempt, outcome.clone())])?[0])
-    }
-
-    /// [`Db::finish`] for several attempts in one transaction (group
-    /// commit); one answer per attempt, in order.
-    pub fn finish_many(&self, attempts: &[(AttemptRef, Outcome)]) -> DbResult<Vec<bool>> {
-        let now = Utc::now();
+/// Records how the attempts `$attempts` ended (see [`Db::finish_many`]) on
+/// `$conn`, whose schema is `$s`: whether each was recorded, in order.
+macro_rules! finish_rows {
+    ($conn:ident, $s:ident, $attempts:expr, $now:expr) => {{
+        use $s::task_attempts::dsl as a;
+        use $s::tasks::dsl as t;
+        let (attempts, now): (&[(AttemptRef, Outcome)], _) = ($attempts, $now);
         let all_succeeded = attempts
             .iter()
             .all(|(_, outcome)| matches!(outcome, Outcome::Succeeded(_)));
-        with_conn!(self, |conn, s| {
-            use s::task_attempts::dsl as a;
-            use s::tasks::dsl as t;
-            // The happy path, where the backend can, in one statement.
-            if all_succeeded {
-                if let Some(recorded) = conn.finish_successes_at_once(attempts, now)? {
-                    return Ok(attempts.iter().map(|(a, _)| recorded.contains(a)).collect());
-                }
-            }
-            conn.transaction(|conn| {
+        // The happy path, where the backend can, in one statement.
+        let at_once = if all_succeeded {
+            $conn.finish_successes_at_once(attempts, now)?
+        } else {
+            None
+        };
+        match at_once {
+            Some(recorded) => Ok::<_, DbError>(
+                attempts
+                    .iter()
+                    .map(|(a, _)| recorded.contains(a))
+                    .collect::<Vec<bool>>(),
+            ),
+            None => $conn.transaction::<_, DbError, _>(|conn| {
                 let mut answers = vec![false; attempts.len()];
                 let mut succeeded = Vec::new();
                 // Successes, the happy path, in one statement; the other
@@ -296,8 +243,139 @@ impl Db {
                     .execute(conn)?;
                 }
                 Ok(answers)
-            })
+            }),
+        }
+    }};
+}
+
+/// The answers to a claim of `ids`, in their order, from the rows claimed.
+/// A task delivered twice in one batch is claimed once: the first of its
+/// callers gets it.
+fn claims_in_order(ids: &[TaskId], rows: Vec<ClaimedRow>) -> Vec<Option<Claimed>> {
+    let mut by_id: HashMap<TaskId, Claimed> = rows
+        .into_iter()
+        .map(|(id, attempt, max_attempts, event_type, event)| {
+            let claim = Claimed {
+                attempt,
+                max_attempts,
+                event_type,
+                event,
+            };
+            (id, claim)
         })
+        .collect();
+    ids.iter().map(|id| by_id.remove(id)).collect()
+}
+
+/// Indexes of `ids` in id order: batches lock rows in one global order.
+pub(super) fn order_by_id(ids: impl Iterator<Item = TaskId>) -> Vec<usize> {
+    let mut order: Vec<(TaskId, usize)> = ids.zip(0..).collect();
+    order.sort_by_key(|(id, _)| id.0);
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+impl Db {
+    /// Claims a task for `worker`: pending or due-retrying → running, one more
+    /// attempt, leased until `lease_until`. `None` if it is not claimable
+    /// (running elsewhere, finished, cancelled, not due, or unknown).
+    pub fn claim(
+        &self,
+        id: TaskId,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Option<Claimed>> {
+        Ok(self.claim_many(&[id], worker, lease_until)?.remove(0))
+    }
+
+    /// [`Db::claim`] for several tasks in one transaction (group commit);
+    /// one answer per id, in order.
+    pub fn claim_many(
+        &self,
+        ids: &[TaskId],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Vec<Option<Claimed>>> {
+        let now = Utc::now();
+        with_conn!(self, |conn, s| {
+            let rows = claim_rows!(conn, s, ids, worker, lease_until, now)?;
+            Ok(claims_in_order(ids, rows))
+        })
+    }
+
+    /// Extends the lease of a running attempt. False if the attempt no
+    /// longer holds the task (its lease expired and it was taken back).
+    pub fn renew_lease(&self, attempt: AttemptRef, lease_until: DateTime<Utc>) -> DbResult<bool> {
+        with_conn!(self, |conn, s| {
+            use s::tasks::dsl as t;
+            let renewed = diesel::update(held_by!(t, attempt))
+                .set(t::lease_expires_at.eq(lease_until))
+                .execute(conn)?;
+            Ok(renewed == 1)
+        })
+    }
+
+    /// Records how an attempt ended. False if the attempt no longer holds
+    /// the task, in which case nothing is written.
+    pub fn finish(&self, attempt: AttemptRef, outcome: &Outcome) -> DbResult<bool> {
+        Ok(self.finish_many(&[(attempt, outcome.clone())])?[0])
+    }
+
+    /// [`Db::finish`] for several attempts in one transaction (group
+    /// commit); one answer per attempt, in order.
+    pub fn finish_many(&self, attempts: &[(AttemptRef, Outcome)]) -> DbResult<Vec<bool>> {
+        let now = Utc::now();
+        with_conn!(self, |conn, s| finish_rows!(conn, s, attempts, now))
+    }
+
+    /// A worker's group commit: its claims (as [`Db::claim_many`], for
+    /// `worker`, leased until `lease_until`) and its outcomes (as
+    /// [`Db::finish_many`]) in one transaction. SQLite has one writer at a
+    /// time: each transaction a worker does not open is one turn at the
+    /// lock the api's inserts need not wait for. One answer per write, in
+    /// order.
+    pub fn write_attempts(
+        &self,
+        writes: &[AttemptWrite],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+    ) -> DbResult<Vec<AttemptWritten>> {
+        let now = Utc::now();
+        let mut claims = Vec::new();
+        let mut outcomes = Vec::new();
+        for write in writes {
+            match write {
+                AttemptWrite::Claim(id) => claims.push(*id),
+                AttemptWrite::Finish(attempt, outcome) => {
+                    outcomes.push((*attempt, outcome.clone()))
+                }
+            }
+        }
+        let (claimed, recorded) = with_conn!(self, |conn, s| {
+            match (claims.is_empty(), outcomes.is_empty()) {
+                (false, false) => conn.transaction::<_, DbError, _>(|conn| {
+                    let rows = claim_rows!(conn, s, &claims, worker, lease_until, now)?;
+                    let recorded = finish_rows!(conn, s, &outcomes, now)?;
+                    Ok((rows, recorded))
+                }),
+                (false, true) => Ok((
+                    claim_rows!(conn, s, &claims, worker, lease_until, now)?,
+                    Vec::new(),
+                )),
+                (true, false) => Ok((Vec::new(), finish_rows!(conn, s, &outcomes, now)?)),
+                (true, true) => Ok((Vec::new(), Vec::new())),
+            }
+        })?;
+        let mut claimed = claims_in_order(&claims, claimed).into_iter();
+        let mut recorded = recorded.into_iter();
+        Ok(writes
+            .iter()
+            .map(|write| match write {
+                AttemptWrite::Claim(_) => AttemptWritten::Claimed(claimed.next().flatten()),
+                AttemptWrite::Finish(..) => {
+                    AttemptWritten::Finished(recorded.next().unwrap_or(false))
+                }
+            })
+            .collect())
     }
 
     /// Takes back running tasks whose lease ran out (their worker is gone):

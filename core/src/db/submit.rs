@@ -16,8 +16,9 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
+use super::dialect::RowLocking;
 use super::{Db, DbResult};
-use crate::task::{NewTask, Stored, TaskId, TaskStatus};
+use crate::task::{NewTask, Stored, SubmitWrite, TaskId, TaskStatus};
 
 /// Rows per multi-row insert: 14 bind parameters each, well under SQLite's
 /// and PostgreSQL's limits.
@@ -59,6 +60,48 @@ impl Db {
     /// group commit), without copying them; `publish` says what is
     /// recorded of the due tasks' publish.
     pub fn insert_task_refs(&self, tasks: &[&NewTask], publish: Publish) -> DbResult<Vec<Stored>> {
+        self.insert_and_mark_enqueued(tasks, publish, &[])
+    }
+
+    /// The api's group commit: the tasks of the [`SubmitWrite::Insert`]s
+    /// stored as [`Db::insert_task_refs`] stores them, and the
+    /// [`SubmitWrite::Confirmed`]s recorded as [`Db::mark_enqueued`] does,
+    /// in one transaction. On SQLite, which has one writer at a time, the
+    /// confirms then take no turn at the lock of their own. The tasks
+    /// stored for each write, in order (none for a confirm).
+    pub fn write_submits(
+        &self,
+        writes: &[SubmitWrite],
+        publish: Publish,
+    ) -> DbResult<Vec<Vec<Stored>>> {
+        let tasks: Vec<&NewTask> = writes.iter().flat_map(SubmitWrite::tasks).collect();
+        let confirmed: Vec<TaskId> = writes
+            .iter()
+            .flat_map(SubmitWrite::confirmed)
+            .copied()
+            .collect();
+        let mut stored = self
+            .insert_and_mark_enqueued(&tasks, publish, &confirmed)?
+            .into_iter();
+        Ok(writes
+            .iter()
+            .map(|write| stored.by_ref().take(write.tasks().len()).collect())
+            .collect())
+    }
+
+    fn insert_and_mark_enqueued(
+        &self,
+        tasks: &[&NewTask],
+        publish: Publish,
+        confirmed: &[TaskId],
+    ) -> DbResult<Vec<Stored>> {
+        if tasks.is_empty() {
+            // No transaction for a lone statement.
+            if !confirmed.is_empty() {
+                self.mark_enqueued(confirmed)?;
+            }
+            return Ok(Vec::new());
+        }
         let now = Utc::now();
         let (lock, enqueued) = match publish {
             Publish::LockedUntil(until) => (Some(until), None),
@@ -67,6 +110,9 @@ impl Db {
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
+                if !confirmed.is_empty() {
+                    conn.mark_enqueued(confirmed, now)?;
+                }
                 let mut created = HashSet::with_capacity(tasks.len());
                 // One multi-row statement per chunk; chunks keep the bind
                 // parameters under the backends' limits.
