@@ -110,9 +110,6 @@ impl Db {
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                if !confirmed.is_empty() {
-                    conn.mark_enqueued(confirmed, now)?;
-                }
                 let mut created = HashSet::with_capacity(tasks.len());
                 // One multi-row statement per chunk; chunks keep the bind
                 // parameters under the backends' limits.
@@ -193,6 +190,11 @@ impl Db {
                         conflict: digest.is_some_and(|d| d != task.digest),
                         key_conflict: false,
                     });
+                }
+                // Last, so that on PostgreSQL the confirmed rows are locked
+                // only for the commit: a worker's claim of one waits for it.
+                if !confirmed.is_empty() {
+                    conn.mark_enqueued(confirmed, now)?;
                 }
                 Ok(stored)
             })
