@@ -318,22 +318,14 @@ fn cpu_delta(before: &CpuSnapshot, after: &CpuSnapshot, per: f64) -> Map<String,
 
 /// The database counts files of Ferry's processes, and the bench's own.
 fn db_counts(dir: &Path, pids: &[&str]) -> HashMap<String, HashMap<String, u64>> {
-    let parse = |text: &str| -> HashMap<String, u64> {
-        text.lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
-    };
     let mut out: HashMap<String, HashMap<String, u64>> = pids
         .iter()
         .filter_map(|pid| {
             let text = std::fs::read_to_string(dir.join(format!("{pid}.counts"))).ok()?;
-            Some((pid.to_string(), parse(&text)))
+            Some((pid.to_string(), counts::parse(&text)))
         })
         .collect();
-    out.insert("bench".into(), parse(&counts::snapshot()));
+    out.insert("bench".into(), counts::parse(&counts::snapshot()));
     out
 }
 

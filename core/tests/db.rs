@@ -634,15 +634,14 @@ fn a_refused_item_fails_only_itself_in_every_batch() {
 /// explicit ones begun and committed, and statements sent outside one
 /// (each a transaction of its own; the pool's checkout pings left out).
 fn transactions() -> (u64, u64, u64) {
-    let counts = ferry_core::db::counts::snapshot();
-    let count = |name: &str| {
-        counts
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap()
-    };
-    let implicit: u64 = count("implicit");
-    (count("begins"), count("commits"), implicit - count("pings"))
+    use ferry_core::db::counts;
+    let counts = counts::parse(&counts::snapshot());
+    let count = |name: &str| counts[name];
+    (
+        count("begins"),
+        count("commits"),
+        count("implicit") - count("pings"),
+    )
 }
 
 /// Each process's writes are one transaction a batch: the api's inserts

@@ -24,6 +24,7 @@
 //!   PostgreSQL, the first time a connection runs a statement);
 //! - `errors`, `connections`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,6 +134,16 @@ pub fn snapshot() -> String {
     }
     let _ = writeln!(text, "connections {}", CONNECTIONS.load(Ordering::Relaxed));
     text
+}
+
+/// The counts in a [`snapshot`]'s text (or a counts file's), by name.
+pub fn parse(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Replaces `file` whole, so a reader never sees half of it.
@@ -252,6 +263,17 @@ impl Instrumentation for Counting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_parses_back_to_every_count() {
+        add(Counter::Begins);
+        let counts = parse(&snapshot());
+        for name in NAMES.iter().chain(&["connections"]) {
+            assert!(counts.contains_key(*name), "{name}");
+        }
+        assert!(counts["begins"] >= 1);
+        assert!(parse("statements x\nbegins\n").is_empty());
+    }
 
     #[test]
     fn head_keeps_the_first_keyword_only() {
