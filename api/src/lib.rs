@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod confirms;
 pub mod dashboard;
 pub mod error;
 pub mod final_views;
@@ -22,6 +23,7 @@ use admission::Admission;
 pub use admission::Admitted;
 use anyhow::Context as _;
 use chrono::Utc;
+use confirms::HeldConfirms;
 use ferry_core::batch::Batcher;
 use ferry_core::broker::{BrokerError, Queue};
 use ferry_core::db::{DbError, DbResult, Publish};
@@ -63,6 +65,8 @@ pub struct AppState {
     /// the broker confirms of tasks stored before (`enqueued_at`), in one
     /// transaction.
     writes: Batcher<SubmitWrite, DbResult<Vec<Stored>>>,
+    /// Broker confirms, handed to `writes` a moment after they arrive.
+    confirms: HeldConfirms,
     /// Concurrent `/status` reads, answered by one query.
     views: Batcher<TaskId, DbResult<Option<TaskView>>>,
     /// Succeeded tasks' `/status` answers, kept in memory.
@@ -112,6 +116,7 @@ impl AppState {
             }
             written
         });
+        let confirms = HeldConfirms::spawn(writes.clone());
         let admission = Admission::new(config.receive_limit, config.receive_latency_target);
         let view_db = db.clone();
         let views = Batcher::spawn("status", READ_BATCH, move |ids: Vec<TaskId>| {
@@ -128,6 +133,7 @@ impl AppState {
             db,
             queue,
             writes,
+            confirms,
             views,
             publishing: TaskTracker::new(),
             admission,
@@ -190,12 +196,14 @@ impl AppState {
 
     /// Waits for the publishes [`publish_soon`](Self::publish_soon) and
     /// [`publish_stored`](Self::publish_stored) started
-    /// (each ends within [`PUBLISH_TIMEOUT`]); the shutdown does, so that a
-    /// stopping api hands the broker what it stored rather than leaving it
-    /// to a relay after the publish lock.
+    /// (each ends within [`PUBLISH_TIMEOUT`]), and writes the confirms
+    /// still held; the shutdown does, so that a stopping api hands the
+    /// broker what it stored, and records it, rather than leaving it to a
+    /// relay after the publish lock.
     pub async fn publishes_done(&self) {
         self.publishing.close();
         self.publishing.wait().await;
+        self.confirms.flush().await;
     }
 
     /// Publishes tasks and, with `record`, records the broker's confirm. A
@@ -209,7 +217,7 @@ impl AppState {
             .await
             .unwrap_or_else(|_| Err(BrokerError::Timeout(PUBLISH_TIMEOUT)));
         match published {
-            Ok(()) if record => self.writes.send(SubmitWrite::Confirmed(ids)),
+            Ok(()) if record => self.confirms.confirmed(ids),
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, tasks = ids.len(), "publish failed; the relay will retry");

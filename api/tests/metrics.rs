@@ -261,11 +261,13 @@ async fn metrics_move(layout: Layout) {
     }
     let confirms = api_now.value("ferry_confirms_recorded_total", &[]);
     assert_eq!(confirms, expected, "{}", api_now.text);
-    // Three requests and the confirms, each in some insert batch.
-    assert_eq!(
-        api_now.value("ferry_batch_size_sum", &[("batcher", "insert")]),
-        3.0 + confirms,
-        "{}",
+    // Three requests and the confirms, each in some insert batch; the
+    // confirms are held a moment, so those of several publishes may share
+    // one write.
+    let confirm_writes = api_now.value("ferry_batch_size_sum", &[("batcher", "insert")]) - 3.0;
+    assert!(
+        (confirms.min(1.0)..=confirms).contains(&confirm_writes),
+        "{confirm_writes} writes of {confirms} confirms:\n{}",
         api_now.text
     );
     assert!(api_now.value("ferry_batch_size_count", &[("batcher", "insert")]) >= 1.0);

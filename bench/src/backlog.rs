@@ -46,6 +46,11 @@ impl BacklogPlan {
 
 /// Events per seeding request.
 const SEED_BATCH: usize = 500;
+
+/// Tasks waiting for their message whose confirm is not recorded yet (a
+/// claimed task's confirm is never recorded: it needs none).
+const UNPUBLISHED: &str = "WHERE enqueued_at IS NULL AND status IN ('pending', 'retrying')";
+
 /// Seeding clients.
 const SEED_CLIENTS: usize = 4;
 /// Time between a probe's requests.
@@ -220,10 +225,10 @@ pub async fn run(args: &Args, backend: &str, n: usize, bin_dir: &Path) -> anyhow
     // the api has not got there in 10 minutes, the workers start anyway
     // and the row says how many were still unpublished.
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut unpublished = deployment.task_rows("WHERE enqueued_at IS NULL");
+    let mut unpublished = deployment.task_rows(UNPUBLISHED);
     while unpublished > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        unpublished = deployment.task_rows("WHERE enqueued_at IS NULL");
+        unpublished = deployment.task_rows(UNPUBLISHED);
     }
     let seed_s = seeding.elapsed().as_secs_f64();
     eprintln!(

@@ -112,7 +112,10 @@ struct Round {
 /// the next round if the broker did not confirm.
 async fn publish_claimed(db: &Db, queue: &Queue, ids: Vec<TaskId>) -> anyhow::Result<()> {
     match queue.publish(&ids).await {
-        Ok(()) => Ok(db.run_blocking(move |db| db.mark_enqueued(&ids)).await?),
+        Ok(()) => {
+            db.run_blocking(move |db| db.mark_enqueued(&ids)).await?;
+            Ok(())
+        }
         Err(e) => {
             db.run_blocking(move |db| db.release_publish(&ids)).await?;
             Err(e.into())

@@ -216,6 +216,50 @@ fn a_late_publish_confirm_does_not_hide_a_retry() {
 }
 
 #[test]
+fn a_confirm_after_the_claim_writes_no_row() {
+    on_both_backends(|db| {
+        let lock = Utc::now() + Duration::from_secs(10);
+        let ids = insert_ids(
+            db,
+            &[
+                new_task("claimed", 3),
+                new_task("done", 3),
+                new_task("waiting", 3),
+            ],
+            lock,
+        );
+        let (claimed, done, waiting) = (ids[0], ids[1], ids[2]);
+        db.claim(claimed, "w1", lease()).unwrap().unwrap();
+        db.claim(done, "w1", lease()).unwrap().unwrap();
+        db.finish(done.attempt(1), &Outcome::Succeeded(json!(null)))
+            .unwrap();
+        // The workers got their messages before the api recorded the
+        // confirms: only the task still waiting for its message is written.
+        assert_eq!(db.mark_enqueued(&ids).unwrap(), 1);
+        assert_eq!(db.mark_enqueued(&ids).unwrap(), 0, "marked once");
+        // The waiting task is not the relay's to publish; neither are the
+        // others, whose publish lock nobody cleared.
+        db.release_publish(&ids).unwrap();
+        assert!(db
+            .claim_unpublished(10, Duration::from_secs(30))
+            .unwrap()
+            .is_empty());
+        // A claimed task that fails goes back through the relay, confirm
+        // or none.
+        let retry = Outcome::Retry {
+            error: "boom".into(),
+            run_after: Utc::now() - Duration::from_millis(1),
+        };
+        assert!(db.finish(claimed.attempt(1), &retry).unwrap());
+        assert_eq!(
+            db.claim_unpublished(10, Duration::from_secs(30)).unwrap(),
+            vec![claimed]
+        );
+        assert_eq!(db.status(waiting).unwrap(), Some(TaskStatus::Pending));
+    });
+}
+
+#[test]
 fn unfinished_tasks_are_owed_again_when_the_queue_is_lost() {
     on_both_backends(|db| {
         let ids = insert_ids(

@@ -175,12 +175,18 @@ struct Count {
     n: i64,
 }
 
-/// The rows of `ids` still locked for publishing, and the marks that
-/// record the broker's confirm on them, on either schema.
+/// The rows of `ids` still waiting for their message (claimable,
+/// `$claimable` being [`status_in`] of [`TaskStatus::CLAIMABLE`]) and
+/// locked for publishing, and the marks that record the broker's confirm
+/// on them, on either schema. A task a worker has claimed since is not
+/// written: the relay never publishes a running or final task, and one
+/// that goes back to `retrying` is owed again anyway (`owed_again!`), so
+/// a confirm that arrives after the claim costs no write of the row.
 macro_rules! publishing {
-    ($t:ident, $ids:expr) => {
+    ($t:ident, $ids:expr, $claimable:expr) => {
         $t::tasks
             .filter($t::id.eq_any($ids))
+            .filter($claimable)
             .filter($t::enqueued_at.is_null())
             .filter($t::publish_lock_until.is_not_null())
     };
@@ -198,7 +204,7 @@ macro_rules! confirmed {
 pub(super) trait RowLocking {
     /// Marks those of `ids` still locked for publishing as enqueued at
     /// `now` (see [`super::Db::mark_enqueued`]).
-    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()>;
+    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<usize>;
 
     /// Locks up to `limit` owed tasks for publishing until `until`, oldest
     /// first; the tasks locked (see [`super::Db::claim_unpublished`]).
@@ -215,7 +221,7 @@ pub(super) trait RowLocking {
 }
 
 impl RowLocking for PgConnection {
-    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()> {
+    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<usize> {
         use diesel::sql_types::{Array, Timestamptz, Uuid};
         // Rows a worker holds right now are skipped rather than waited for:
         // waiting deadlocked against outcome batches that lock in another
@@ -226,14 +232,14 @@ impl RowLocking for PgConnection {
             "UPDATE tasks SET enqueued_at = $2, publish_lock_until = NULL \
              WHERE id IN ( \
                SELECT id FROM tasks \
-               WHERE id = ANY($1) AND enqueued_at IS NULL AND publish_lock_until IS NOT NULL \
+               WHERE id = ANY($1) AND status IN ('pending', 'retrying') \
+                 AND enqueued_at IS NULL AND publish_lock_until IS NOT NULL \
                ORDER BY id FOR UPDATE SKIP LOCKED \
              )",
         )
         .bind::<Array<Uuid>, _>(ids)
         .bind::<Timestamptz, _>(now)
-        .execute(self)?;
-        Ok(())
+        .execute(self)
     }
 
     fn claim_unpublished(
@@ -312,12 +318,12 @@ impl RowLocking for PgConnection {
 }
 
 impl RowLocking for SqliteConnection {
-    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<()> {
+    fn mark_enqueued(&mut self, ids: &[TaskId], now: DateTime<Utc>) -> QueryResult<usize> {
         use schema_sqlite::tasks::dsl as t;
-        diesel::update(publishing!(t, ids))
+        let claimable = status_in(self, &TaskStatus::CLAIMABLE);
+        diesel::update(publishing!(t, ids, claimable))
             .set(confirmed!(t, now))
-            .execute(self)?;
-        Ok(())
+            .execute(self)
     }
 
     fn claim_unpublished(

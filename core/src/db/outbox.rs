@@ -102,17 +102,19 @@ macro_rules! oldest_stale {
 }
 
 impl Db {
-    /// Records that the broker confirmed these tasks' messages. Only rows
-    /// still locked for publishing are marked: a task that was claimed and
-    /// sent back to retrying meanwhile had its lock cleared, and must stay
-    /// owed to the relay.
+    /// Records that the broker confirmed these tasks' messages; how many
+    /// rows were marked. Only rows still waiting for their message and
+    /// locked for publishing are marked: a task that a worker claimed
+    /// meanwhile needs no mark (the relay publishes only claimable tasks),
+    /// and one that was claimed and sent back to retrying had its lock
+    /// cleared, and must stay owed to the relay.
     ///
     /// On PostgreSQL, rows a worker holds right now are skipped rather than
     /// waited for: waiting deadlocked against outcome batches that lock in
     /// another order. Skipping is safe: a claimed task is not the relay's to
     /// publish, and one whose claim rolled back is republished when its
     /// publish lock runs out, a harmless duplicate.
-    pub fn mark_enqueued(&self, ids: &[TaskId]) -> DbResult<()> {
+    pub fn mark_enqueued(&self, ids: &[TaskId]) -> DbResult<usize> {
         let now = Utc::now();
         with_conn!(self, |conn, s| Ok(conn.mark_enqueued(ids, now)?))
     }
