@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::acks::{How, Settler};
 use crate::config::QueueType;
 use crate::task::TaskId;
 
@@ -464,6 +464,7 @@ impl AmqpQueue {
             _connection: Box::new(connection),
             channel: Box::new(channel),
             consumer: Box::new(consumer),
+            settler: Settler::spawn(),
         })
     }
 }
@@ -503,6 +504,8 @@ pub enum Consumer {
         channel: Box<Channel>,
         /// lapin's consumer.
         consumer: Box<lapin::Consumer>,
+        /// Sends the channel's settlements, acks in runs (see `acks.rs`).
+        settler: Settler,
     },
     /// From the in-process queue.
     Local(LocalQueue),
@@ -525,12 +528,23 @@ impl Consumer {
     /// The next delivery; `None` when the consumer was cancelled or closed.
     pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
         match self {
-            Self::Amqp { consumer, .. } => {
+            Self::Amqp {
+                consumer, settler, ..
+            } => {
                 let delivery = consumer.next().await?;
-                Some(delivery.map_err(BrokerError::from).map(|d| Delivery {
-                    payload: d.data,
-                    redelivered: d.redelivered,
-                    acker: Acker::Amqp(d.acker),
+                Some(delivery.map_err(BrokerError::from).map(|d| {
+                    // Before the delivery is handed out, so that no ack
+                    // with `multiple` can cover it unsettled.
+                    settler.delivered(d.delivery_tag);
+                    Delivery {
+                        payload: d.data,
+                        redelivered: d.redelivered,
+                        acker: Acker::Amqp {
+                            tag: d.delivery_tag,
+                            acker: d.acker,
+                            settler: settler.clone(),
+                        },
+                    }
                 }))
             }
             Self::Local(queue) => {
@@ -548,8 +562,29 @@ impl Consumer {
 
 #[derive(Debug)]
 enum Acker {
-    Amqp(lapin::Acker),
+    Amqp {
+        tag: u64,
+        acker: lapin::Acker,
+        settler: Settler,
+    },
     Local(LocalQueue),
+}
+
+impl Acker {
+    /// Settles a RabbitMQ delivery through its channel's settler. The
+    /// in-process queue has nothing to settle: its message left the queue
+    /// when it was received (a requeue sends it again).
+    async fn settle(&self, how: How) -> Result<(), BrokerError> {
+        if let Self::Amqp {
+            tag,
+            acker,
+            settler,
+        } = self
+        {
+            settler.settle(*tag, acker.clone(), how).await?;
+        }
+        Ok(())
+    }
 }
 
 /// One message, to be settled exactly once with ack, requeue or dead-letter.
@@ -570,38 +605,20 @@ impl Delivery {
 
     /// Done with: the broker forgets the message.
     pub async fn ack(self) -> Result<(), BrokerError> {
-        match self.acker {
-            Acker::Amqp(acker) => acker.ack(BasicAckOptions::default()).await.map(drop)?,
-            Acker::Local(_) => {}
-        }
-        Ok(())
+        self.acker.settle(How::Ack).await
     }
 
     /// Not done: the broker delivers it again.
     pub async fn requeue(self) -> Result<(), BrokerError> {
-        match self.acker {
-            Acker::Amqp(acker) => acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-                .map(drop)?,
-            Acker::Local(queue) => queue.send(self.payload)?,
+        match &self.acker {
+            Acker::Local(queue) => queue.send(self.payload),
+            amqp => amqp.settle(How::Requeue).await,
         }
-        Ok(())
     }
 
     /// Unreadable: moved to the dead-letter queue instead of looping.
     pub async fn dead_letter(self) -> Result<(), BrokerError> {
-        match self.acker {
-            Acker::Amqp(acker) => acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map(drop)?,
-            Acker::Local(_) => {}
-        }
-        Ok(())
+        self.acker.settle(How::DeadLetter).await
     }
 }
 

@@ -26,6 +26,7 @@
 //! - [`runtime`]: what every process does at start and stop: connect to the
 //!   database, turn signals into a shutdown token.
 
+mod acks;
 pub mod batch;
 pub mod broker;
 pub mod cli;

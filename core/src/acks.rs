@@ -1,0 +1,206 @@
+//! A consumer's settlements (ack, requeue, dead-letter), sent in delivery
+//! order by one loop per consumer so that acks can go with `multiple`.
+//!
+//! A worker acks a task's message once its outcome is committed, and an
+//! outcome batch commits many at once: their acks reach this loop
+//! together. Instead of one `basic.ack` frame each, the loop sends one
+//! `basic.ack` with `multiple` for the longest run of them that starts at
+//! the channel's oldest unsettled delivery, and one frame each only for
+//! those past a delivery still held (a task still running). RabbitMQ then
+//! reads and handles one frame for the run.
+//!
+//! `multiple` acknowledges every unsettled delivery up to its tag on the
+//! channel, so it must never cover one that is not being acked: the loop
+//! knows every delivery the consumer has handed out (told before the
+//! delivery is), and covers only tags below the oldest one not in the
+//! acks at hand. Requeues and dead-letters are sent first, before any
+//! ack of the same round, so a `multiple` never covers them either. Each
+//! caller is answered once its frame is sent, as a lone ack would be.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use tokio::sync::{mpsc, oneshot};
+
+/// Settlements handled in one round at most.
+const ROUND: usize = 512;
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum How {
+    /// Done with: the broker forgets the message.
+    Ack,
+    /// Delivered again.
+    Requeue,
+    /// Rejected without requeue: to the dead-letter queue.
+    DeadLetter,
+}
+
+/// The answer to one settlement: whether its frame was sent.
+type Sent = Result<(), lapin::Error>;
+
+pub(crate) enum Settlement {
+    /// The consumer handed out this delivery.
+    Delivered(u64),
+    /// Settle a delivery; `sent` is answered once its frame is sent.
+    Settle {
+        tag: u64,
+        acker: lapin::Acker,
+        how: How,
+        sent: oneshot::Sender<Sent>,
+    },
+}
+
+/// The sending side, one per consumer; deliveries hold a clone.
+#[derive(Debug, Clone)]
+pub struct Settler {
+    settlements: mpsc::UnboundedSender<Settlement>,
+}
+
+impl Settler {
+    /// Starts the loop of one consumer's channel.
+    pub(crate) fn spawn() -> Self {
+        let (settlements, queue) = mpsc::unbounded_channel();
+        tokio::spawn(settle_in_order(queue));
+        Self { settlements }
+    }
+
+    /// Tells the loop of a delivery before the consumer hands it out.
+    pub(crate) fn delivered(&self, tag: u64) {
+        let _ = self.settlements.send(Settlement::Delivered(tag));
+    }
+
+    /// Settles a delivery; returns once its frame is sent (`Ok(())` too
+    /// when the acker can no longer be used: its channel closed, and the
+    /// broker delivers what it left unsettled again).
+    pub(crate) async fn settle(&self, tag: u64, acker: lapin::Acker, how: How) -> Sent {
+        let (sent, answer) = oneshot::channel();
+        let settlement = Settlement::Settle {
+            tag,
+            acker,
+            how,
+            sent,
+        };
+        if self.settlements.send(settlement).is_err() {
+            return Ok(());
+        }
+        answer.await.unwrap_or(Ok(()))
+    }
+}
+
+/// The loop: see the module's documentation.
+async fn settle_in_order(mut queue: mpsc::UnboundedReceiver<Settlement>) {
+    let mut unsettled = BTreeSet::new();
+    let mut round = Vec::with_capacity(ROUND);
+    while queue.recv_many(&mut round, ROUND).await > 0 {
+        let mut acks = BTreeMap::new();
+        for settlement in round.drain(..) {
+            match settlement {
+                Settlement::Delivered(tag) => {
+                    unsettled.insert(tag);
+                }
+                Settlement::Settle {
+                    tag,
+                    acker,
+                    how: How::Ack,
+                    sent,
+                } => {
+                    acks.insert(tag, (acker, sent));
+                }
+                Settlement::Settle {
+                    tag,
+                    acker,
+                    how,
+                    sent,
+                } => {
+                    // Before this round's acks, so that none covers it.
+                    unsettled.remove(&tag);
+                    let _ = sent.send(refuse(&acker, how).await);
+                }
+            }
+        }
+        let frames = frames(&unsettled, acks.keys().copied());
+        for frame in frames {
+            let last = *frame.last().expect("a frame settles a delivery");
+            let (acker, _) = &acks[&last];
+            let multiple = frame.len() > 1;
+            let result = acker.ack(BasicAckOptions { multiple }).await.map(drop);
+            for tag in frame {
+                unsettled.remove(&tag);
+                if let Some((_, sent)) = acks.remove(&tag) {
+                    let _ = sent.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The ack frames that settle `acks` (tags in increasing order), given
+/// the deliveries still `unsettled` (which hold every one of `acks`),
+/// each frame as the tags it settles: first the run of `acks` below the
+/// oldest unsettled delivery not among them, one frame (`multiple` when
+/// it holds more than one), then one frame for each of the others.
+fn frames(unsettled: &BTreeSet<u64>, acks: impl Iterator<Item = u64>) -> Vec<Vec<u64>> {
+    let acks: BTreeSet<u64> = acks.collect();
+    let held = unsettled.iter().copied().find(|tag| !acks.contains(tag));
+    let (run, others): (Vec<u64>, Vec<u64>) = acks
+        .into_iter()
+        .partition(|&tag| held.is_none_or(|held| tag < held));
+    let run = (!run.is_empty()).then_some(run);
+    run.into_iter()
+        .chain(others.into_iter().map(|tag| vec![tag]))
+        .collect()
+}
+
+/// Sends a requeue or a dead-letter.
+async fn refuse(acker: &lapin::Acker, how: How) -> Sent {
+    match how {
+        How::Ack => unreachable!("acks are sent in runs"),
+        How::Requeue => acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(drop),
+        How::DeadLetter => acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .map(drop),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames_of(unsettled: &[u64], acks: &[u64]) -> Vec<Vec<u64>> {
+        frames(&unsettled.iter().copied().collect(), acks.iter().copied())
+    }
+
+    #[test]
+    fn acks_from_the_oldest_delivery_go_in_one_frame() {
+        assert_eq!(frames_of(&[1, 2, 3], &[1, 2, 3]), vec![vec![1, 2, 3]]);
+        // Deliveries handed out since, not acked, are past the run.
+        assert_eq!(frames_of(&[4, 5, 6, 7, 8], &[4, 5, 6]), vec![vec![4, 5, 6]]);
+        assert_eq!(frames_of(&[9], &[9]), vec![vec![9]]);
+    }
+
+    #[test]
+    fn a_held_delivery_ends_the_run_and_is_never_covered() {
+        // 3 is still running: 1 and 2 go together, 4 and 6 alone.
+        assert_eq!(
+            frames_of(&[1, 2, 3, 4, 5, 6], &[1, 2, 4, 6]),
+            vec![vec![1, 2], vec![4], vec![6]]
+        );
+        // The oldest is held: no run, every ack alone.
+        assert_eq!(frames_of(&[1, 2, 3], &[2, 3]), vec![vec![2], vec![3]]);
+    }
+
+    #[test]
+    fn settled_deliveries_do_not_hold_the_run() {
+        // 2 was requeued (no longer unsettled) before this round's acks.
+        assert_eq!(frames_of(&[1, 3, 4], &[1, 3]), vec![vec![1, 3]]);
+        assert!(frames_of(&[1, 2], &[]).is_empty());
+    }
+}

@@ -1,0 +1,73 @@
+//! A consumer's acks go in runs (`basic.ack` with `multiple`) on a
+//! RabbitMQ queue of this test's own: a run never settles a delivery that
+//! is not being acked, and requeues keep their place.
+
+use ferry_core::broker::{Delivery, Queue};
+use ferry_core::TaskId;
+use ferry_testkit::broker_url;
+use ferry_testkit::delete_queues;
+use ferry_testkit::services::require_named;
+use futures_util::future::join_all;
+
+/// Deletes the test's queues however the test ends.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let dead = format!("{}.dead", self.0);
+        delete_queues(&broker_url(), &[&self.0, &dead]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_in_runs_never_settle_a_delivery_held_or_requeued() {
+    if !require_named("rabbitmq") {
+        return;
+    }
+    let name = format!("ferry-test-acks-{}", TaskId::new());
+    let _cleanup = Cleanup(name.clone());
+    let queue = Queue::amqp(&broker_url(), &name);
+    ferry_core::runtime::declare_queue(&queue).await.unwrap();
+    let ids: Vec<TaskId> = (0..8).map(|_| TaskId::new()).collect();
+    queue.publish(&ids).await.unwrap();
+
+    let mut consumer = queue.consume(8, "acks-test").await.unwrap();
+    let mut deliveries: Vec<Option<Delivery>> = Vec::new();
+    for id in &ids {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        assert_eq!(delivery.task_id(), Some(*id), "delivered in order");
+        deliveries.push(Some(delivery));
+    }
+    // The third is still running; the sixth is given back; the others
+    // are acked at once, so that their acks share rounds.
+    let held = deliveries[2].take().unwrap();
+    let requeued = deliveries[5].take().unwrap();
+    let acks = deliveries
+        .into_iter()
+        .flatten()
+        .map(|delivery| tokio::spawn(delivery.ack()));
+    let requeue = tokio::spawn(requeued.requeue());
+    for ack in join_all(acks).await {
+        ack.unwrap().unwrap();
+    }
+    requeue.await.unwrap().unwrap();
+
+    // The given-back message comes again.
+    let again = consumer.next().await.unwrap().unwrap();
+    assert_eq!(again.task_id(), Some(ids[5]));
+    assert!(again.redelivered);
+    // The held delivery was not covered by any run: it can still be
+    // given back (a tag already settled would close the channel instead).
+    held.requeue().await.unwrap();
+    let held_again = consumer.next().await.unwrap().unwrap();
+    assert_eq!(held_again.task_id(), Some(ids[2]));
+    assert!(held_again.redelivered);
+    // Acked one after the other, and nothing else is left.
+    again.ack().await.unwrap();
+    held_again.ack().await.unwrap();
+    queue.publish(&[ids[0]]).await.unwrap();
+    let last = consumer.next().await.unwrap().unwrap();
+    assert_eq!(last.task_id(), Some(ids[0]), "nothing else was redelivered");
+    last.ack().await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 0);
+}
