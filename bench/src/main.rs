@@ -737,11 +737,15 @@ async fn offer_one(client: &reqwest::Client, base: &str, body: String) -> Answer
 
 /// The open-loop generator: `rate`/s POSTs for `seconds`, each spawned at
 /// its intended send time whatever the earlier ones are doing (the loop
-/// never waits for an answer; it only sleeps until the next request is
-/// due, and sends every one already due). At most `sockets` are on the
-/// wire at once, a bound of the generator's own (file descriptors); a
-/// request waiting for one is still timed from its intended time, and the
-/// wait shows in the send lag. Events are `<prefix>-<i>`.
+/// never waits for an answer). A thread of its own keeps the time: it
+/// sleeps until each request is due (the kernel's timers wake it within
+/// tens of microseconds, where the runtime's timer wheel, in whole
+/// milliseconds, woke the loop up to a millisecond late and added that to
+/// every latency), and hands it to the runtime, which sends it. At most
+/// `sockets` are on the wire at once, a bound of the generator's own
+/// (file descriptors); a request waiting for one is still timed from its
+/// intended time, and the wait shows in the send lag. Events are
+/// `<prefix>-<i>`.
 async fn offer(
     client: &reqwest::Client,
     base: &str,
@@ -753,40 +757,46 @@ async fn offer(
     use std::sync::atomic::{AtomicUsize, Ordering};
     let n = (f64::from(rate) * seconds).round() as usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let start = std::time::Instant::now() + Duration::from_millis(50);
     let start_utc = chrono::Utc::now() + Duration::from_millis(50);
     let sockets = Arc::new(Semaphore::new(sockets));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let mut sends = tokio::task::JoinSet::new();
-    let mut next = 0;
-    while next < n {
-        tokio::time::sleep_until(start + interval * next as u32).await;
-        // Every request due by now, so a late wake-up does not lower the rate.
-        let due = ((start.elapsed().as_secs_f64() / interval.as_secs_f64()) as usize + 1).min(n);
-        for i in next..due.max(next + 1) {
-            let intended = start + interval * i as u32;
-            let (client, base, sockets) = (client.clone(), base.to_string(), sockets.clone());
-            let (in_flight, peak) = (in_flight.clone(), peak.clone());
-            let body = event(prefix, i);
-            sends.spawn(async move {
-                let _socket = sockets.acquire_owned().await?;
-                let lag = ms(intended.elapsed());
-                let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-                peak.fetch_max(now, Ordering::Relaxed);
-                let answer = offer_one(&client, &base, body).await;
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                let latency_ms = ms(intended.elapsed());
-                anyhow::Ok(Sent {
-                    i,
-                    answer,
-                    latency_ms,
-                    lag_ms: lag,
-                })
-            });
+    let (due, mut due_now) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let pacer = std::thread::spawn(move || {
+        for i in 0..n {
+            let at = start + interval * i as u32;
+            if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if due.send(i).is_err() {
+                return;
+            }
         }
-        next = due.max(next + 1);
+    });
+    while let Some(i) = due_now.recv().await {
+        let intended = start + interval * i as u32;
+        let (client, base, sockets) = (client.clone(), base.to_string(), sockets.clone());
+        let (in_flight, peak) = (in_flight.clone(), peak.clone());
+        let body = event(prefix, i);
+        sends.spawn(async move {
+            let _socket = sockets.acquire_owned().await?;
+            let lag = ms(intended.elapsed());
+            let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            peak.fetch_max(now, Ordering::Relaxed);
+            let answer = offer_one(&client, &base, body).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            let latency_ms = ms(intended.elapsed());
+            anyhow::Ok(Sent {
+                i,
+                answer,
+                latency_ms,
+                lag_ms: lag,
+            })
+        });
     }
+    pacer.join().expect("the pacer does not panic");
     let mut sent = Vec::with_capacity(n);
     let mut send_lag_ms = Vec::with_capacity(n);
     while let Some(done) = sends.join_next().await {
