@@ -715,12 +715,37 @@ fn each_process_writes_a_batch_in_one_transaction() {
             (1, 1, 0)
         );
         assert_eq!(stored.iter().map(Vec::len).collect::<Vec<_>>(), [2, 0, 1]);
+        // Inserts alone are one statement, atomic without a transaction.
+        let before = transactions();
+        let alone = vec![
+            SubmitWrite::Insert(vec![new_task("z", 3)]),
+            SubmitWrite::Insert(vec![new_task("x", 3), new_task("w", 3)]),
+        ];
+        let stored_alone = db
+            .write_submits(&alone, Publish::LockedUntil(Utc::now()))
+            .unwrap();
+        let (begins, commits, implicit) = transactions();
+        assert!(
+            (begins - before.0, commits - before.1) == (0, 0) && implicit - before.2 >= 1,
+            "{:?}",
+            (begins - before.0, commits - before.1, implicit - before.2)
+        );
+        let created: Vec<Vec<bool>> = stored_alone
+            .iter()
+            .map(|s| s.iter().map(|s| s.created).collect())
+            .collect();
+        assert_eq!(
+            created,
+            [vec![true], vec![false, true]],
+            "x was stored before"
+        );
+        assert_eq!(stored_alone[1][0].id, stored[0][0].id);
         assert!(stored[0].iter().all(|s| s.created));
         assert_eq!(stored[2][0].id, first, "the same event is the same task");
         let (x, y) = (stored[0][0].id, stored[0][1].id);
         let mut owed = db.claim_unpublished(10, Duration::from_secs(30)).unwrap();
         owed.sort_by_key(|id| id.0);
-        let mut expected = vec![x, y];
+        let mut expected = vec![x, y, stored_alone[0][0].id, stored_alone[1][1].id];
         expected.sort_by_key(|id| id.0);
         assert_eq!(owed, expected, "the confirmed task is not owed");
 

@@ -66,9 +66,10 @@ impl Db {
     /// The api's group commit: the tasks of the [`SubmitWrite::Insert`]s
     /// stored as [`Db::insert_task_refs`] stores them, and the
     /// [`SubmitWrite::Confirmed`]s recorded as [`Db::mark_enqueued`] does,
-    /// in one transaction. On SQLite, which has one writer at a time, the
-    /// confirms then take no turn at the lock of their own. The tasks
-    /// stored for each write, in order (none for a confirm).
+    /// in one transaction (inserts alone, one statement, in none). On
+    /// SQLite, which has one writer at a time, the confirms then take no
+    /// turn at the lock of their own. The tasks stored for each write, in
+    /// order (none for a confirm).
     pub fn write_submits(
         &self,
         writes: &[SubmitWrite],
@@ -107,9 +108,15 @@ impl Db {
             Publish::LockedUntil(until) => (Some(until), None),
             Publish::Enqueued => (None, Some(now)),
         };
+        // A batch of inserts alone (no confirms, one chunk) is one statement:
+        // atomic on its own, so it needs no transaction, and on PostgreSQL
+        // it is one round trip instead of three (`BEGIN`, `INSERT`,
+        // `COMMIT`). What follows it for tasks that were not created
+        // (those already stored) only reads.
+        let lone = confirmed.is_empty() && tasks.len() <= INSERT_CHUNK;
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
-            conn.transaction(|conn| {
+            let store = on_conn(&*conn, |conn| {
                 let mut created = HashSet::with_capacity(tasks.len());
                 // One multi-row statement per chunk; chunks keep the bind
                 // parameters under the backends' limits.
@@ -197,9 +204,20 @@ impl Db {
                     conn.mark_enqueued(confirmed, now)?;
                 }
                 Ok(stored)
-            })
+            });
+            if lone {
+                store(conn)
+            } else {
+                conn.transaction(store)
+            }
         })
     }
+}
+
+/// `f`, a closure over a connection of `conn`'s type (which the closure's
+/// body needs before it is called).
+fn on_conn<C, R>(_conn: &C, f: impl FnOnce(&mut C) -> R) -> impl FnOnce(&mut C) -> R {
+    f
 }
 
 /// Whether `task` may run now: not delayed, or its `run_after` has passed.
