@@ -63,7 +63,7 @@ pub struct AppState {
     pub queue: Queue,
     /// Group commit of the tasks of concurrent `/receive` requests, and of
     /// the broker confirms of tasks stored before (`enqueued_at`), in one
-    /// transaction.
+    /// transaction (inserts alone: one statement).
     writes: Batcher<SubmitWrite, DbResult<Vec<Stored>>>,
     /// Broker confirms, handed to `writes` a moment after they arrive.
     confirms: HeldConfirms,
