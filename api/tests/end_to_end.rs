@@ -114,6 +114,42 @@ layout_tests!(every_event_succeeds:
     Postgres => postgres_api_and_worker_processes,
     Standalone => standalone_needs_nothing_else);
 
+/// A stopping api writes the broker confirms it still holds (each is held
+/// a second before it is written, `api/src/confirms.rs`), so no relay
+/// publishes its tasks again once their publish lock runs out.
+async fn a_stopping_api_records_the_confirms_it_holds(layout: Layout) {
+    // No worker: the tasks wait in the queue, their confirms held.
+    let Some(mut stack) = Stack::start_with(layout, 0, |d| d).await else {
+        return;
+    };
+    for i in 0..3 {
+        stack
+            .api
+            .submit("org.ferry.echo", &format!("held-{i}"), json!(i))
+            .await;
+    }
+    let api = &mut stack.api.proc;
+    api.signal("TERM");
+    let exit = api.wait_exit(Duration::from_secs(30));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?}\n{}",
+        api.log_text()
+    );
+    let confirmed = "WHERE enqueued_at IS NOT NULL AND publish_lock_until IS NULL";
+    assert_eq!(stack.deployment.task_rows(confirmed), 3);
+}
+
+#[tokio::test]
+async fn sqlite_api_records_held_confirms_when_it_stops() {
+    a_stopping_api_records_the_confirms_it_holds(Layout::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_api_records_held_confirms_when_it_stops() {
+    a_stopping_api_records_the_confirms_it_holds(Layout::Postgres).await;
+}
+
 #[tokio::test]
 async fn postgres_uses_native_types() {
     let Some(stack) = Stack::start(Layout::Postgres).await else {
