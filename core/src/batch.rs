@@ -2,17 +2,23 @@
 //! transaction. While one batch commits, the next one gathers, so under load
 //! a commit (and its fsync) is paid once per batch instead of once per task,
 //! and at low load a lone request is written at once, without waiting.
+//!
+//! Each batcher runs its batches on a thread of its own, which sleeps on the
+//! queue of requests and answers each caller directly: a request crosses
+//! threads twice (to the batch thread and back), where a loop on the async
+//! runtime handing each batch to tokio's blocking pool made it cross four
+//! times, each crossing a wait for a core when the cores are busy.
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 
 use tokio::sync::{mpsc, oneshot};
 
 type Job<Req, Resp> = (Req, Option<oneshot::Sender<Resp>>);
 
-/// Sends requests to a background loop that runs them in batches of up to
-/// `max` through a blocking function (on tokio's blocking pool). Each batch's
-/// size and duration are recorded in the `ferry_batch_size` and
-/// `ferry_batch_duration_seconds` histograms under its name.
+/// Sends requests to a thread that runs them in batches of up to `max`
+/// through a blocking function. Each batch's size and duration are recorded
+/// in the `ferry_batch_size` and `ferry_batch_duration_seconds` histograms
+/// under its name.
 #[derive(Debug)]
 pub struct Batcher<Req, Resp> {
     jobs: mpsc::UnboundedSender<Job<Req, Resp>>,
@@ -27,38 +33,52 @@ impl<Req, Resp> Clone for Batcher<Req, Resp> {
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
-    /// Starts the loop; `run` gets a batch and returns one response per
-    /// request, in order. The loop ends when every handle is dropped.
+    /// Starts the batch thread; `run` gets a batch and returns one response
+    /// per request, in order. It runs inside the calling tokio runtime's
+    /// context (so it may spawn onto it). The thread ends when every handle
+    /// is dropped.
     pub fn spawn<F>(name: &'static str, max: usize, run: F) -> Self
     where
-        F: Fn(Vec<Req>) -> Vec<Resp> + Send + Sync + 'static,
+        F: Fn(Vec<Req>) -> Vec<Resp> + Send + 'static,
     {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job<Req, Resp>>();
-        let run = Arc::new(run);
         let (sizes, durations) = crate::metrics::batch_histograms(name);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(max);
-            while queue.recv_many(&mut batch, max).await > 0 {
-                sizes.record(batch.len() as f64);
-                let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                let run = run.clone();
-                let started = std::time::Instant::now();
-                let ran = tokio::task::spawn_blocking(move || run(requests)).await;
-                durations.record(started.elapsed().as_secs_f64());
-                match ran {
-                    Ok(responses) => {
-                        debug_assert_eq!(responses.len(), replies.len());
-                        for (reply, response) in replies.into_iter().zip(responses) {
-                            if let Some(reply) = reply {
-                                let _ = reply.send(response);
-                            }
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name(format!("ferry-{name}"))
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(max);
+                while let Some(first) = queue.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < max {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
                         }
                     }
-                    // The callers see their reply dropped and treat it as a failure.
-                    Err(e) => tracing::error!(batch = name, error = %e, "a batch failed"),
+                    sizes.record(batch.len() as f64);
+                    let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+                    let started = std::time::Instant::now();
+                    let ran = {
+                        let _context = runtime.enter();
+                        std::panic::catch_unwind(AssertUnwindSafe(|| run(requests)))
+                    };
+                    durations.record(started.elapsed().as_secs_f64());
+                    match ran {
+                        Ok(responses) => {
+                            debug_assert_eq!(responses.len(), replies.len());
+                            for (reply, response) in replies.into_iter().zip(responses) {
+                                if let Some(reply) = reply {
+                                    let _ = reply.send(response);
+                                }
+                            }
+                        }
+                        // The callers see their reply dropped and treat it as a failure.
+                        Err(_) => tracing::error!(batch = name, "a batch panicked"),
+                    }
                 }
-            }
-        });
+            })
+            .expect("a batch thread starts");
         Self { jobs }
     }
 
@@ -78,6 +98,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[tokio::test]
