@@ -17,6 +17,13 @@
 //! The database stays the truth: a hint only says when to read. When the
 //! subscription breaks, the hub goes on with its fallback reads and
 //! resubscribes with backoff ([`RetryPolicy::RECONNECT`]).
+//!
+//! The hub subscribes only while it watches a task, and lets the
+//! subscription go once none has been watched for [`LINGER`]: an api with
+//! no waiter has no queue bound, so the broker drops the workers' hints at
+//! the exchange instead of routing every change of every task to it. Once
+//! subscribed, the hub reads every watched task again, so a change made
+//! before the subscription was bound is not left to the fallback read.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +39,10 @@ use tokio::sync::{watch, Notify};
 /// Longest a change waits to be read when its hint is lost.
 pub const FALLBACK: Duration = Duration::from_secs(1);
 
+/// How long the hub stays subscribed to hints with no task watched, at
+/// least (at most twice that).
+pub const LINGER: Duration = Duration::from_secs(30);
+
 /// Set (to anything but empty or `0`) in tests only: the api does not
 /// subscribe to hints, so its waiters learn of changes from the fallback
 /// reads alone.
@@ -41,6 +52,10 @@ pub const IGNORE_HINTS_ENV: &str = "FERRY_TEST_IGNORE_HINTS";
 /// apart instead of every [`FALLBACK`] (a test of the hints sets an hour,
 /// so that only a hint can wake its waiter in time).
 pub const FALLBACK_ENV: &str = "FERRY_TEST_HUB_FALLBACK";
+
+/// Set in tests only, to a duration: the hub lets its subscription to
+/// hints go after that instead of [`LINGER`].
+pub const LINGER_ENV: &str = "FERRY_TEST_HUB_LINGER";
 
 /// Every event of a task read so far, oldest first.
 pub type Events = Arc<[TaskEvent]>;
@@ -56,6 +71,8 @@ struct Inner {
     tasks: Mutex<Tasks>,
     /// A watched task was hinted, or a task is newly watched.
     wake: Notify,
+    /// A task is newly watched (the subscription to hints may be wanted).
+    watching: Notify,
     /// Statements the hub ran (one per chunk of tasks read).
     reads: AtomicU64,
 }
@@ -107,6 +124,7 @@ impl Hub {
                 );
                 tasks.dirty.insert(id);
                 self.inner.wake.notify_one();
+                self.inner.watching.notify_one();
                 receiver
             }
         };
@@ -134,6 +152,20 @@ impl Hub {
 }
 
 impl Inner {
+    fn watches_any(&self) -> bool {
+        !self.tasks.lock().expect("not poisoned").watched.is_empty()
+    }
+
+    /// Reads every watched task at the next wake.
+    fn read_all_soon(&self) {
+        let mut tasks = self.tasks.lock().expect("not poisoned");
+        let Tasks { watched, dirty } = &mut *tasks;
+        dirty.extend(watched.keys().copied());
+        if !dirty.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
     fn hint(&self, ids: impl IntoIterator<Item = TaskId>) {
         let mut tasks = self.tasks.lock().expect("not poisoned");
         let mut any = false;
@@ -273,9 +305,9 @@ async fn read_loop(hub: Weak<Inner>, db: Db) {
     }
 }
 
-/// Hears hints until the hub is dropped, resubscribing when the
-/// subscription breaks, and wakes the reader for the watched tasks among
-/// them.
+/// Hears hints until the hub is dropped, while some task is watched
+/// (see [`LINGER`]), resubscribing when the subscription breaks, and wakes
+/// the reader for the watched tasks among them.
 async fn listen(hub: Weak<Inner>, queue: Queue) {
     if std::env::var(IGNORE_HINTS_ENV).is_ok_and(|v| !v.is_empty() && v != "0") {
         tracing::warn!(
@@ -283,9 +315,16 @@ async fn listen(hub: Weak<Inner>, queue: Queue) {
         );
         return;
     }
+    let linger = std::env::var(LINGER_ENV)
+        .ok()
+        .and_then(|text| humantime::parse_duration(&text).ok());
+    if let Some(linger) = linger {
+        tracing::warn!(?linger, "{LINGER_ENV} is set");
+    }
+    let linger = linger.unwrap_or(LINGER);
     let tag = format!("ferry-api-events-{}", std::process::id());
     let mut backoff = RetryPolicy::RECONNECT.backoff();
-    while hub.strong_count() > 0 {
+    while wanted(&hub).await {
         let mut changes = match queue.subscribe_changes(&tag).await {
             Ok(changes) => {
                 backoff.reset();
@@ -298,17 +337,54 @@ async fn listen(hub: Weak<Inner>, queue: Queue) {
                 continue;
             }
         };
+        tracing::info!("subscribed to hints");
+        match hub.upgrade() {
+            // What changed before the subscription was bound had no hint.
+            Some(inner) => inner.read_all_soon(),
+            None => return,
+        }
+        let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + linger, linger);
+        let mut was_idle = false;
         loop {
-            match changes.next().await {
-                Ok(changes) => {
+            tokio::select! {
+                next = changes.next() => match next {
+                    Ok(changes) => {
+                        let Some(inner) = hub.upgrade() else { return };
+                        inner.hint(changes.into_iter().map(|c| c.id));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hint subscription broke; resubscribing");
+                        break;
+                    }
+                },
+                _ = idle.tick() => {
                     let Some(inner) = hub.upgrade() else { return };
-                    inner.hint(changes.into_iter().map(|c| c.id));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "hint subscription broke; resubscribing");
-                    break;
+                    let is_idle = !inner.watches_any();
+                    if is_idle && was_idle {
+                        tracing::info!(?linger, "no task watched; unsubscribing from hints");
+                        break;
+                    }
+                    was_idle = is_idle;
                 }
             }
         }
+    }
+}
+
+/// Waits until some task is watched: `true`, or `false` once the hub is
+/// dropped.
+async fn wanted(hub: &Weak<Inner>) -> bool {
+    loop {
+        let Some(inner) = hub.upgrade() else {
+            return false;
+        };
+        let watching = inner.watching.notified();
+        tokio::pin!(watching);
+        watching.as_mut().enable();
+        if inner.watches_any() {
+            return true;
+        }
+        // Wake now and then to see whether the hub is gone.
+        let _ = tokio::time::timeout(FALLBACK, watching).await;
     }
 }

@@ -220,6 +220,38 @@ async fn fallback_without_hints(stack: &Stack) {
     );
 }
 
+/// The api subscribes to hints only while it has a waiter: none for a
+/// task no one waits on, one for a long poll (woken by a hint: the
+/// fallback reads are an hour apart), none again once no task has been
+/// watched for the linger (1s here), and a new one for the next waiter.
+async fn hints_only_while_watched(stack: &Stack) {
+    let api = &stack.api;
+    let subscriptions = || api.proc.log_text().matches("subscribed to hints").count();
+    let quick = api.submit("org.ferry.echo", "lazy-0", Value::Null).await;
+    api.wait_for(&quick, "succeeded", DONE).await;
+    assert_eq!(subscriptions(), 0, "subscribed with no waiter");
+
+    for round in 1..=2 {
+        let task = api
+            .submit("org.ferry.sleep-1s", &format!("lazy-{round}"), Value::Null)
+            .await;
+        let (r, _) = wait(api, &task, "30s").await;
+        assert_eq!(r.body["status"], "succeeded", "{:#}", r.body);
+        assert_eq!(subscriptions(), round, "round {round}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while api
+            .proc
+            .log_text()
+            .matches("unsubscribing from hints")
+            .count()
+            < round
+        {
+            assert!(Instant::now() < deadline, "still subscribed, round {round}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 macro_rules! waiting_tests {
     ($check:path, $env:expr; $($layout:ident => $name:ident),+ $(,)?) => {
         $(
@@ -254,6 +286,11 @@ waiting_tests!(reconnect_replays_what_was_missed, &[];
     Sqlite => sse_reconnect_sqlite,
     Postgres => sse_reconnect_postgres,
     Standalone => sse_reconnect_standalone);
+
+waiting_tests!(hints_only_while_watched, &[("FERRY_TEST_HUB_FALLBACK", "1h"), ("FERRY_TEST_HUB_LINGER", "1s")];
+    Sqlite => lazy_hints_sqlite,
+    Postgres => lazy_hints_postgres,
+    Standalone => lazy_hints_standalone);
 
 waiting_tests!(fallback_without_hints, &[("FERRY_TEST_IGNORE_HINTS", "1")];
     Sqlite => fallback_sqlite,
