@@ -15,6 +15,11 @@ use ferry_core::tokens::{config_entry, hash_token, is_b64token, is_valid_name, S
 use ferry_core::{Config, Db};
 use rand::RngCore as _;
 
+/// mimalloc, not glibc's malloc: a request's many short-lived allocations
+/// (hyper, Rocket, serde_json) cost less CPU (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Receives events as tasks and reports their status.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
