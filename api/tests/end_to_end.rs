@@ -128,14 +128,7 @@ async fn a_stopping_api_records_the_confirms_it_holds(layout: Layout) {
             .submit("org.ferry.echo", &format!("held-{i}"), json!(i))
             .await;
     }
-    let api = &mut stack.api.proc;
-    api.signal("TERM");
-    let exit = api.wait_exit(Duration::from_secs(30));
-    assert!(
-        exit.is_some_and(|e| e.success()),
-        "{exit:?}\n{}",
-        api.log_text()
-    );
+    stack.api.proc.stop(Duration::from_secs(30));
     let confirmed = "WHERE enqueued_at IS NOT NULL AND publish_lock_until IS NULL";
     assert_eq!(stack.deployment.task_rows(confirmed), 3);
 }

@@ -533,13 +533,7 @@ async fn not_ready_names_the_broker() {
     assert_eq!(ready.headers["retry-after"], "5");
     // The port stops with the worker.
     let mut worker = worker;
-    worker.signal("TERM");
-    let exit = worker.wait_exit(Duration::from_secs(30));
-    assert!(
-        exit.is_some_and(|e| e.success()),
-        "{exit:?}\n{}",
-        worker.log_text()
-    );
+    worker.stop(Duration::from_secs(30));
     assert!(
         reqwest::get(format!("{worker_base}/health")).await.is_err(),
         "the port outlived the worker"

@@ -106,6 +106,18 @@ impl Proc {
         None
     }
 
+    /// Sends TERM and asserts that the process exits cleanly within
+    /// `timeout` (its log in the message otherwise).
+    pub fn stop(&mut self, timeout: Duration) {
+        self.signal("TERM");
+        let exit = self.wait_exit(timeout);
+        assert!(
+            exit.is_some_and(|e| e.success()),
+            "{exit:?}\n{}",
+            self.log_text()
+        );
+    }
+
     /// What the process wrote so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
