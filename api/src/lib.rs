@@ -13,6 +13,7 @@ pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod openapi;
+pub mod publisher;
 pub mod request_id;
 pub mod routes;
 
@@ -36,7 +37,6 @@ use listener::GuardedListener;
 use rocket::config::LogLevel;
 use rocket::{catchers, Build, Rocket};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Longest a publish waits for the broker's confirm before leaving the task
 /// to the relay.
@@ -81,8 +81,9 @@ pub struct AppState {
     pub counts: CountGauges,
     /// Tasks received, by route type.
     pub task_metrics: TaskMetrics,
-    /// Publishes under way, off the request path: shutdown waits for them.
-    publishing: TaskTracker,
+    /// Publishes off the request path, at most `publish_window` tasks in
+    /// flight to the broker: shutdown waits for them.
+    publisher: publisher::Publisher,
     /// `/receive` requests waiting for the database: at most the limit
     /// in force, which follows their commits' latency up to `receive_limit`.
     admission: Arc<Admission>,
@@ -118,6 +119,27 @@ impl AppState {
         });
         let confirms = HeldConfirms::spawn(writes.clone());
         let admission = Admission::new(config.receive_limit, config.receive_latency_target);
+        let publisher = {
+            let (queue, db, confirms) = (queue.clone(), db.clone(), confirms.clone());
+            publisher::Publisher::spawn(
+                // The in-process queue takes a task at once, and its tasks
+                // are stored as enqueued: no relay would take them over.
+                if local {
+                    usize::MAX
+                } else {
+                    config.publish_window
+                },
+                if local {
+                    Duration::MAX
+                } else {
+                    PUBLISH_LOCK - PUBLISH_TIMEOUT
+                },
+                publisher::Gauges::registered(),
+                move |ids, record| {
+                    publish(queue.clone(), db.clone(), confirms.clone(), ids, record)
+                },
+            )
+        };
         let view_db = db.clone();
         let views = Batcher::spawn("status", READ_BATCH, move |ids: Vec<TaskId>| {
             DbError::isolate("status", &ids, |ids| view_db.task_views(ids))
@@ -135,7 +157,7 @@ impl AppState {
             writes,
             confirms,
             views,
-            publishing: TaskTracker::new(),
+            publisher,
             admission,
         }
     }
@@ -189,9 +211,7 @@ impl AppState {
     }
 
     fn spawn_publish(&self, ids: Vec<TaskId>, record: bool) {
-        let state = self.clone();
-        self.publishing
-            .spawn(async move { state.publish(ids, record).await });
+        self.publisher.publish(ids, record);
     }
 
     /// Waits for the publishes [`publish_soon`](Self::publish_soon) and
@@ -201,33 +221,28 @@ impl AppState {
     /// broker what it stored, and records it, rather than leaving it to a
     /// relay after the publish lock.
     pub async fn publishes_done(&self) {
-        self.publishing.close();
-        self.publishing.wait().await;
+        self.publisher.done().await;
         self.confirms.flush().await;
     }
+}
 
-    /// Publishes tasks and, with `record`, records the broker's confirm. A
-    /// failure is only logged: the rows are committed and the relay will
-    /// publish them (the in-process queue fails only once it is closed, when
-    /// the process stops, and the next process owes its tasks again).
-    async fn publish(&self, ids: Vec<TaskId>, record: bool) {
-        // A broker that does not answer must not hold the publish for ever:
-        // the row is committed, so the relay can finish the job.
-        let published = tokio::time::timeout(PUBLISH_TIMEOUT, self.queue.publish(&ids))
-            .await
-            .unwrap_or_else(|_| Err(BrokerError::Timeout(PUBLISH_TIMEOUT)));
-        match published {
-            Ok(()) if record => self.confirms.confirmed(ids),
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, tasks = ids.len(), "publish failed; the relay will retry");
-                if let Err(e) = self
-                    .db
-                    .run_blocking(move |db| db.release_publish(&ids))
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not hand the publish to the relay early");
-                }
+/// Publishes tasks and, with `record`, records the broker's confirm. A
+/// failure is only logged: the rows are committed and the relay will
+/// publish them (the in-process queue fails only once it is closed, when
+/// the process stops, and the next process owes its tasks again).
+async fn publish(queue: Queue, db: Db, confirms: HeldConfirms, ids: Vec<TaskId>, record: bool) {
+    // A broker that does not answer must not hold the publish for ever:
+    // the row is committed, so the relay can finish the job.
+    let published = tokio::time::timeout(PUBLISH_TIMEOUT, queue.publish(&ids))
+        .await
+        .unwrap_or_else(|_| Err(BrokerError::Timeout(PUBLISH_TIMEOUT)));
+    match published {
+        Ok(()) if record => confirms.confirmed(ids),
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, tasks = ids.len(), "publish failed; the relay will retry");
+            if let Err(e) = db.run_blocking(move |db| db.release_publish(&ids)).await {
+                tracing::warn!(error = %e, "could not hand the publish to the relay early");
             }
         }
     }

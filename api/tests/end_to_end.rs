@@ -133,6 +133,72 @@ async fn a_stopping_api_records_the_confirms_it_holds(layout: Layout) {
     assert_eq!(stack.deployment.task_rows(confirmed), 3);
 }
 
+/// With room for one task in flight to the broker (`publish_window` 1), a
+/// burst of concurrent requests, and a batch larger than the window, wait
+/// in line for it: every task is published by the api itself, its confirm
+/// recorded, and run; nothing is left to the relay.
+async fn a_burst_waits_for_the_publish_window(layout: Layout) {
+    let Some(stack) = Stack::start_with(layout, 1, |d| d.env("FERRY_PUBLISH_WINDOW", "1")).await
+    else {
+        return;
+    };
+    let api = &stack.api;
+    let singles = futures_util::future::join_all((0..60).map(|i| async move {
+        api.submit("org.ferry.echo", &format!("window-{i}"), json!(i))
+            .await
+    }));
+    let batch: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"specversion": "1.0", "type": "org.ferry.echo", "source": "/ferry/tests",
+                   "id": format!("window-batch-{i}"), "data": i})
+        })
+        .collect();
+    let batch = api.post(
+        Value::from(batch).to_string(),
+        &[("content-type", "application/cloudevents-batch+json")],
+    );
+    let (mut ids, batch) = tokio::join!(singles, batch);
+    assert_eq!(batch.status, 202, "{:?}", batch.body);
+    for task in batch.body["tasks"].as_array().unwrap() {
+        ids.push(task["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        api.wait_for(id, "succeeded", DONE).await;
+    }
+    let deadline = std::time::Instant::now() + DONE;
+    let metrics = loop {
+        let text = reqwest::get(api.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| ferry_testkit::metric_value(&text, name).unwrap_or(0.0);
+        let confirms = value("ferry_confirms_recorded_total");
+        if confirms >= ids.len() as f64 || std::time::Instant::now() > deadline {
+            break (
+                confirms,
+                value("ferry_publish_in_flight"),
+                value("ferry_publish_waiting"),
+                value("ferry_publish_left_to_relay_total"),
+                value("ferry_relay_published_total"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(metrics, (ids.len() as f64, 0.0, 0.0, 0.0, 0.0));
+}
+
+#[tokio::test]
+async fn sqlite_burst_waits_for_the_publish_window() {
+    a_burst_waits_for_the_publish_window(Layout::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_burst_waits_for_the_publish_window() {
+    a_burst_waits_for_the_publish_window(Layout::Postgres).await;
+}
+
 #[tokio::test]
 async fn sqlite_api_records_held_confirms_when_it_stops() {
     a_stopping_api_records_the_confirms_it_holds(Layout::Sqlite).await;

@@ -887,7 +887,12 @@ async fn open_loop(
 ) -> anyhow::Result<Value> {
     // Bounds the sockets the generator opens; a send that waits here is
     // still measured from its intended time.
+    let inside_before = SubmitInside::read(client, &d.base).await;
     let offered = offer(client, &d.base, rate, seconds, &format!("open-{rate}"), 512).await?;
+    let inside = SubmitInside::read(client, &d.base)
+        .await
+        .zip(inside_before)
+        .map(|(after, before)| after.since(&before));
     // A refusal (503 overloaded, past the default receive_limit) is the
     // api doing its job on a busy machine: counted, not an error. Any
     // other answer is.
@@ -913,7 +918,62 @@ async fn open_loop(
         "refused": offered.sent.len() - n,
         "submit_latency": summary(submit_ms),
         "submit_to_succeeded_latency": summary(done_ms),
+        "inside_the_api": inside,
     }))
+}
+
+/// Where a submit's time goes inside the api, from its `/metrics`: the
+/// `/receive` handler's time and the insert batcher's (sums and counts,
+/// so that two readings give the means between them).
+#[derive(Debug, Clone, Copy)]
+struct SubmitInside {
+    receive_s: f64,
+    receives: f64,
+    batch_s: f64,
+    batches: f64,
+    batched: f64,
+}
+
+impl SubmitInside {
+    async fn read(client: &reqwest::Client, base: &str) -> Option<Self> {
+        let response = client.get(format!("{base}/metrics")).send().await.ok()?;
+        let text = response.text().await.ok()?;
+        // The sum over every sample of `name` whose labels hold `label`.
+        let sum = |name: &str, label: &str| -> f64 {
+            text.lines()
+                .filter_map(|line| {
+                    let (labels, value) = line
+                        .strip_prefix(name)?
+                        .strip_prefix('{')?
+                        .split_once("} ")?;
+                    labels
+                        .contains(label)
+                        .then(|| value.trim().parse::<f64>().ok())?
+                })
+                .sum()
+        };
+        let receive = "route=\"/receive\"";
+        let insert = "batcher=\"insert\"";
+        Some(Self {
+            receive_s: sum("ferry_http_request_duration_seconds_sum", receive),
+            receives: sum("ferry_http_request_duration_seconds_count", receive),
+            batch_s: sum("ferry_batch_duration_seconds_sum", insert),
+            batches: sum("ferry_batch_duration_seconds_count", insert),
+            batched: sum("ferry_batch_size_sum", insert),
+        })
+    }
+
+    /// The means between `before` and this reading, as JSON.
+    fn since(&self, before: &Self) -> Value {
+        let receives = self.receives - before.receives;
+        let batches = self.batches - before.batches;
+        json!({
+            "receive_mean_ms": 1e3 * (self.receive_s - before.receive_s) / receives,
+            "insert_batches": batches,
+            "insert_batch_mean_ms": 1e3 * (self.batch_s - before.batch_s) / batches,
+            "writes_per_insert_batch": (self.batched - before.batched) / batches,
+        })
+    }
 }
 
 async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Result<Value> {
@@ -1222,6 +1282,16 @@ fn print_table(results: &Value) {
                 fmt(&o["memory_peak_so_far"]["api_peak_rss_mib"]),
                 workers_rss(&o["memory_peak_so_far"]),
             );
+            let inside = &o["inside_the_api"];
+            if inside.is_object() {
+                println!(
+                    "  inside the api: /receive mean {} ms; {} insert batches, mean {} ms, {} writes each",
+                    fmt(&inside["receive_mean_ms"]),
+                    fmt(&inside["insert_batches"]),
+                    fmt(&inside["insert_batch_mean_ms"]),
+                    fmt(&inside["writes_per_insert_batch"]),
+                );
+            }
         }
         println!(
             "peak RSS        api {} MiB, workers {} MiB (whole run)",

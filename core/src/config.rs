@@ -36,6 +36,13 @@ pub const DEFAULT_RECEIVE_LIMIT: usize = 128;
 /// holds it a few milliseconds; at 5 000/s on SQLite, 128 of them held it
 /// 130–210 ms at p99, queued on the writer lock.
 pub const DEFAULT_RECEIVE_LATENCY_TARGET: Duration = Duration::from_millis(20);
+/// Tasks one api publishes at once without their broker confirm, at most,
+/// by default: at 16 000 messages/s about 60 ms of RabbitMQ's work, room
+/// for its confirms to stream, and a few MiB of frames and pending
+/// confirms however fast the inserts outrun the broker.
+pub const DEFAULT_PUBLISH_WINDOW: usize = 1024;
+/// The largest `publish_window` accepted.
+pub const MAX_PUBLISH_WINDOW: usize = 1 << 20;
 /// The largest `receive_limit` accepted.
 pub const MAX_RECEIVE_LIMIT: usize = 1 << 20;
 /// Client connections one api holds open at once, at most, by default:
@@ -123,6 +130,9 @@ pub struct Config {
     /// commit) on average before the api lowers the limit in force below
     /// `receive_limit`; zero keeps `receive_limit` fixed.
     pub receive_latency_target: Duration,
+    /// Tasks one api has published and not yet had confirmed, at most;
+    /// those stored past it wait in line (see `api/src/publisher.rs`).
+    pub publish_window: usize,
     /// Client connections one api holds open at once; past it new ones
     /// wait in the kernel's accept queue until one closes.
     pub max_connections: usize,
@@ -169,6 +179,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             receive_limit: DEFAULT_RECEIVE_LIMIT,
             receive_latency_target: DEFAULT_RECEIVE_LATENCY_TARGET,
+            publish_window: DEFAULT_PUBLISH_WINDOW,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             lease: Duration::from_secs(30),
             relay_interval: Duration::from_secs(2),
@@ -226,6 +237,8 @@ pub(crate) struct Layer {
         skip_serializing_if = "Option::is_none"
     )]
     pub(crate) receive_latency_target: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) publish_window: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_connections: Option<usize>,
     #[serde(
@@ -317,6 +330,9 @@ impl Layer {
                 .map(|v| parse("FERRY_RECEIVE_LIMIT", &v))
                 .transpose()?,
             receive_latency_target: duration("FERRY_RECEIVE_LATENCY_TARGET")?,
+            publish_window: var("FERRY_PUBLISH_WINDOW")
+                .map(|v| parse("FERRY_PUBLISH_WINDOW", &v))
+                .transpose()?,
             max_connections: var("FERRY_MAX_CONNECTIONS")
                 .map(|v| parse("FERRY_MAX_CONNECTIONS", &v))
                 .transpose()?,
@@ -359,6 +375,7 @@ impl Layer {
             max_body_bytes,
             receive_limit,
             receive_latency_target,
+            publish_window,
             max_connections,
             lease,
             relay_interval,
@@ -570,6 +587,12 @@ impl Config {
                 "must be at most 60s (0 keeps receive_limit fixed)",
             ));
         }
+        if self.publish_window == 0 || self.publish_window > MAX_PUBLISH_WINDOW {
+            return Err(ConfigError::new(
+                "publish_window",
+                format!("must be between 1 and {MAX_PUBLISH_WINDOW}"),
+            ));
+        }
         if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
             return Err(ConfigError::new(
                 "max_connections",
@@ -621,6 +644,7 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             receive_limit: self.receive_limit as u64,
             receive_latency_target: duration(self.receive_latency_target),
+            publish_window: self.publish_window as u64,
             max_connections: self.max_connections as u64,
             lease: duration(self.lease),
             relay_interval: duration(self.relay_interval),
@@ -686,6 +710,7 @@ struct Effective<'a> {
     max_body_bytes: u64,
     receive_limit: u64,
     receive_latency_target: String,
+    publish_window: u64,
     max_connections: u64,
     lease: String,
     relay_interval: String,
@@ -961,6 +986,8 @@ mod tests {
             ("receive_latency_target = \"2m\"", "receive_latency_target"),
             ("receive_latency_target = \"fast\"", "receive_latency_target"),
             ("max_connections = 0", "max_connections"),
+            ("publish_window = 0", "publish_window"),
+            ("publish_window = 2000000", "publish_window"),
             ("concurrency = 70000", "concurrency"),
             ("exec_concurrency = 0", "exec_concurrency"),
             ("exec_concurrency = 70000", "exec_concurrency"),

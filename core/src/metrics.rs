@@ -47,6 +47,15 @@ pub const RELAY_PUBLISHED: &str = "ferry_relay_published_total";
 /// Counter: tasks an api published right after storing them whose broker
 /// confirm it recorded.
 pub const CONFIRMS_RECORDED: &str = "ferry_confirms_recorded_total";
+/// Gauge: tasks an api has published whose confirm has not come back
+/// (at most `publish_window`).
+pub const PUBLISH_IN_FLIGHT: &str = "ferry_publish_in_flight";
+/// Gauge: tasks an api stored and has not started to publish, waiting for
+/// room in `publish_window`.
+pub const PUBLISH_WAITING: &str = "ferry_publish_waiting";
+/// Counter: tasks an api stored and left to the relay, because they waited
+/// for room in `publish_window` until their publish lock was nearly out.
+pub const PUBLISH_LEFT_TO_RELAY: &str = "ferry_publish_left_to_relay_total";
 /// Counter: tasks the relay published again because the broker had
 /// confirmed their message and then lost it.
 pub const RELAY_LOST_REPUBLISHED: &str = "ferry_relay_lost_republished_total";
@@ -186,6 +195,18 @@ fn describe() {
     describe_counter!(
         CONFIRMS_RECORDED,
         "Tasks the api published after storing them whose broker confirm it recorded."
+    );
+    describe_gauge!(
+        PUBLISH_IN_FLIGHT,
+        "Tasks the api published whose broker confirm has not come back (at most publish_window)."
+    );
+    describe_gauge!(
+        PUBLISH_WAITING,
+        "Tasks the api stored and waits to publish until publish_window has room."
+    );
+    describe_counter!(
+        PUBLISH_LEFT_TO_RELAY,
+        "Tasks the api stored and left to the relay: they waited for publish_window until their publish lock was nearly out."
     );
     describe_counter!(
         RELAY_LOST_REPUBLISHED,
