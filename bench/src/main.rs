@@ -823,6 +823,26 @@ async fn succeeded_latencies(
     base: &str,
     offered: &Offered,
 ) -> anyhow::Result<Vec<f64>> {
+    Ok(task_latencies(client, base, offered).await?.succeeded)
+}
+
+/// Each accepted task's latencies, in milliseconds: from its intended send
+/// time to its `finished_at`, and split at its `started_at` (stamped by
+/// its worker's claim batch; `finished_at` by its outcome batch, before
+/// that batch commits).
+struct TaskLatencies {
+    succeeded: Vec<f64>,
+    to_started: Vec<f64>,
+    started_to_finished: Vec<f64>,
+}
+
+/// [`TaskLatencies`] of every accepted task, once each has succeeded;
+/// read through `/status` by 32 clients.
+async fn task_latencies(
+    client: &reqwest::Client,
+    base: &str,
+    offered: &Offered,
+) -> anyhow::Result<TaskLatencies> {
     let accepted = offered.accepted();
     let tasks = Arc::new(accepted);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -845,15 +865,17 @@ async fn succeeded_latencies(
                 // requests that failed after their commit: a task not done
                 // yet is asked for again.
                 let deadline = Instant::now() + Duration::from_secs(60);
-                let at: chrono::DateTime<chrono::Utc> = loop {
+                let at: [chrono::DateTime<chrono::Utc>; 2] = loop {
                     let task: Value = client
                         .get(format!("{base}/status/{id}"))
                         .send()
                         .await?
                         .json()
                         .await?;
-                    if let Some(at) = task["finished_at"].as_str() {
-                        break at.parse()?;
+                    if let (Some(started), Some(finished)) =
+                        (task["started_at"].as_str(), task["finished_at"].as_str())
+                    {
+                        break [started.parse()?, finished.parse()?];
                     }
                     if Instant::now() > deadline {
                         bail!("task {id} has not finished: {task}");
@@ -864,10 +886,18 @@ async fn succeeded_latencies(
             }
         });
     }
-    let mut latencies = Vec::with_capacity(tasks.len());
+    let ms = |d: chrono::TimeDelta| d.as_seconds_f64() * 1000.0;
+    let mut latencies = TaskLatencies {
+        succeeded: Vec::with_capacity(tasks.len()),
+        to_started: Vec::with_capacity(tasks.len()),
+        started_to_finished: Vec::with_capacity(tasks.len()),
+    };
     while let Some(done) = readers.join_next().await {
-        for (i, at) in done?? {
-            latencies.push((at - offered.intended_utc(i)).as_seconds_f64() * 1000.0);
+        for (i, [started, finished]) in done?? {
+            let intended = offered.intended_utc(i);
+            latencies.succeeded.push(ms(finished - intended));
+            latencies.to_started.push(ms(started - intended));
+            latencies.started_to_finished.push(ms(finished - started));
         }
     }
     Ok(latencies)
@@ -911,13 +941,15 @@ async fn open_loop(
     let n = accepted.len();
     wait_succeeded(db, already_succeeded + n as i64, Duration::from_secs(600)).await?;
     let submit_ms = accepted.iter().map(|s| s.latency_ms).collect();
-    let done_ms = succeeded_latencies(client, &d.base, &offered).await?;
+    let done = task_latencies(client, &d.base, &offered).await?;
     Ok(json!({
         "rate_per_s": rate,
         "tasks": n,
         "refused": offered.sent.len() - n,
         "submit_latency": summary(submit_ms),
-        "submit_to_succeeded_latency": summary(done_ms),
+        "submit_to_succeeded_latency": summary(done.succeeded),
+        "submit_to_started_latency": summary(done.to_started),
+        "started_to_finished_latency": summary(done.started_to_finished),
         "inside_the_api": inside,
     }))
 }
@@ -1292,6 +1324,13 @@ fn print_table(results: &Value) {
                     fmt(&inside["writes_per_insert_batch"]),
                 );
             }
+            println!(
+                "  split at the claim: submit->started_at p50 {} p99 {} ms, started_at->finished_at p50 {} p99 {} ms",
+                fmt(&o["submit_to_started_latency"]["p50_ms"]),
+                fmt(&o["submit_to_started_latency"]["p99_ms"]),
+                fmt(&o["started_to_finished_latency"]["p50_ms"]),
+                fmt(&o["started_to_finished_latency"]["p99_ms"]),
+            );
         }
         println!(
             "peak RSS        api {} MiB, workers {} MiB (whole run)",
