@@ -167,21 +167,14 @@ async fn a_burst_waits_for_the_publish_window(layout: Layout) {
     }
     let deadline = std::time::Instant::now() + DONE;
     let metrics = loop {
-        let text = reqwest::get(api.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = |name: &str| ferry_testkit::metric_value(&text, name).unwrap_or(0.0);
-        let confirms = value("ferry_confirms_recorded_total");
+        let confirms = api.metric("ferry_confirms_recorded_total").await;
         if confirms >= ids.len() as f64 || std::time::Instant::now() > deadline {
             break (
                 confirms,
-                value("ferry_publish_in_flight"),
-                value("ferry_publish_waiting"),
-                value("ferry_publish_left_to_relay_total"),
-                value("ferry_relay_published_total"),
+                api.metric("ferry_publish_in_flight").await,
+                api.metric("ferry_publish_waiting").await,
+                api.metric("ferry_publish_left_to_relay_total").await,
+                api.metric("ferry_relay_published_total").await,
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -347,22 +340,13 @@ async fn standalone_stores_tasks_enqueued_and_publishes_each_once() {
     for id in &ids {
         api.wait_for(id, "succeeded", DONE).await;
     }
-    let metrics = || async {
-        let text = reqwest::get(api.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = |name: &str| ferry_testkit::metric_value(&text, name).unwrap_or(0.0);
-        (
-            value("ferry_batch_size_count{batcher=\"insert\"}"),
-            value("ferry_confirms_recorded_total"),
-            value("ferry_relay_round_seconds_count"),
-            value("ferry_relay_published_total"),
-        )
-    };
-    let (inserts, confirms, rounds, published) = metrics().await;
+    let (inserts, confirms, rounds, published) = (
+        api.metric("ferry_batch_size_count{batcher=\"insert\"}")
+            .await,
+        api.metric("ferry_confirms_recorded_total").await,
+        api.metric("ferry_relay_round_seconds_count").await,
+        api.metric("ferry_relay_published_total").await,
+    );
     assert!(inserts >= 1.0, "the insert batches are counted");
     assert_eq!(confirms, 0.0, "a confirm was written after the insert");
     assert!(rounds >= 20.0, "the relay ran while tasks waited: {rounds}");

@@ -93,6 +93,19 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    /// The value of the sample `name` on `/metrics` (as
+    /// [`crate::metric_value`] names it), 0 when it has none.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        crate::metric_value(&text, name).unwrap_or(0.0)
+    }
+
     /// Sends a request built on [`Api::client`] and reads its JSON reply.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         reply(request.send().await.expect("the request is sent")).await
