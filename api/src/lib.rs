@@ -121,19 +121,16 @@ impl AppState {
         let admission = Admission::new(config.receive_limit, config.receive_latency_target);
         let publisher = {
             let (queue, db, confirms) = (queue.clone(), db.clone(), confirms.clone());
+            // The in-process queue takes a task at once, and its tasks are
+            // stored as enqueued: no relay would take them over.
+            let (window, stale_after) = if local {
+                (usize::MAX, Duration::MAX)
+            } else {
+                (config.publish_window, PUBLISH_LOCK - PUBLISH_TIMEOUT)
+            };
             publisher::Publisher::spawn(
-                // The in-process queue takes a task at once, and its tasks
-                // are stored as enqueued: no relay would take them over.
-                if local {
-                    usize::MAX
-                } else {
-                    config.publish_window
-                },
-                if local {
-                    Duration::MAX
-                } else {
-                    PUBLISH_LOCK - PUBLISH_TIMEOUT
-                },
+                window,
+                stale_after,
                 publisher::Gauges::registered(),
                 move |ids, record| {
                     publish(queue.clone(), db.clone(), confirms.clone(), ids, record)

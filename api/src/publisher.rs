@@ -40,15 +40,6 @@ pub struct Publisher {
     waiting: Gauge,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Publish { ids, .. } => write!(f, "Publish({} tasks)", ids.len()),
-            Self::Flush(_) => f.write_str("Flush"),
-        }
-    }
-}
-
 /// What the loop reports on.
 #[derive(Debug, Clone)]
 pub struct Gauges {

@@ -133,13 +133,7 @@ fn relay_between(before: &Relay, after: &Relay) -> Value {
 }
 
 async fn scrape(client: &reqwest::Client, base: &str) -> anyhow::Result<Relay> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(relay_metrics(&text))
+    Ok(relay_metrics(&super::metrics_text(client, base).await?))
 }
 
 /// Submits `n` events in batches; returns their task ids.

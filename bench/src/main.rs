@@ -954,6 +954,16 @@ async fn open_loop(
     }))
 }
 
+/// The api's `/metrics` text.
+async fn metrics_text(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 /// Where a submit's time goes inside the api, from its `/metrics`: the
 /// `/receive` handler's time and the insert batcher's (sums and counts,
 /// so that two readings give the means between them).
@@ -968,8 +978,7 @@ struct SubmitInside {
 
 impl SubmitInside {
     async fn read(client: &reqwest::Client, base: &str) -> Option<Self> {
-        let response = client.get(format!("{base}/metrics")).send().await.ok()?;
-        let text = response.text().await.ok()?;
+        let text = metrics_text(client, base).await.ok()?;
         // The sum over every sample of `name` whose labels hold `label`.
         let sum = |name: &str, label: &str| -> f64 {
             text.lines()

@@ -192,8 +192,7 @@ impl LimitSampler {
 
 /// The api's `ferry_receive_limit` gauge.
 async fn receive_limit(client: &reqwest::Client, base: &str) -> Option<f64> {
-    let response = client.get(format!("{base}/metrics")).send().await.ok()?;
-    let text = response.text().await.ok()?;
+    let text = super::metrics_text(client, base).await.ok()?;
     ferry_testkit::metric_value(&text, "ferry_receive_limit")
 }
 
