@@ -14,7 +14,7 @@ use diesel::dsl::{case_when, SqlTypeOf};
 use diesel::prelude::*;
 use serde_json::Value;
 
-use super::dialect::{status_in, ClaimedRow, OneStatement, SetBased};
+use super::dialect::{status_by_id, status_in, ClaimedRow, OneStatement, SetBased};
 use super::{Db, DbError, DbResult};
 use crate::task::{AttemptRef, AttemptWrite, AttemptWritten, Claimed, Outcome, TaskId, TaskStatus};
 
@@ -55,7 +55,7 @@ macro_rules! owed_again {
 /// Those of `$ids` that went back to `retrying` although a client asked to
 /// cancel them while they ran: they become `cancelled` instead (the attempt
 /// ended before the cancel reached its worker). `$retrying` is
-/// [`status_in`] of `retrying`: a bound status lets SQLite, which has no
+/// [`status_by_id`] of `retrying`: a bound status lets SQLite, which has no
 /// statistics, read every retrying task from `tasks_by_status` instead of
 /// the ids from the primary key, a scan as long as the backlog.
 macro_rules! cancel_requested_retries {
@@ -74,7 +74,7 @@ macro_rules! cancel_requested_retries {
     };
 }
 
-/// The tasks of `$ids` a claim takes: claimable (`$claimable`, [`status_in`]
+/// The tasks of `$ids` a claim takes: claimable (`$claimable`, [`status_by_id`]
 /// of [`TaskStatus::CLAIMABLE`], for the reason given at
 /// `cancel_requested_retries!`) and due.
 macro_rules! claimable_by_id {
@@ -107,7 +107,7 @@ macro_rules! claim_rows {
                 // One statement claims the batch, first attempts' start
                 // included; PostgreSQL locks the rows in index order, so
                 // concurrent batches cannot deadlock.
-                let claimable = status_in(&*conn, &TaskStatus::CLAIMABLE);
+                let claimable = status_by_id(&*conn, &TaskStatus::CLAIMABLE);
                 let claimed = diesel::update(claimable_by_id!(t, ids, claimable, now))
                     .set((
                         t::status.eq(TaskStatus::Running),
@@ -228,7 +228,7 @@ macro_rules! finish_rows {
                     .map(|((attempt, _), _)| attempt.task)
                     .collect();
                 if !retried.is_empty() {
-                    let retrying = status_in(&*conn, &[TaskStatus::Retrying]);
+                    let retrying = status_by_id(&*conn, &[TaskStatus::Retrying]);
                     cancel_requested_retries!(t, &retried, retrying, now).execute(conn)?;
                 }
                 // A task's only unfinished attempt row is the one that just
@@ -413,7 +413,7 @@ impl Db {
                     .returning((t::id, t::attempts))
                     .get_results::<AttemptRef>(conn)?;
                 let retried_ids: Vec<TaskId> = retried.iter().map(|a| a.task).collect();
-                let retrying = status_in(&*conn, &[TaskStatus::Retrying]);
+                let retrying = status_by_id(&*conn, &[TaskStatus::Retrying]);
                 cancel_requested_retries!(t, &retried_ids, retrying, now).execute(conn)?;
                 for attempt in retried.iter().chain(&failed) {
                     diesel::update(

@@ -11,12 +11,16 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Untyped};
 use diesel::sqlite::Sqlite;
+use serde_json::Value;
 
-use super::dialect::{count_confirmed, status_in};
+use super::dialect::{
+    count_confirmed, pg_claim_query, pg_mark_enqueued_query, pg_successes_query,
+    sqlite_successes_query, status_by_id, status_in, PG_SUCCESSES,
+};
 use super::outbox::LostWindow;
 use super::retention::FINAL;
 use super::{Db, DbResult, LostBound};
-use crate::task::{TaskId, TaskStatus};
+use crate::task::{AttemptRef, TaskId, TaskStatus};
 
 /// `EXPLAIN` (PostgreSQL) or `EXPLAIN QUERY PLAN` (SQLite) of a query,
 /// with its parameters bound.
@@ -149,8 +153,11 @@ impl Db {
 
     /// The plan of each statement that takes a batch of tasks by id and
     /// checks their status (`ids`, as many as a batch holds): none may read
-    /// every task of that status, however long the backlog in it. Named `claim_many`, `cancel_requested_retries` and
-    /// `delete_finished_before (by id)`.
+    /// every task of that status, however long the backlog in it. Named
+    /// `claim_many`, `cancel_requested_retries`, `delete_finished_before
+    /// (by id)` and `record_successes`, and on PostgreSQL also its own
+    /// statements for the claim (`claim_at_once`) and the confirm
+    /// (`mark_enqueued`).
     #[doc(hidden)]
     pub fn by_id_plans(&self, ids: &[TaskId]) -> DbResult<Vec<(&'static str, String)>> {
         let now = Utc::now();
@@ -158,10 +165,11 @@ impl Db {
         let cutoff: DateTime<Utc> = now - chrono::Duration::days(7);
         with_conn!(self, |conn, s| {
             use s::tasks::dsl as t;
-            let claimable = status_in(&*conn, &TaskStatus::CLAIMABLE);
-            let retrying = status_in(&*conn, &[TaskStatus::Retrying]);
-            let finals = status_in(&*conn, &FINAL);
-            Ok(vec![
+            let claimable = status_by_id(&*conn, &TaskStatus::CLAIMABLE);
+            let retrying = status_by_id(&*conn, &[TaskStatus::Retrying]);
+            let finals = status_by_id(&*conn, &FINAL);
+            let raw = conn.raw_by_id_plans(ids, now)?;
+            let mut plans = vec![
                 (
                     "claim_many",
                     conn.plan(
@@ -177,7 +185,66 @@ impl Db {
                     "delete_finished_before (by id)",
                     conn.plan(diesel::delete(finals_by_id!(t, ids, finals, cutoff)))?,
                 ),
-            ])
+            ];
+            plans.extend(raw);
+            Ok(plans)
         })
+    }
+}
+
+/// The plans of a backend's own statements that take tasks by id
+/// (`dialect.rs`), for [`Db::by_id_plans`].
+trait RawByIdPlans: Plan {
+    fn raw_by_id_plans(
+        &mut self,
+        ids: &[TaskId],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Vec<(&'static str, String)>>;
+}
+
+/// A success for each of `ids`, as an outcome batch records them.
+fn successes<'a>(ids: &[TaskId], result: &'a Value) -> Vec<(AttemptRef, &'a Value)> {
+    ids.iter().map(|id| (id.attempt(1), result)).collect()
+}
+
+impl RawByIdPlans for PgConnection {
+    fn raw_by_id_plans(
+        &mut self,
+        ids: &[TaskId],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Vec<(&'static str, String)>> {
+        let result = Value::Null;
+        Ok(vec![
+            (
+                "record_successes",
+                self.plan(pg_successes_query(
+                    PG_SUCCESSES,
+                    &successes(ids, &result),
+                    now,
+                ))?,
+            ),
+            (
+                "claim_at_once",
+                self.plan(pg_claim_query(ids, "worker", now, now))?,
+            ),
+            (
+                "mark_enqueued",
+                self.plan(pg_mark_enqueued_query(ids, now))?,
+            ),
+        ])
+    }
+}
+
+impl RawByIdPlans for SqliteConnection {
+    fn raw_by_id_plans(
+        &mut self,
+        ids: &[TaskId],
+        now: DateTime<Utc>,
+    ) -> QueryResult<Vec<(&'static str, String)>> {
+        let result = Value::Null;
+        Ok(vec![(
+            "record_successes",
+            self.plan(sqlite_successes_query(&successes(ids, &result), now))?,
+        )])
     }
 }

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::dialect::status_in;
+use super::dialect::{status_by_id, status_in};
 use super::{Db, DbResult};
 use crate::task::{TaskId, TaskStatus};
 
@@ -33,8 +33,8 @@ macro_rules! expired_finals {
 }
 
 /// Those of `$ids` still final and finished before `$cutoff`: what the
-/// delete takes. `$finals` is [`status_in`] of [`FINAL`], so that SQLite
-/// reads the ids from the primary key rather than every final task from
+/// delete takes. `$finals` is [`status_by_id`] of [`FINAL`], so that the
+/// ids are read from the primary key rather than every final task from
 /// `tasks_by_status`.
 macro_rules! finals_by_id {
     ($t:ident, $ids:expr, $finals:expr, $cutoff:expr) => {
@@ -54,7 +54,8 @@ impl Db {
             use s::task_attempts::dsl as a;
             use s::tasks::dsl as t;
             conn.transaction(|conn| {
-                let [finals, again] = [(); 2].map(|()| status_in(&*conn, &FINAL));
+                let finals = status_in(&*conn, &FINAL);
+                let again = status_by_id(&*conn, &FINAL);
                 let ids: Vec<TaskId> = expired_finals!(t, finals, cutoff, limit).load(conn)?;
                 if ids.is_empty() {
                     return Ok(0);
