@@ -396,6 +396,20 @@ fn pg_stats(url: &str, schema: &str) -> Option<Value> {
     ))
 }
 
+/// Pauses (or resumes) the database counts of the processes writing them
+/// to `dir` (`counts::PAUSE_FILE`), and waits until each has seen it.
+pub async fn pause_counts(dir: &Path, paused: bool) -> anyhow::Result<()> {
+    let file = dir.join(counts::PAUSE_FILE);
+    if paused {
+        std::fs::write(&file, b"")?;
+    } else if file.exists() {
+        std::fs::remove_file(&file)?;
+    }
+    // Each process looks for the file once per write of its counts.
+    tokio::time::sleep(counts::WRITE_EVERY * 3).await;
+    Ok(())
+}
+
 /// Everything one phase's cost is read from.
 #[derive(Debug)]
 pub struct Meter {
@@ -450,6 +464,13 @@ impl Meter {
 
     fn counts(&self) -> HashMap<String, HashMap<String, u64>> {
         db_counts(&self.counts_dir, &self.processes.ferry_pids())
+    }
+
+    /// Pauses (or resumes) the database counts of Ferry's processes, for
+    /// the phases that measure something else: counting builds each
+    /// statement's SQL again ([`pause_counts`]).
+    pub async fn pause_counts(&self, paused: bool) -> anyhow::Result<()> {
+        pause_counts(&self.counts_dir, paused).await
     }
 
     /// Readings before a phase. The slower ones (`rabbitmqctl`, PostgreSQL's

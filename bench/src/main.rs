@@ -1030,10 +1030,14 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
     let before = d.meter.start().await;
     let (burst, ids) = burst(&d.base, &db, &client, tasks, args.concurrency).await?;
     let burst_cost = d.meter.finish(before, tasks, true).await;
+    // Counting builds each statement's SQL again, which the floor never
+    // pays: off while the two are compared (`counts::PAUSE_FILE`).
+    d.meter.pause_counts(true).await?;
     eprintln!("[{backend}] status reads");
     let reads = status_reads(&d, &client, &ids, tasks * 2, args.concurrency).await?;
     eprintln!("[{backend}] HTTP floor (no database work)");
     let floor = http_floor(&d, &client, tasks * 2, args.concurrency).await?;
+    d.meter.pause_counts(false).await?;
     let rates = args.rates.clone().unwrap_or(if args.quick {
         vec![100, 1000]
     } else {
