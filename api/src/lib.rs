@@ -159,9 +159,15 @@ impl AppState {
         }
     }
 
-    /// Where a task is (`None`: no such task), read together with the
-    /// `/status` requests of other clients arriving meanwhile.
+    /// Where a task is (`None`: no such task): on SQLite read right here
+    /// when a pooled connection is free ([`ferry_core::Db::task_views_without_waiting`]:
+    /// a few microseconds, less than handing the read to another thread and
+    /// being woken), otherwise together with the `/status` requests of
+    /// other clients arriving meanwhile.
     pub async fn task_view(&self, id: TaskId) -> DbResult<Option<TaskView>> {
+        if let Some(read) = self.db.task_views_without_waiting(&[id]) {
+            return read.map(|mut views| views.pop().flatten());
+        }
         self.views
             .call(id)
             .await

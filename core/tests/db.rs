@@ -779,3 +779,23 @@ fn each_process_writes_a_batch_in_one_transaction() {
         assert_eq!(db.status(y).unwrap(), Some(TaskStatus::Running));
     });
 }
+
+/// `/status` on SQLite reads on the request's own thread when a pooled
+/// connection is free: the same views as the batched read, in the order
+/// asked, unknown and repeated ids included. PostgreSQL's read is a round
+/// trip, always left to the batch.
+#[test]
+fn a_read_without_waiting_is_the_batched_read_on_sqlite_only() {
+    on_both_backends(|db| {
+        let ids = insert_ids(db, &[new_task("e1", 3), new_task("e2", 3)], Utc::now());
+        db.claim(ids[0], "w1", lease()).unwrap().unwrap();
+        let asked = [ids[1], TaskId::new(), ids[0], ids[1]];
+        let batched = db.task_views(&asked).unwrap();
+        assert!(batched[0].is_some() && batched[1].is_none() && batched[2].is_some());
+        let now = db.task_views_without_waiting(&asked);
+        match db.backend() {
+            "sqlite" => assert_eq!(now.expect("a connection is free").unwrap(), batched),
+            _ => assert!(now.is_none(), "PostgreSQL read on the caller's thread"),
+        }
+    });
+}
