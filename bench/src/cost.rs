@@ -396,20 +396,6 @@ fn pg_stats(url: &str, schema: &str) -> Option<Value> {
     ))
 }
 
-/// Pauses (or resumes) the database counts of the processes writing them
-/// to `dir` (`counts::PAUSE_FILE`), and waits until each has seen it.
-pub async fn pause_counts(dir: &Path, paused: bool) -> anyhow::Result<()> {
-    let file = dir.join(counts::PAUSE_FILE);
-    if paused {
-        std::fs::write(&file, b"")?;
-    } else if file.exists() {
-        std::fs::remove_file(&file)?;
-    }
-    // Each process looks for the file once per write of its counts.
-    tokio::time::sleep(counts::WRITE_EVERY * 3).await;
-    Ok(())
-}
-
 /// Everything one phase's cost is read from.
 #[derive(Debug)]
 pub struct Meter {
@@ -468,9 +454,18 @@ impl Meter {
 
     /// Pauses (or resumes) the database counts of Ferry's processes, for
     /// the phases that measure something else: counting builds each
-    /// statement's SQL again ([`pause_counts`]).
+    /// statement's SQL again (`counts::PAUSE_FILE`). Returns once each
+    /// process has seen it.
     pub async fn pause_counts(&self, paused: bool) -> anyhow::Result<()> {
-        pause_counts(&self.counts_dir, paused).await
+        let file = self.counts_dir.join(counts::PAUSE_FILE);
+        if paused {
+            std::fs::write(&file, b"")?;
+        } else if file.exists() {
+            std::fs::remove_file(&file)?;
+        }
+        // Each process looks for the file once per write of its counts.
+        tokio::time::sleep(counts::WRITE_EVERY * 3).await;
+        Ok(())
     }
 
     /// Readings before a phase. The slower ones (`rabbitmqctl`, PostgreSQL's

@@ -23,8 +23,7 @@ use ferry_core::Db;
 use serde_json::{json, Value};
 
 use super::{
-    bench_deployment, closed_loop_gets, counting, database, event, fmt, submit, wait_succeeded,
-    Args,
+    bench_deployment, closed_loop_gets, database, event, fmt, submit, wait_succeeded, Args,
 };
 
 /// The reads row.
@@ -76,14 +75,10 @@ pub async fn run(
     let tasks = plan.tasks.unwrap_or(if args.quick { 200 } else { 2000 });
     let reads = plan.reads.unwrap_or(if args.quick { 2000 } else { 20_000 });
     let rounds = plan.rounds.unwrap_or(if args.quick { 1 } else { 3 });
-    // As in the full run: each process writes its database counts (paused
-    // while reading, below).
-    let mut deployment = counting(bench_deployment(
-        args,
-        database(args, backend)?,
-        "bench_reads",
-        bin_dir,
-    ))?;
+    // No database counts: nothing here reports them, and counting builds
+    // each statement's SQL again, which the floor never pays (the full run
+    // pauses them for its reads, `counts::PAUSE_FILE`).
+    let mut deployment = bench_deployment(args, database(args, backend)?, "bench_reads", bin_dir);
     let mut apis = vec![("this build", deployment.api().await)];
     if let Some(baseline) = &plan.baseline {
         deployment.bins = baseline.clone();
@@ -115,9 +110,6 @@ pub async fn run(
     })
     .await?;
     let (ids, delayed) = (Arc::new(ids), Arc::new(delayed));
-    // Nothing here reports the counts, and counting builds each statement's
-    // SQL again, which the floor never pays (`counts::PAUSE_FILE`).
-    crate::cost::pause_counts(deployment.dir.path(), true).await?;
     // Per api: floor req/s, /status req/s (succeeded tasks), the api's CPU
     // µs per request of each, and /status req/s and CPU of delayed tasks.
     type Figures = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);

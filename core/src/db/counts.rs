@@ -54,8 +54,8 @@ pub const PAUSE_FILE: &str = "paused";
 static PAUSED: AtomicBool = AtomicBool::new(false);
 
 /// Pauses (or resumes) counting in this process; a process writing its
-/// counts to a directory follows [`PAUSE_FILE`] there instead.
-pub fn pause(paused: bool) {
+/// counts to a directory follows [`PAUSE_FILE`] there.
+fn pause(paused: bool) {
     PAUSED.store(paused, Ordering::Relaxed);
 }
 
