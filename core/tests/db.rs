@@ -799,3 +799,77 @@ fn a_read_without_waiting_is_the_batched_read_on_sqlite_only() {
         }
     });
 }
+
+/// Events and results travel to SQLite inside one JSON parameter per
+/// batch (`dialect.rs` `json_rows`): whatever text they hold comes back as
+/// it went in, on either backend, beside ordinary tasks of the same
+/// batches, and a delayed task keeps its `run_after`.
+#[test]
+fn any_text_in_an_event_or_a_result_is_stored_as_sent() {
+    on_both_backends(|db| {
+        let odd = json!({
+            "quotes": "\"'\\\\ \\u0000 \u{1F600} \u{7f} \u{2028}",
+            "nested": {"array": [1, -0.5, 12345678901234567890u64, null, true]},
+            "key with \"quotes\"": "value",
+            "long": "x".repeat(300),
+        });
+        let mut tasks = vec![
+            new_task("plain-1", 3),
+            new_task("odd", 3),
+            new_task("plain-2", 3),
+        ];
+        tasks[1].event["data"] = odd.clone();
+        tasks[1].idempotency_key = Some("key \"odd\" \u{1F600}".into());
+        let later = Utc::now() + Duration::from_secs(3600);
+        tasks[2].run_after = Some(later);
+        let ids = insert_ids(db, &tasks, Utc::now() + Duration::from_secs(30));
+        let views = db.task_views(&ids).unwrap();
+        for (task, view) in tasks.iter().zip(&views) {
+            let view = view.as_ref().unwrap();
+            assert_eq!(
+                (
+                    view.event_type.as_str(),
+                    view.source.as_str(),
+                    view.event_id.as_str()
+                ),
+                (
+                    task.event_type.as_str(),
+                    task.source.as_str(),
+                    task.event_id.as_str()
+                )
+            );
+        }
+        let due_at = views[2].as_ref().unwrap().due_at.expect("delayed");
+        assert!(
+            (due_at - later).num_milliseconds().abs() < 1,
+            "{due_at} {later}"
+        );
+        let claimed = db.claim_many(&ids, "w1", lease()).unwrap();
+        assert!(claimed[2].is_none(), "not due for an hour");
+        for i in [0, 1] {
+            let event = &claimed[i].as_ref().expect("claimed").event;
+            assert!(*event == tasks[i].event, "{}: {event}", db.backend());
+        }
+        let finished = db
+            .finish_many(&[
+                (ids[0].attempt(1), Outcome::Succeeded(json!("plain"))),
+                (ids[1].attempt(1), Outcome::Succeeded(odd.clone())),
+            ])
+            .unwrap();
+        assert_eq!(finished, [true, true]);
+        let views = db.task_views(&ids[..2]).unwrap();
+        assert_eq!(views[0].as_ref().unwrap().result, Some(json!("plain")));
+        assert_eq!(views[1].as_ref().unwrap().result, Some(odd.clone()));
+        // The same key is the same task.
+        let again = db
+            .insert_tasks(
+                &[NewTask {
+                    id: TaskId::new(),
+                    ..tasks[1].clone()
+                }],
+                Utc::now(),
+            )
+            .unwrap();
+        assert_eq!((again[0].id, again[0].created), (ids[1], false));
+    });
+}

@@ -110,8 +110,8 @@ fn check_by_id(db: &Db, backend: &str) {
     let plans = db.by_id_plans(&ids).unwrap();
     let names: Vec<&str> = plans.iter().map(|(name, _)| *name).collect();
     assert!(names.contains(&"record_successes"), "{backend}: {names:?}");
+    assert!(names.contains(&"claim_at_once"), "{backend}: {names:?}");
     if backend == "postgres" {
-        assert!(names.contains(&"claim_at_once"), "{names:?}");
         assert!(names.contains(&"mark_enqueued"), "{names:?}");
     }
     for (name, plan) in plans {
@@ -132,6 +132,7 @@ fn check_by_id(db: &Db, backend: &str) {
                 plan.contains("sqlite_autoindex_tasks_1"),
                 "not by id: {context}"
             );
+            assert!(!plan.contains("SCAN tasks"), "table scan: {context}");
         } else {
             assert!(plan.contains("tasks_pkey"), "not by id: {context}");
             assert!(!plan.contains("Seq Scan on tasks"), "table scan: {context}");

@@ -7,7 +7,8 @@
 //! must differ: PostgreSQL has concurrent writers, so it skips rows another
 //! transaction holds; SQLite has one writer at a time, so it re-checks
 //! conditions in the update. Both record a batch of successes in one
-//! statement, each in its own SQL (`unnest` of arrays, a `VALUES` list).
+//! statement, each in its own SQL (`unnest` of arrays; on SQLite a JSON
+//! array read by `json_each`, kept prepared: `kept.rs`).
 
 use std::collections::HashSet;
 
@@ -15,16 +16,18 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::Value;
 
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+
+use super::kept::Kept;
 use diesel::expression::SqlLiteral;
 use diesel::pg::Pg;
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::Bool;
 use diesel::sqlite::Sqlite;
 
 use super::attempts::order_by_id;
 use super::outbox::LostWindow;
 use super::{schema_pg, schema_sqlite};
-use crate::task::{AttemptRef, Outcome, TaskId, TaskStatus};
+use crate::task::{AttemptRef, NewTask, Outcome, TaskId, TaskStatus};
 
 /// How a backend's queries name `status` in a status list that must match
 /// a partial index's predicate (`tasks_owed`, `tasks_confirmed`,
@@ -431,10 +434,6 @@ fn successes(attempts: &[(AttemptRef, Outcome)]) -> Vec<(AttemptRef, &Value)> {
         .collect()
 }
 
-/// Successes per SQLite statement: three parameters each, well under
-/// SQLite's 32766.
-const SQLITE_SUCCESS_CHUNK: usize = 1000;
-
 impl SetBased for SqliteConnection {
     fn record_successes(
         &mut self,
@@ -451,57 +450,153 @@ impl SetBased for SqliteConnection {
             attempts: i32,
         }
 
-        let mut recorded = HashSet::new();
-        for chunk in successes(attempts).chunks(SQLITE_SUCCESS_CHUNK) {
-            let query = sqlite_successes_query(chunk, now);
-            recorded.extend(
-                query
-                    .load::<Recorded>(self)?
-                    .into_iter()
-                    .map(|r| r.id.attempt(r.attempts)),
-            );
+        let successes = successes(attempts);
+        if successes.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(recorded)
+        Ok(sqlite_successes_query(&successes, now)
+            .load::<Recorded>(self)?
+            .into_iter()
+            .map(|r| r.id.attempt(r.attempts))
+            .collect())
     }
 }
 
-/// SQLite's statement for a chunk of successes, its parameters bound: the
-/// same transition as PostgreSQL's ([`PG_SUCCESSES`]). The status is
-/// spelled [`StatusText::STATUS_BY_ID`].
-pub(super) fn sqlite_successes_query<'a>(
-    chunk: &[(AttemptRef, &'a Value)],
+/// A JSON array of a batch's rows, each an array of its values: the one
+/// parameter through which SQLite's statements take a whole batch
+/// (`json_each`), so that their text is the same whatever the batch's size
+/// and stays prepared ([`Kept`]). A statement with a parameter per value
+/// (a `VALUES` or `IN` list as long as the batch) was parsed and compiled
+/// again, `task_events` trigger and all, for every batch: a fifth of a
+/// worker's CPU. (A kept statement per row, in the batch's transaction,
+/// cost more still: SQLite journals the pages each statement changes, so
+/// that the statement alone can be undone.)
+pub(super) fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
+    serde_json::to_string(rows).expect("ids, numbers and strings serialize")
+}
+
+/// SQLite's statement for a batch of successes, its parameters bound: the
+/// same transition as PostgreSQL's ([`PG_SUCCESSES`]). Each row of `?3`
+/// ([`json_rows`]) is the id, the attempt and the result's JSON text. The
+/// status is spelled [`StatusText::STATUS_BY_ID`].
+pub(super) fn sqlite_successes_query(
+    successes: &[(AttemptRef, &Value)],
     now: DateTime<Utc>,
-) -> BoxedSqlQuery<'a, Sqlite, SqlQuery> {
-    use diesel::sql_types::{Integer, Json, Text, TimestamptzSqlite};
-    // SQLite names a VALUES list's columns column1, column2 …; its
-    // parameters are numbered, ?1 to ?3 the shared ones.
-    let rows: Vec<String> = (0..chunk.len())
-        .map(|i| {
-            let p = 4 + 3 * i;
-            format!("(?{p}, ?{}, ?{})", p + 1, p + 2)
-        })
+) -> Kept<'static, Sqlite> {
+    use diesel::sql_types::{Text, TimestamptzSqlite};
+    let rows: Vec<(TaskId, i32, String)> = successes
+        .iter()
+        .map(|(a, result)| (a.task, a.attempt, result.to_string()))
         .collect();
-    let sql = format!(
-        "UPDATE tasks SET status = ?1, result = v.column3, error = NULL, \
+    Kept::new(
+        "UPDATE tasks SET status = ?1, result = v.value ->> 2, error = NULL, \
            finished_at = ?2, run_after = NULL, worker = NULL, lease_expires_at = NULL, \
            enqueued_at = NULL, publish_lock_until = NULL, updated_at = ?2 \
-         FROM (VALUES {}) AS v \
-         WHERE tasks.id = v.column1 AND +tasks.status = ?3 AND tasks.attempts = v.column2 \
+         FROM json_each(?3) AS v \
+         WHERE tasks.id = v.value ->> 0 AND +tasks.status = ?4 \
+           AND tasks.attempts = v.value ->> 1 \
          RETURNING id, attempts",
-        rows.join(", ")
+    )
+    .bind::<Text, _>(TaskStatus::Succeeded)
+    .bind::<TimestamptzSqlite, _>(now)
+    .bind::<Text, _>(json_rows(&rows))
+    .bind::<Text, _>(TaskStatus::Running)
+}
+
+/// SQLite's text of a timestamp, as diesel writes a `TimestamptzSqlite`
+/// (`%F %T%.f%:z` in UTC), for a timestamp inside [`json_rows`]: the
+/// queries compare these as text.
+pub(super) fn sqlite_stamp(at: DateTime<Utc>) -> String {
+    at.format("%F %T%.f%:z").to_string()
+}
+
+/// SQLite's insert of a chunk of new tasks, its parameters bound: the rows
+/// diesel's multi-row insert writes (`submit.rs`), from one parameter
+/// ([`json_rows`]): each row the id, type, source, event id, the event's
+/// JSON text, digest, max attempts, idempotency key, `run_after` and
+/// whether the task is due. A due task gets the publish lock `?2` or the
+/// enqueued mark `?3`. The ids of the tasks created.
+pub(super) fn sqlite_insert_query<'a>(
+    tasks: &[&NewTask],
+    lock: Option<DateTime<Utc>>,
+    enqueued: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    due: &dyn Fn(&NewTask) -> bool,
+) -> Kept<'a, Sqlite> {
+    use diesel::sql_types::{Nullable, Text, TimestamptzSqlite};
+    type Row<'t> = (
+        TaskId,
+        &'t str,
+        &'t str,
+        &'t str,
+        String,
+        &'t str,
+        i32,
+        Option<&'t str>,
+        Option<String>,
+        bool,
     );
-    let mut query = diesel::sql_query(sql)
-        .into_boxed::<Sqlite>()
-        .bind::<Text, _>(TaskStatus::Succeeded)
-        .bind::<TimestamptzSqlite, _>(now)
-        .bind::<Text, _>(TaskStatus::Running);
-    for (attempt, result) in chunk {
-        query = query
-            .bind::<Text, _>(attempt.task)
-            .bind::<Integer, _>(attempt.attempt)
-            .bind::<Json, _>(*result);
-    }
-    query
+    let rows: Vec<Row<'_>> = tasks
+        .iter()
+        .map(|task| {
+            (
+                task.id,
+                task.event_type.as_str(),
+                task.source.as_str(),
+                task.event_id.as_str(),
+                task.event.to_string(),
+                task.digest.as_str(),
+                task.max_attempts,
+                task.idempotency_key.as_deref(),
+                task.run_after.map(sqlite_stamp),
+                due(task),
+            )
+        })
+        .collect();
+    // `WHERE true`: SQLite's parser would otherwise read `ON CONFLICT` as
+    // the select's join constraint.
+    Kept::new(
+        "INSERT INTO tasks (id, event_type, source, event_id, event, event_digest, status, \
+           max_attempts, idempotency_key, run_after, publish_lock_until, enqueued_at, \
+           created_at, updated_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+           ?1, value ->> 6, value ->> 7, value ->> 8, \
+           CASE WHEN value ->> 9 THEN ?2 END, CASE WHEN value ->> 9 THEN ?3 END, ?4, ?4 \
+         FROM json_each(?5) WHERE true \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind::<Text, _>(TaskStatus::Pending)
+    .bind::<Nullable<TimestamptzSqlite>, _>(lock)
+    .bind::<Nullable<TimestamptzSqlite>, _>(enqueued)
+    .bind::<TimestamptzSqlite, _>(now)
+    .bind::<Text, _>(json_rows(&rows))
+}
+
+/// SQLite's claim ([`OneStatement::claim_at_once`]), its parameters bound:
+/// the same transition as PostgreSQL's ([`pg_claim_query`]); `?5` the ids
+/// ([`json_rows`]). The status is spelled [`StatusText::STATUS_BY_ID`].
+pub(super) fn sqlite_claim_query<'a>(
+    ids: &[TaskId],
+    worker: &'a str,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Kept<'a, Sqlite> {
+    use diesel::sql_types::{Text, TimestamptzSqlite};
+    let [pending, retrying] = TaskStatus::CLAIMABLE;
+    Kept::new(
+        "UPDATE tasks SET status = ?1, attempts = attempts + 1, worker = ?2, \
+           lease_expires_at = ?3, updated_at = ?4, started_at = coalesce(started_at, ?4) \
+         WHERE id IN (SELECT value FROM json_each(?5)) AND +status IN (?6, ?7) \
+           AND (run_after IS NULL OR run_after <= ?4) \
+         RETURNING id, attempts, max_attempts, event_type, event",
+    )
+    .bind::<Text, _>(TaskStatus::Running)
+    .bind::<Text, _>(worker)
+    .bind::<TimestamptzSqlite, _>(lease_until)
+    .bind::<TimestamptzSqlite, _>(now)
+    .bind::<Text, _>(json_rows(ids))
+    .bind::<Text, _>(pending)
+    .bind::<Text, _>(retrying)
 }
 
 /// PostgreSQL's [`RowLocking::mark_enqueued`], its parameters bound.
@@ -642,6 +737,18 @@ pub(super) trait OneStatement {
         now: DateTime<Utc>,
     ) -> QueryResult<Option<Vec<ClaimedRow>>>;
 
+    /// Inserts a chunk of new tasks as `submit.rs` does (`lock`, or
+    /// `enqueued`, for those `due`); the ids of those created. `None` if
+    /// this backend leaves it to diesel's multi-row insert.
+    fn insert_at_once(
+        &mut self,
+        tasks: &[&NewTask],
+        lock: Option<DateTime<Utc>>,
+        enqueued: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        due: &dyn Fn(&NewTask) -> bool,
+    ) -> QueryResult<Option<Vec<TaskId>>>;
+
     /// Records a batch of successes only (see [`SetBased`]) and closes
     /// their attempt rows together; the attempts recorded. `None` if this
     /// backend cannot say it in one statement.
@@ -652,27 +759,114 @@ pub(super) trait OneStatement {
     ) -> QueryResult<Option<HashSet<AttemptRef>>>;
 }
 
+/// SQLite says each of these in a transaction of two statements, each
+/// kept prepared ([`Kept`]) and taking the batch as one parameter
+/// ([`json_rows`]).
 impl OneStatement for SqliteConnection {
+    fn insert_at_once(
+        &mut self,
+        tasks: &[&NewTask],
+        lock: Option<DateTime<Utc>>,
+        enqueued: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        due: &dyn Fn(&NewTask) -> bool,
+    ) -> QueryResult<Option<Vec<TaskId>>> {
+        #[derive(QueryableByName)]
+        struct Created {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            id: TaskId,
+        }
+        let created = sqlite_insert_query(tasks, lock, enqueued, now, due).load::<Created>(self)?;
+        Ok(Some(created.into_iter().map(|c| c.id).collect()))
+    }
+
     fn finish_successes_at_once(
         &mut self,
-        _: &[(AttemptRef, Outcome)],
-        _: DateTime<Utc>,
+        attempts: &[(AttemptRef, Outcome)],
+        now: DateTime<Utc>,
     ) -> QueryResult<Option<HashSet<AttemptRef>>> {
-        Ok(None)
+        use diesel::sql_types::{Text, TimestamptzSqlite};
+        self.transaction(|conn| {
+            let recorded = conn.record_successes(attempts, now)?;
+            if recorded.is_empty() {
+                return Ok(Some(recorded));
+            }
+            // As the transaction in `attempts.rs` closes them: a task's
+            // only unfinished attempt row is the one that just ended.
+            let ids: Vec<TaskId> = recorded.iter().map(|a| a.task).collect();
+            Kept::new(
+                "UPDATE task_attempts SET finished_at = ?1 \
+                 WHERE task_id IN (SELECT value FROM json_each(?2)) AND finished_at IS NULL",
+            )
+            .bind::<TimestamptzSqlite, _>(now)
+            .bind::<Text, _>(json_rows(&ids))
+            .execute(conn)?;
+            Ok(Some(recorded))
+        })
     }
 
     fn claim_at_once(
         &mut self,
-        _: &[TaskId],
-        _: &str,
-        _: DateTime<Utc>,
-        _: DateTime<Utc>,
+        ids: &[TaskId],
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> QueryResult<Option<Vec<ClaimedRow>>> {
-        Ok(None)
+        use diesel::sql_types::{Integer, Json, Text, TimestamptzSqlite};
+
+        #[derive(QueryableByName)]
+        struct Claimed {
+            #[diesel(sql_type = Text)]
+            id: TaskId,
+            #[diesel(sql_type = Integer)]
+            attempts: i32,
+            #[diesel(sql_type = Integer)]
+            max_attempts: i32,
+            #[diesel(sql_type = Text)]
+            event_type: String,
+            #[diesel(sql_type = Json)]
+            event: Value,
+        }
+
+        self.transaction(|conn| {
+            let claimed =
+                sqlite_claim_query(ids, worker, lease_until, now).load::<Claimed>(conn)?;
+            if claimed.is_empty() {
+                return Ok(Some(Vec::new()));
+            }
+            let rows: Vec<(TaskId, i32)> = claimed.iter().map(|c| (c.id, c.attempts)).collect();
+            Kept::new(
+                "INSERT INTO task_attempts (task_id, attempt, worker, started_at) \
+                 SELECT value ->> 0, value ->> 1, ?1, ?2 FROM json_each(?3)",
+            )
+            .bind::<Text, _>(worker)
+            .bind::<TimestamptzSqlite, _>(now)
+            .bind::<Text, _>(json_rows(&rows))
+            .execute(conn)?;
+            Ok(Some(
+                claimed
+                    .into_iter()
+                    .map(|c| (c.id, c.attempts, c.max_attempts, c.event_type, c.event))
+                    .collect(),
+            ))
+        })
     }
 }
 
 impl OneStatement for PgConnection {
+    /// diesel's multi-row insert: one round trip, and the statement is
+    /// planned with each batch either way (`core/src/db/kept.rs`).
+    fn insert_at_once(
+        &mut self,
+        _: &[&NewTask],
+        _: Option<DateTime<Utc>>,
+        _: Option<DateTime<Utc>>,
+        _: DateTime<Utc>,
+        _: &dyn Fn(&NewTask) -> bool,
+    ) -> QueryResult<Option<Vec<TaskId>>> {
+        Ok(None)
+    }
+
     fn finish_successes_at_once(
         &mut self,
         attempts: &[(AttemptRef, Outcome)],
@@ -720,5 +914,38 @@ impl OneStatement for PgConnection {
                 .map(|c| (c.id, c.attempts, c.max_attempts, c.event_type, c.event))
                 .collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// A timestamp inside a batch's JSON is the same text diesel binds,
+    /// or queries that compare `run_after` with a bound now would order
+    /// them wrongly.
+    #[test]
+    fn a_stamp_in_json_is_the_text_diesel_writes() {
+        use diesel::sql_types::{Text, TimestamptzSqlite};
+
+        #[derive(QueryableByName)]
+        struct Written {
+            #[diesel(sql_type = Text)]
+            t: String,
+        }
+
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        for at in [
+            Utc.with_ymd_and_hms(2026, 12, 5, 2, 7, 12).unwrap(),
+            Utc.timestamp_opt(1_780_000_000, 123_456_789).unwrap(),
+            Utc::now(),
+        ] {
+            let written = diesel::sql_query("SELECT ? AS t")
+                .bind::<TimestamptzSqlite, _>(at)
+                .get_result::<Written>(&mut conn)
+                .unwrap();
+            assert_eq!(sqlite_stamp(at), written.t);
+        }
     }
 }

@@ -83,6 +83,7 @@ pub mod counts;
 mod dialect;
 mod error;
 mod events;
+mod kept;
 pub mod listing;
 #[macro_use]
 mod outbox;

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::dialect::{
     count_confirmed, pg_claim_query, pg_mark_enqueued_query, pg_successes_query,
-    sqlite_successes_query, status_by_id, status_in, PG_SUCCESSES,
+    sqlite_claim_query, sqlite_successes_query, status_by_id, status_in, PG_SUCCESSES,
 };
 use super::outbox::LostWindow;
 use super::retention::FINAL;
@@ -242,9 +242,15 @@ impl RawByIdPlans for SqliteConnection {
         now: DateTime<Utc>,
     ) -> QueryResult<Vec<(&'static str, String)>> {
         let result = Value::Null;
-        Ok(vec![(
-            "record_successes",
-            self.plan(sqlite_successes_query(&successes(ids, &result), now))?,
-        )])
+        Ok(vec![
+            (
+                "record_successes",
+                self.plan(sqlite_successes_query(&successes(ids, &result), now))?,
+            ),
+            (
+                "claim_at_once",
+                self.plan(sqlite_claim_query(ids, "worker", now, now))?,
+            ),
+        ])
     }
 }

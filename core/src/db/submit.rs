@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
-use super::dialect::RowLocking;
+use super::dialect::{OneStatement, RowLocking};
 use super::{Db, DbResult};
 use crate::task::{NewTask, Stored, SubmitWrite, TaskId, TaskStatus};
 
@@ -121,6 +121,12 @@ impl Db {
                 // One multi-row statement per chunk; chunks keep the bind
                 // parameters under the backends' limits.
                 for chunk in tasks.chunks(INSERT_CHUNK) {
+                    // SQLite's, kept prepared (`dialect.rs` `json_rows`).
+                    let due = |task: &NewTask| is_due(task, now);
+                    if let Some(ids) = conn.insert_at_once(chunk, lock, enqueued, now, &due)? {
+                        created.extend(ids);
+                        continue;
+                    }
                     let rows: Vec<_> = chunk
                         .iter()
                         .map(|task| {
