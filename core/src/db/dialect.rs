@@ -16,15 +16,14 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde_json::Value;
 
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
-
-use super::kept::Kept;
 use diesel::expression::SqlLiteral;
 use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::sql_types::Bool;
 use diesel::sqlite::Sqlite;
 
 use super::attempts::order_by_id;
+use super::kept::Kept;
 use super::outbox::LostWindow;
 use super::{schema_pg, schema_sqlite};
 use crate::task::{AttemptRef, NewTask, Outcome, TaskId, TaskStatus};
@@ -760,9 +759,9 @@ pub(super) trait OneStatement {
     ) -> QueryResult<Option<HashSet<AttemptRef>>>;
 }
 
-/// SQLite says each of these in a transaction of two statements, each
-/// kept prepared ([`Kept`]) and taking the batch as one parameter
-/// ([`json_rows`]).
+/// SQLite says each of these with statements kept prepared ([`Kept`]) that
+/// take the batch as one parameter ([`json_rows`]): the insert in one, the
+/// claim and the successes each in a transaction of two.
 impl OneStatement for SqliteConnection {
     fn insert_at_once(
         &mut self,
