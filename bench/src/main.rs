@@ -474,29 +474,21 @@ fn event(prefix: &str, i: usize) -> String {
     .to_string()
 }
 
-/// POSTs one event; returns the task id.
+/// POSTs one event; returns the task id. Any answer but a `202` is an
+/// error.
 async fn submit(client: &reqwest::Client, base: &str, body: String) -> anyhow::Result<String> {
-    let response = client
-        .post(format!("{base}/receive"))
-        .header("content-type", "application/cloudevents+json")
-        .body(body)
-        .send()
-        .await?;
-    if response.status().as_u16() != 202 {
-        bail!("/receive answered {}", response.status());
-    }
-    let body: Value = response.json().await?;
-    Ok(body["id"].as_str().context("no id")?.to_string())
+    Ok(submit_until_accepted(client, base, body, 0).await?.0)
 }
 
 /// [`submit`] as a client of the burst: a `503` (the api's admission
 /// control shedding load, `receive_limit`) is waited out and sent again,
-/// as a producer would, after its `Retry-After` (at most a second). The
-/// id, and how many times the request was refused.
+/// as a producer would, after its `Retry-After` (at most a second), up to
+/// `resends` times. The id, and how many times the request was refused.
 async fn submit_until_accepted(
     client: &reqwest::Client,
     base: &str,
     body: String,
+    resends: u64,
 ) -> anyhow::Result<(String, u64)> {
     let mut refused = 0;
     loop {
@@ -512,7 +504,7 @@ async fn submit_until_accepted(
                 let id = answer["id"].as_str().context("no id")?.to_string();
                 return Ok((id, refused));
             }
-            503 if refused < 1000 => {
+            503 if refused < resends => {
                 refused += 1;
                 let wait = response
                     .headers()
@@ -523,10 +515,13 @@ async fn submit_until_accepted(
                     });
                 tokio::time::sleep(wait).await;
             }
-            status => bail!("/receive answered {status}"),
+            _ => bail!("/receive answered {}", response.status()),
         }
     }
 }
+
+/// How many times a burst client sends a refused request again.
+const BURST_RESENDS: u64 = 1000;
 
 /// Waits until `expected` tasks have succeeded; returns when that was seen.
 async fn wait_succeeded(db: &Db, expected: i64, timeout: Duration) -> anyhow::Result<Instant> {
@@ -571,7 +566,8 @@ async fn burst(
                     }
                     let sent = Instant::now();
                     let (id, times) =
-                        submit_until_accepted(&client, &base, event("burst", i)).await?;
+                        submit_until_accepted(&client, &base, event("burst", i), BURST_RESENDS)
+                            .await?;
                     ids.push(id);
                     refused += times;
                     latencies.push(ms(sent.elapsed()));
