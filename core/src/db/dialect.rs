@@ -511,7 +511,7 @@ pub(super) fn sqlite_stamp(at: DateTime<Utc>) -> String {
 }
 
 /// SQLite's insert of a chunk of new tasks, its parameters bound: the rows
-/// diesel's multi-row insert writes (`submit.rs`), from one parameter
+/// of `submit.rs`'s new tasks, from one parameter
 /// ([`json_rows`]): each row the id, type, source, event id, the event's
 /// JSON text, digest, max attempts, idempotency key, `run_after` and
 /// whether the task is due. A due task gets the publish lock `?2` or the
@@ -570,6 +570,63 @@ pub(super) fn sqlite_insert_query<'a>(
     .bind::<Nullable<TimestamptzSqlite>, _>(enqueued)
     .bind::<TimestamptzSqlite, _>(now)
     .bind::<Text, _>(json_rows(&rows))
+}
+
+/// PostgreSQL's insert of a chunk of new tasks, its parameters bound: the
+/// same rows as [`sqlite_insert_query`]'s, each column one array parameter
+/// (`unnest`), so that the text is the same for any chunk and the
+/// statement stays prepared ([`Kept`]). It reads no table, so the plan
+/// PostgreSQL may keep for all parameters is the one it would make for
+/// any (unlike the statements that find tasks by id: `kept.rs`). The ids
+/// of the tasks created.
+pub(super) fn pg_insert_query<'a>(
+    tasks: &[&'a NewTask],
+    lock: Option<DateTime<Utc>>,
+    enqueued: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    due: &dyn Fn(&NewTask) -> bool,
+) -> Kept<'a, Pg> {
+    use diesel::sql_types::{Array, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid};
+    let column = |f: &dyn Fn(&'a NewTask) -> &'a str| -> Vec<&'a str> {
+        tasks.iter().map(|t| f(t)).collect()
+    };
+    Kept::new(
+        "INSERT INTO tasks (id, event_type, source, event_id, event, event_digest, status, \
+           max_attempts, idempotency_key, run_after, publish_lock_until, enqueued_at, \
+           created_at, updated_at) \
+         SELECT v.id, v.event_type, v.source, v.event_id, v.event, v.digest, $1, \
+           v.max_attempts, v.key, v.run_after, \
+           CASE WHEN v.due THEN $2::timestamptz END, CASE WHEN v.due THEN $3::timestamptz END, \
+           $4, $4 \
+         FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], \
+           $11::int4[], $12::text[], $13::timestamptz[], $14::bool[]) \
+           AS v(id, event_type, source, event_id, event, digest, max_attempts, key, run_after, due) \
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind::<Text, _>(TaskStatus::Pending)
+    .bind::<Nullable<Timestamptz>, _>(lock)
+    .bind::<Nullable<Timestamptz>, _>(enqueued)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Array<Uuid>, _>(tasks.iter().map(|t| t.id).collect::<Vec<TaskId>>())
+    .bind::<Array<Text>, _>(column(&|t| &t.event_type))
+    .bind::<Array<Text>, _>(column(&|t| &t.source))
+    .bind::<Array<Text>, _>(column(&|t| &t.event_id))
+    .bind::<Array<Jsonb>, _>(tasks.iter().map(|t| &t.event).collect::<Vec<&Value>>())
+    .bind::<Array<Text>, _>(column(&|t| &t.digest))
+    .bind::<Array<Integer>, _>(tasks.iter().map(|t| t.max_attempts).collect::<Vec<i32>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        tasks
+            .iter()
+            .map(|t| t.idempotency_key.as_deref())
+            .collect::<Vec<Option<&str>>>(),
+    )
+    .bind::<Array<Nullable<Timestamptz>>, _>(
+        tasks
+            .iter()
+            .map(|t| t.run_after)
+            .collect::<Vec<Option<DateTime<Utc>>>>(),
+    )
+    .bind::<Array<Bool>, _>(tasks.iter().map(|t| due(t)).collect::<Vec<bool>>())
 }
 
 /// SQLite's claim ([`OneStatement::claim_at_once`]), its parameters bound:
@@ -737,9 +794,9 @@ pub(super) trait OneStatement {
         now: DateTime<Utc>,
     ) -> QueryResult<Option<Vec<ClaimedRow>>>;
 
-    /// Inserts a chunk of new tasks as `submit.rs` does (`lock`, or
-    /// `enqueued`, for those `due`); the ids of those created. `None` if
-    /// this backend leaves it to diesel's multi-row insert.
+    /// Inserts a chunk of new tasks for `submit.rs` (`lock`, or
+    /// `enqueued`, for those `due`) in one statement kept prepared; the
+    /// ids of those created.
     fn insert_at_once(
         &mut self,
         tasks: &[&NewTask],
@@ -747,7 +804,7 @@ pub(super) trait OneStatement {
         enqueued: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
         due: &dyn Fn(&NewTask) -> bool,
-    ) -> QueryResult<Option<Vec<TaskId>>>;
+    ) -> QueryResult<Vec<TaskId>>;
 
     /// Records a batch of successes only (see [`SetBased`]) and closes
     /// their attempt rows together; the attempts recorded. `None` if this
@@ -770,14 +827,14 @@ impl OneStatement for SqliteConnection {
         enqueued: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
         due: &dyn Fn(&NewTask) -> bool,
-    ) -> QueryResult<Option<Vec<TaskId>>> {
+    ) -> QueryResult<Vec<TaskId>> {
         #[derive(QueryableByName)]
         struct Created {
             #[diesel(sql_type = diesel::sql_types::Text)]
             id: TaskId,
         }
         let created = sqlite_insert_query(tasks, lock, enqueued, now, due).load::<Created>(self)?;
-        Ok(Some(created.into_iter().map(|c| c.id).collect()))
+        Ok(created.into_iter().map(|c| c.id).collect())
     }
 
     fn finish_successes_at_once(
@@ -854,17 +911,22 @@ impl OneStatement for SqliteConnection {
 }
 
 impl OneStatement for PgConnection {
-    /// diesel's multi-row insert: one round trip, and the statement is
-    /// planned with each batch either way (`core/src/db/kept.rs`).
+    /// One statement kept prepared ([`pg_insert_query`]).
     fn insert_at_once(
         &mut self,
-        _: &[&NewTask],
-        _: Option<DateTime<Utc>>,
-        _: Option<DateTime<Utc>>,
-        _: DateTime<Utc>,
-        _: &dyn Fn(&NewTask) -> bool,
-    ) -> QueryResult<Option<Vec<TaskId>>> {
-        Ok(None)
+        tasks: &[&NewTask],
+        lock: Option<DateTime<Utc>>,
+        enqueued: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        due: &dyn Fn(&NewTask) -> bool,
+    ) -> QueryResult<Vec<TaskId>> {
+        #[derive(QueryableByName)]
+        struct Created {
+            #[diesel(sql_type = diesel::sql_types::Uuid)]
+            id: TaskId,
+        }
+        let created = pg_insert_query(tasks, lock, enqueued, now, due).load::<Created>(self)?;
+        Ok(created.into_iter().map(|c| c.id).collect())
     }
 
     fn finish_successes_at_once(

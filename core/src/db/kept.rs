@@ -16,12 +16,16 @@
 //! statements take a whole batch as one parameter (`dialect.rs`
 //! `json_rows`).
 //!
-//! PostgreSQL's raw statements are deliberately not kept: a kept statement
-//! is a named prepared statement there, and after five runs PostgreSQL
-//! may plan it once for all parameters. Planned while a new table was
-//! still small and had no statistics, the claim's plan scanned the whole
-//! table, and it was never planned again: in a burst of 20 000 tasks the
-//! server's CPU per task doubled.
+//! On PostgreSQL only the insert is kept (an array parameter per column,
+//! `dialect.rs` `pg_insert_query`): it reads no table, so any plan of it
+//! is the same. The statements that find tasks by id are deliberately not
+//! kept: a kept statement is a named prepared statement there, and after
+//! five runs PostgreSQL may plan it once for all parameters. Planned while
+//! a new table was still small and had no statistics, the claim's plan
+//! scanned the whole table, and it was never planned again: in a burst of
+//! 20 000 tasks the server's CPU per task doubled. Kept with
+//! `plan_cache_mode = force_custom_plan` instead, they cost more than they
+//! saved (BENCHMARKS.md, tenth section).
 
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};

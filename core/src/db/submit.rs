@@ -20,8 +20,10 @@ use super::dialect::{OneStatement, RowLocking};
 use super::{Db, DbResult};
 use crate::task::{NewTask, Stored, SubmitWrite, TaskId, TaskStatus};
 
-/// Rows per multi-row insert: 14 bind parameters each, well under SQLite's
-/// and PostgreSQL's limits.
+/// Rows per insert statement. The statement's parameters are the same for
+/// any chunk (the rows are one JSON parameter on SQLite, one array per
+/// column on PostgreSQL: `dialect.rs`); the chunk bounds how much one
+/// statement carries.
 const INSERT_CHUNK: usize = 500;
 
 /// What an insert records of how its due tasks reach the queue.
@@ -118,44 +120,10 @@ impl Db {
             use s::tasks::dsl as t;
             let store = on_conn(&*conn, |conn| {
                 let mut created = HashSet::with_capacity(tasks.len());
-                // One multi-row statement per chunk; chunks keep the bind
-                // parameters under the backends' limits.
+                // One statement per chunk, kept prepared (`dialect.rs`).
                 for chunk in tasks.chunks(INSERT_CHUNK) {
-                    // SQLite's, kept prepared (`dialect.rs` `json_rows`).
                     let due = |task: &NewTask| is_due(task, now);
-                    if let Some(ids) = conn.insert_at_once(chunk, lock, enqueued, now, &due)? {
-                        created.extend(ids);
-                        continue;
-                    }
-                    let rows: Vec<_> = chunk
-                        .iter()
-                        .map(|task| {
-                            let due = is_due(task, now);
-                            (
-                                t::id.eq(task.id),
-                                t::event_type.eq(&task.event_type),
-                                t::source.eq(&task.source),
-                                t::event_id.eq(&task.event_id),
-                                t::event.eq(&task.event),
-                                t::event_digest.eq(&task.digest),
-                                t::status.eq(TaskStatus::Pending),
-                                t::max_attempts.eq(task.max_attempts),
-                                t::idempotency_key.eq(&task.idempotency_key),
-                                t::run_after.eq(task.run_after),
-                                t::publish_lock_until.eq(lock.filter(|_| due)),
-                                t::enqueued_at.eq(enqueued.filter(|_| due)),
-                                t::created_at.eq(now),
-                                t::updated_at.eq(now),
-                            )
-                        })
-                        .collect();
-                    created.extend(
-                        diesel::insert_into(t::tasks)
-                            .values(rows)
-                            .on_conflict_do_nothing()
-                            .returning(t::id)
-                            .get_results::<TaskId>(conn)?,
-                    );
+                    created.extend(conn.insert_at_once(chunk, lock, enqueued, now, &due)?);
                 }
                 let mut stored = Vec::with_capacity(tasks.len());
                 for task in tasks {
