@@ -1,5 +1,5 @@
-//! CPU per task of the happy path's statements, apart from any broker or
-//! HTTP: N tasks inserted, claimed and finished in batches of B on one
+//! What the happy path's statements cost per task (CPU and elapsed time),
+//! apart from any broker or HTTP: N tasks inserted, claimed and finished in batches of B on one
 //! connection, on a new SQLite file or, given a URL, on PostgreSQL (whose
 //! `search_path` should name an empty schema: the tasks stay there).
 //! `cargo run --release -p ferry-core --example statement_cost -- N B [URL]`
