@@ -1,7 +1,8 @@
 //! What the happy path's statements cost per task (CPU and elapsed time),
-//! apart from any broker or HTTP: N tasks inserted, claimed and finished in batches of B on one
-//! connection, on a new SQLite file or, given a URL, on PostgreSQL (whose
-//! `search_path` should name an empty schema: the tasks stay there).
+//! apart from any broker or HTTP: N tasks inserted, claimed and finished
+//! in batches of B on one connection, on a new SQLite file or, given a
+//! URL, on PostgreSQL (whose `search_path` should name an empty schema:
+//! the tasks stay there).
 //! `cargo run --release -p ferry-core --example statement_cost -- N B [URL]`
 //!
 //! On SQLite the statements run on the calling thread, so its CPU is
