@@ -352,3 +352,69 @@ async fn standalone_stores_tasks_enqueued_and_publishes_each_once() {
     assert!(rounds >= 20.0, "the relay ran while tasks waited: {rounds}");
     assert_eq!(published, 0.0, "the relay published a task again");
 }
+
+/// Which of a task queue's broker objects (the queue, its dead-letter
+/// queue, the hints' and the control messages' exchanges) exist: a
+/// passive declare of each, on a channel of its own (a missing one closes
+/// the channel).
+async fn broker_objects(queue: &str) -> Vec<(String, bool)> {
+    use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection = lapin::Connection::connect(
+        &ferry_testkit::broker_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let mut found = Vec::new();
+    for name in [queue.to_string(), format!("{queue}.dead")] {
+        let channel = connection.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let exists = channel
+            .queue_declare(name.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        found.push((name, exists));
+    }
+    for (name, kind) in [
+        (format!("{queue}.events"), lapin::ExchangeKind::Topic),
+        (format!("{queue}.control"), lapin::ExchangeKind::Fanout),
+    ] {
+        let channel = connection.create_channel().await.unwrap();
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let exists = channel
+            .exchange_declare(name.as_str().into(), kind, passive, FieldTable::default())
+            .await
+            .is_ok();
+        found.push((name, exists));
+    }
+    let _ = connection.close(200, "checked".into()).await;
+    found
+}
+
+/// A test's deployment takes away what Ferry declared on the broker for
+/// it (queues and exchanges), so runs of the suite and the benchmarks
+/// leave nothing behind on a shared RabbitMQ.
+#[tokio::test]
+async fn a_deployment_leaves_nothing_on_the_broker() {
+    let Some(stack) = Stack::start(Layout::Sqlite).await else {
+        return;
+    };
+    let id = stack
+        .api
+        .submit("org.ferry.echo", "leaves-nothing", json!({"n": 1}))
+        .await;
+    stack.api.wait_for(&id, "succeeded", DONE).await;
+    let queue = stack.deployment.queue.clone();
+    let declared = broker_objects(&queue).await;
+    assert!(declared.iter().all(|(_, exists)| *exists), "{declared:?}");
+    drop(stack);
+    let left = broker_objects(&queue).await;
+    assert!(left.iter().all(|(_, exists)| !exists), "{left:?}");
+}

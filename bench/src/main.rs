@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ferry_core::broker::{AmqpQueue, Queue};
+use ferry_core::broker::Queue;
 use ferry_core::{Db, TaskStatus};
 use ferry_testkit::{Api, Database, Proc};
 use futures_util::StreamExt;
@@ -230,7 +230,7 @@ async fn broker_ceiling(url: &str, n: usize, pipelined: bool) -> anyhow::Result<
     // Publishing nothing declares the queue and its dead-letter twin.
     Queue::amqp(url, &queue).publish(&[]).await?;
     let rate = ceiling_on(url, &queue, n, pipelined).await;
-    ferry_testkit::delete_queues(url, &[&queue, &AmqpQueue::dead_letter_name(&queue)]);
+    ferry_testkit::delete_task_queue(url, &queue);
     rate
 }
 

@@ -5,7 +5,7 @@
 use ferry_core::broker::{Delivery, Queue};
 use ferry_core::TaskId;
 use ferry_testkit::broker_url;
-use ferry_testkit::delete_queues;
+use ferry_testkit::delete_task_queue;
 use ferry_testkit::services::require_named;
 use futures_util::future::join_all;
 
@@ -14,8 +14,7 @@ struct Cleanup(String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let dead = format!("{}.dead", self.0);
-        delete_queues(&broker_url(), &[&self.0, &dead]);
+        delete_task_queue(&broker_url(), &self.0);
     }
 }
 

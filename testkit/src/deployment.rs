@@ -425,16 +425,34 @@ impl Drop for WriteHold {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        delete_queues(&self.broker_url, &[&self.queue, &self.dead_queue()]);
+        delete_task_queue(&self.broker_url, &self.queue);
     }
+}
+
+/// Deletes what Ferry declares for the task queue `queue`: the queue, its
+/// dead-letter queue (`<queue>.dead`), and the exchanges of its hints
+/// (`<queue>.events`) and control messages (`<queue>.control`), which
+/// would otherwise stay on the broker after every test and benchmark run.
+pub fn delete_task_queue(broker_url: &str, queue: &str) {
+    delete(
+        broker_url,
+        &[queue, &format!("{queue}.dead")],
+        &[&format!("{queue}.events"), &format!("{queue}.control")],
+    );
 }
 
 /// Deletes RabbitMQ queues, on a thread of its own (callers may be inside a
 /// runtime) within ten seconds; errors (a broker that is down, a queue that
 /// never existed) are ignored.
 pub fn delete_queues(broker_url: &str, queues: &[&str]) {
+    delete(broker_url, queues, &[]);
+}
+
+/// Deletes queues and exchanges as [`delete_queues`] does.
+fn delete(broker_url: &str, queues: &[&str], exchanges: &[&str]) {
     let url = broker_url.to_string();
     let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+    let exchanges: Vec<String> = exchanges.iter().map(|e| e.to_string()).collect();
     let deleting = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -448,6 +466,12 @@ pub fn delete_queues(broker_url: &str, queues: &[&str]) {
                 for queue in &queues {
                     let options = lapin::options::QueueDeleteOptions::default();
                     let _ = channel.queue_delete(queue.as_str().into(), options).await;
+                }
+                for exchange in &exchanges {
+                    let options = lapin::options::ExchangeDeleteOptions::default();
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), options)
+                        .await;
                 }
                 let _ = connection.close(200, "test over".into()).await;
                 Some(())

@@ -21,7 +21,9 @@ mod process;
 pub mod services;
 mod sse;
 
-pub use deployment::{delete_queues, Database, Deployment, Layout, Stack, WriteHold};
+pub use deployment::{
+    delete_queues, delete_task_queue, Database, Deployment, Layout, Stack, WriteHold,
+};
 pub use http::{Api, Reply};
 pub use pg::PgSchema;
 pub use process::{bin, bin_dir, run_bin, Proc};
