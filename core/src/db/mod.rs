@@ -91,6 +91,7 @@ pub mod pool;
 #[macro_use]
 mod retention;
 mod busy;
+mod checkpoint;
 mod plans;
 mod stamp;
 mod status;
@@ -123,6 +124,13 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA cache_size = -1024; PRAGMA temp_store = MEMORY;",
         )
+        .map_err(diesel::r2d2::Error::QueryError)?;
+        // Checkpoints run on a thread of their own (`checkpoint.rs`); a
+        // commit checkpoints only past this backstop.
+        conn.batch_execute(&format!(
+            "PRAGMA wal_autocheckpoint = {};",
+            checkpoint::BACKSTOP_PAGES
+        ))
         .map_err(diesel::r2d2::Error::QueryError)
     }
 }
@@ -154,6 +162,9 @@ where
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: Pool,
+    /// SQLite: the thread checkpointing the WAL, stopped with the last
+    /// clone.
+    _checkpointer: Option<std::sync::Arc<checkpoint::Checkpointer>>,
 }
 
 impl Db {
@@ -167,22 +178,26 @@ impl Db {
                 .min_idle(Some(1))
                 .connection_timeout(Duration::from_secs(5))
         }
-        let pool = if let Some(path) = url.strip_prefix("sqlite://") {
+        if let Some(path) = url.strip_prefix("sqlite://") {
             busy::install();
-            Pool::Sqlite(
-                builder(pool_size)
-                    .connection_customizer(Box::new(SqlitePragmas))
-                    .build(pool::Manager::new(path))
-                    .map_err(|e| DbError::Unavailable(format!("{path}: {e}")))?,
-            )
+            let pool = builder(pool_size)
+                .connection_customizer(Box::new(SqlitePragmas))
+                .build(pool::Manager::new(path))
+                .map_err(|e| DbError::Unavailable(format!("{path}: {e}")))?;
+            let checkpointer = checkpoint::spawn(path)?;
+            Ok(Self {
+                pool: Pool::Sqlite(pool),
+                _checkpointer: Some(std::sync::Arc::new(checkpointer)),
+            })
         } else {
-            Pool::Postgres(
-                builder(pool_size)
-                    .build(pool::Manager::new(url))
-                    .map_err(|e| DbError::Unavailable(e.to_string()))?,
-            )
-        };
-        Ok(Self { pool })
+            let pool = builder(pool_size)
+                .build(pool::Manager::new(url))
+                .map_err(|e| DbError::Unavailable(e.to_string()))?;
+            Ok(Self {
+                pool: Pool::Postgres(pool),
+                _checkpointer: None,
+            })
+        }
     }
 
     /// Which backend this is: `"postgres"` or `"sqlite"`.
