@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ferry_core::task::NewTask;
-use ferry_core::{Db, TaskId};
 use serde_json::json;
+
+mod common;
+use common::{new_task, sqlite};
 
 /// The threads of this process named as the checkpoint thread is (a
 /// thread's name is cut to 15 bytes).
@@ -23,10 +25,7 @@ fn checkpoint_threads() -> usize {
 
 #[test]
 fn the_wal_is_checkpointed_off_the_write_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("checkpoint.db");
-    let db = Db::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
-    db.migrate().unwrap();
+    let (_dir, db, path) = sqlite();
     assert_eq!(checkpoint_threads(), 1);
     let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let before = size();
@@ -36,15 +35,8 @@ fn the_wal_is_checkpointed_off_the_write_path() {
     for batch in 0..20 {
         let tasks: Vec<NewTask> = (0..100)
             .map(|i| NewTask {
-                id: TaskId::new(),
-                event_type: "org.ferry.echo".into(),
-                source: "/ferry/checkpoint".into(),
-                event_id: format!("{batch}-{i}"),
                 event: json!({"specversion": "1.0", "padding": padding}),
-                digest: format!("digest {batch}-{i}"),
-                max_attempts: 3,
-                idempotency_key: None,
-                run_after: None,
+                ..new_task(&format!("{batch}-{i}"), 3)
             })
             .collect();
         db.insert_tasks(&tasks, Utc::now()).unwrap();
