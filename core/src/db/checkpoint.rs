@@ -15,8 +15,13 @@
 //! no reader still needs and waits for no one, and writers go on appending
 //! meanwhile (SQLite's checkpoint lock is not the writer's lock); when two
 //! processes try at once, one does it and the other returns at once. The
-//! commit-time checkpoint stays as a backstop ([`BACKSTOP_PAGES`]), should
-//! this thread fall far behind: the log stays bounded either way.
+//! commit-time checkpoint stays as a backstop ([`BACKSTOP_PAGES`]), so the
+//! pages not yet copied back stay bounded whatever this thread does. The
+//! log starts over from its beginning (SQLite's rule, as before) only when
+//! a writer finds it all copied back and no reader using it: in a long,
+//! continuous burst some reader always is, the log passes the backstop,
+//! and commits checkpoint again, each what came since this thread's last
+//! round (BENCHMARKS.md, the eleventh section).
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
