@@ -433,6 +433,9 @@ impl Drop for Deployment {
 /// dead-letter queue (`<queue>.dead`), and the exchanges of its hints
 /// (`<queue>.events`) and control messages (`<queue>.control`), which
 /// would otherwise stay on the broker after every test and benchmark run.
+/// The names are spelled as `ferry_core` names them
+/// (`broker::AmqpQueue::dead_letter_name`, `hints::exchange_name`,
+/// `control::exchange_name`): the test kit stands outside Ferry's crates.
 pub fn delete_task_queue(broker_url: &str, queue: &str) {
     delete(
         broker_url,
