@@ -61,3 +61,40 @@ fn the_wal_is_checkpointed_off_the_write_path() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A writer that commits without pause for longer than a checkpoint round
+/// never finds the log all copied back, so SQLite never starts it over on
+/// its own: without the thread's `RESTART`, the `-wal` file grew by every
+/// page written (past the commit-time backstop, where commits checkpoint
+/// again). With it, the log starts over once it holds
+/// `checkpoint::RESTART_PAGES`, and the file stays below the backstop
+/// however much is written.
+#[test]
+fn a_log_written_without_pause_starts_over() {
+    use ferry_core::db::checkpoint::{BACKSTOP_PAGES, RESTART_PAGES};
+    let (_dir, db, path) = sqlite();
+    let wal = format!("{path}-wal");
+    let wal_pages = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) / 4096;
+
+    // Some 4 KiB events in commits of 20 with a millisecond between them,
+    // as a batch thread under load writes: about twice the backstop in all.
+    let padding = "x".repeat(4000);
+    let commits = 2 * BACKSTOP_PAGES as usize / 20;
+    for commit in 0..commits {
+        let tasks: Vec<NewTask> = (0..20)
+            .map(|i| NewTask {
+                event: json!({"specversion": "1.0", "padding": padding}),
+                ..new_task(&format!("{commit}-{i}"), 3)
+            })
+            .collect();
+        db.insert_tasks(&tasks, Utc::now()).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pages = wal_pages();
+    assert!(
+        pages < u64::from(BACKSTOP_PAGES),
+        "the log reached {pages} pages after some {} were written: it never started over \
+         (it should once it holds {RESTART_PAGES})",
+        2 * BACKSTOP_PAGES
+    );
+}

@@ -16,18 +16,30 @@
 //! meanwhile (SQLite's checkpoint lock is not the writer's lock); when two
 //! processes try at once, one does it and the other returns at once. The
 //! commit-time checkpoint stays as a backstop ([`BACKSTOP_PAGES`]), so the
-//! pages not yet copied back stay bounded whatever this thread does. The
-//! log starts over from its beginning (SQLite's rule, as before) only when
-//! a writer finds it all copied back and no reader using it: in a long,
-//! continuous burst some reader always is, the log passes the backstop,
-//! and commits checkpoint again, each what came since this thread's last
-//! round (BENCHMARKS.md, the eleventh section).
+//! pages not yet copied back stay bounded whatever this thread does.
+//!
+//! The log starts over from its beginning (SQLite's rule) only when a
+//! writer finds it all copied back and no reader using it. In a long,
+//! continuous burst that never happens on its own: writers append while a
+//! `PASSIVE` round copies, so the copy is always behind. The log then grew
+//! past the backstop and every commit checkpointed again, each what came
+//! since this thread's last round (BENCHMARKS.md, the eleventh section).
+//! So once the log holds [`RESTART_PAGES`], the round follows its
+//! `PASSIVE` with a `RESTART`: it takes the writer's lock (waiting at most
+//! [`RESTART_WAIT`] for it, writers meanwhile unhindered), copies the few
+//! pages appended since, and checks that no reader still uses the log;
+//! the next writer then starts the log over. Writers wait for it only
+//! while it holds their lock: that copy and its sync, and at most
+//! [`RESTART_WAIT`] for a reader to finish. A round that cannot have the
+//! lock, or finds a reader, is a `PASSIVE` one and leaves the restart to
+//! the next.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
-use diesel::{Connection, SqliteConnection};
+use diesel::sql_types::Integer;
+use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl, SqliteConnection};
 
 use super::{DbError, DbResult};
 
@@ -40,6 +52,16 @@ pub const INTERVAL: Duration = Duration::from_millis(100);
 /// (40 MiB at SQLite's 4 KiB) checkpoints, as before, only if the thread
 /// here has not.
 pub const BACKSTOP_PAGES: u32 = 10_000;
+
+/// A log this long (pages; 16 MiB) is started over by the next round
+/// (see the module's documentation): well below [`BACKSTOP_PAGES`], so a
+/// burst does not reach the backstop, and long enough that a round at a
+/// few thousand tasks a second restarts it only every few seconds.
+pub const RESTART_PAGES: i32 = 4_000;
+
+/// How long a `RESTART` waits for the writer's lock, and, holding it, for
+/// a reader still using the log (SQLite's busy handler, `busy_timeout`).
+pub const RESTART_WAIT: Duration = Duration::from_millis(2);
 
 /// Stops the checkpoint thread when the last handle on the pool is dropped.
 #[derive(Debug)]
@@ -62,6 +84,14 @@ pub(super) fn spawn(path: &str) -> DbResult<Checkpointer> {
     let mut conn = SqliteConnection::establish(path)
         .map_err(|e| DbError::Unavailable(format!("{path}: {e}")))?;
     conn.set_instrumentation(Uncounted);
+    // SQLite's own busy handler, short: a `RESTART` that holds the
+    // writer's lock must not wait long for a reader with writers queued
+    // behind it (the pool's connections wait 10 s: `busy.rs`).
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {};",
+        RESTART_WAIT.as_millis()
+    ))
+    .map_err(|e| DbError::Unavailable(format!("{path}: {e}")))?;
     let (stop, stopped) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("ferry-checkpoint".into())
@@ -69,11 +99,38 @@ pub(super) fn spawn(path: &str) -> DbResult<Checkpointer> {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
                 // Busy (another process checkpointing) or failing, it is
                 // tried again next round; the backstop bounds the log.
-                if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)") {
-                    tracing::debug!(error = %e, "WAL checkpoint");
+                match round(&mut conn) {
+                    Ok(true) => tracing::debug!("the WAL starts over"),
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(error = %e, "WAL checkpoint"),
                 }
             }
         })
         .map_err(|e| DbError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
     Ok(Checkpointer { _stop: stop })
+}
+
+/// What `PRAGMA wal_checkpoint` answers.
+#[derive(QueryableByName)]
+struct Checkpointed {
+    /// 1 if the checkpoint could not finish (a lock it needed was taken).
+    #[diesel(sql_type = Integer)]
+    busy: i32,
+    /// Pages in the log.
+    #[diesel(sql_type = Integer)]
+    log: i32,
+}
+
+/// One round: a `PASSIVE` checkpoint, and a `RESTART` once the log holds
+/// [`RESTART_PAGES`]. Whether the log will start over.
+fn round(conn: &mut SqliteConnection) -> QueryResult<bool> {
+    let passive = checkpoint(conn, "PASSIVE")?;
+    if passive.log < RESTART_PAGES {
+        return Ok(false);
+    }
+    Ok(checkpoint(conn, "RESTART")?.busy == 0)
+}
+
+fn checkpoint(conn: &mut SqliteConnection, mode: &str) -> QueryResult<Checkpointed> {
+    diesel::sql_query(format!("PRAGMA wal_checkpoint({mode})")).get_result(conn)
 }

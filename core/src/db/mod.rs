@@ -91,7 +91,7 @@ pub mod pool;
 #[macro_use]
 mod retention;
 mod busy;
-mod checkpoint;
+pub mod checkpoint;
 mod plans;
 mod stamp;
 mod status;
