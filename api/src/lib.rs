@@ -295,7 +295,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     // Before anything records: handles made earlier would record nothing.
     ferry_core::metrics::install();
-    let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT).await?;
+    // The listing's filters are planned with their values; with the
+    // workers in this process, their claims and outcomes are planned as a
+    // worker's are (`Planning::Generic`), or PostgreSQL may keep a plan
+    // made on a new table that scans it.
+    let planning = if standalone {
+        ferry_core::db::Planning::Generic
+    } else {
+        ferry_core::db::Planning::Default
+    };
+    let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT, planning).await?;
     let queue = if standalone {
         standalone_queue(&db).await?
     } else {

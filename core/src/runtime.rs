@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Queue;
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, Planning};
 use crate::retry::RetryPolicy;
 use crate::Config;
 
@@ -16,15 +16,19 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Connects to the database and applies migrations, retrying while it is
 /// unreachable (replicas often start before their database), for at most
-/// `give_up_after`.
-pub async fn connect_db(config: &Config, give_up_after: Duration) -> anyhow::Result<Db> {
+/// `give_up_after`; PostgreSQL sessions plan as `planning` says.
+pub async fn connect_db(
+    config: &Config,
+    give_up_after: Duration,
+    planning: Planning,
+) -> anyhow::Result<Db> {
     let deadline = tokio::time::Instant::now() + give_up_after;
     let mut backoff = RetryPolicy::RECONNECT.backoff();
     loop {
         let url = config.database_url.clone();
         let size = config.database_pool_size;
         let attempt = tokio::task::spawn_blocking(move || {
-            let db = Db::connect(&url, size)?;
+            let db = Db::connect_planned(&url, size, planning)?;
             db.migrate()?;
             Ok::<_, DbError>(db)
         })

@@ -401,14 +401,14 @@ fn the_happy_path_prepares_its_statements_once_per_connection() {
     // the claim's update and attempt insert, the successes' update and
     // attempt rows', and the status read that checks them (its publish
     // mark, off the happy path since the api stores tasks enqueued, is an
-    // `IN` list). PostgreSQL: the insert (an array per column) and the
-    // status read. Its statements that find tasks by id (claim, outcome,
-    // mark) are not kept on purpose (`core/src/db/kept.rs`).
+    // `IN` list). PostgreSQL: the insert (an array per column), the claim,
+    // the outcome (both with the attempt rows) and the status read; the
+    // confirm's mark, off the happy path, is not kept (`core/src/db/kept.rs`).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db").display().to_string();
     check(&connect(&format!("sqlite://{path}"), 1), 6);
     if let Some((_schema, url)) = postgres("ferry_prepares") {
-        check(&connect(&url, 1), 2);
+        check(&connect(&url, 1), 4);
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, SqliteConnection};
+use ferry_core::db::Planning;
 use ferry_core::Db;
 
 mod common;
@@ -164,6 +165,34 @@ fn statements_by_id_read_the_primary_key_when_a_status_looks_rare() {
             .batch_execute(PG_SEED_ALL_SUCCEEDED)
             .unwrap();
         check_by_id(db, "postgres");
+    });
+}
+
+/// A worker's sessions plan its claim and outcome statements once, for
+/// any batch (`Planning::Generic`): those plans read the primary key and
+/// never scan the table, on a table just made (no statistics: PostgreSQL
+/// then guesses it small, and a plan made once is kept) as on one whose
+/// statistics say every task succeeded.
+#[test]
+fn a_workers_plans_made_once_read_the_primary_key() {
+    common::on_postgres(|_db, url| {
+        let worker = Db::connect_planned(url, 1, Planning::Generic).unwrap();
+        let check = |when: &str| {
+            let ids: Vec<ferry_core::TaskId> = (0..64).map(|_| ferry_core::TaskId::new()).collect();
+            let plans = worker.kept_plans(&ids).unwrap();
+            assert_eq!(plans.len(), 3, "{plans:#?}");
+            for (name, plan) in plans {
+                let context = format!("{when}, {name}:\n{plan}");
+                assert!(plan.contains("tasks_pkey"), "not by id: {context}");
+                assert!(!plan.contains("Seq Scan on tasks"), "a scan: {context}");
+            }
+        };
+        check("a new table");
+        PgConnection::establish(url)
+            .unwrap()
+            .batch_execute(PG_SEED_ALL_SUCCEEDED)
+            .unwrap();
+        check("every task succeeded");
     });
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferry_core::broker::Queue;
 use ferry_core::cli::CommonArgs;
+use ferry_core::db::Planning;
 use ferry_core::probe::Probe;
 use ferry_core::{relay, runtime};
 use ferry_worker::http;
@@ -56,7 +57,9 @@ async fn run(config: ferry_core::Config) -> anyhow::Result<()> {
     // Before anything records: handles made earlier would record nothing.
     ferry_core::metrics::install();
     let shutdown = runtime::shutdown_on_signals();
-    let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT).await?;
+    // Every statement a worker repeats finds its rows through an index:
+    // one plan each, made once (`Planning::Generic`).
+    let db = runtime::connect_db(&config, runtime::CONNECT_TIMEOUT, Planning::Generic).await?;
     let queue = Queue::from_config(&config);
     runtime::declare_queue(&queue).await?;
     // Once the database is connected: a probe before that would only wait.

@@ -11,6 +11,7 @@
 //! array read by `json_each`, kept prepared: `kept.rs`).
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -691,6 +692,19 @@ pub(super) const PG_SUCCESSES: &str =
      WHERE t.id = v.id AND (t.status || '') = $6 AND t.attempts = v.attempt \
      RETURNING t.id, t.attempts";
 
+/// [`PG_SUCCESSES`] with the attempt rows closed, as the transaction in
+/// `attempts.rs` closes them: a task's only unfinished attempt row is the
+/// one that just ended. The same parameters.
+pub(super) static PG_FINISH_SUCCESSES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH done AS ({PG_SUCCESSES}), closed AS ( \
+           UPDATE task_attempts AS a SET finished_at = $4 FROM done \
+           WHERE a.task_id = done.id AND a.finished_at IS NULL \
+         ) \
+         SELECT id, attempts FROM done"
+    )
+});
+
 /// Runs `sql` ([`PG_SUCCESSES`] or a statement around it, returning `id`
 /// and `attempts`) for the successes of `attempts`; the attempts recorded.
 fn pg_successes(
@@ -726,13 +740,12 @@ pub(super) fn pg_successes_query<'a>(
     sql: &'a str,
     successes: &[(AttemptRef, &'a Value)],
     now: DateTime<Utc>,
-) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
+) -> Kept<'a, Pg> {
     use diesel::sql_types::{Array, Integer, Jsonb, Text, Timestamptz, Uuid};
     let ids: Vec<TaskId> = successes.iter().map(|(a, _)| a.task).collect();
     let numbers: Vec<i32> = successes.iter().map(|(a, _)| a.attempt).collect();
     let results: Vec<&Value> = successes.iter().map(|(_, r)| *r).collect();
-    diesel::sql_query(sql)
-        .into_boxed()
+    Kept::new(sql)
         .bind::<Array<Uuid>, _>(ids)
         .bind::<Array<Integer>, _>(numbers)
         .bind::<Array<Jsonb>, _>(results)
@@ -749,32 +762,33 @@ pub(super) fn pg_claim_query<'a>(
     worker: &'a str,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> BoxedSqlQuery<'a, Pg, SqlQuery> {
+) -> Kept<'a, Pg> {
     use diesel::sql_types::{Array, Text, Timestamptz, Uuid};
     // The same claim as the transaction's in `attempts.rs`; the rows are
     // locked in index order there as here.
-    diesel::sql_query(
-        "WITH claimed AS ( \
-           UPDATE tasks SET status = $5, attempts = attempts + 1, worker = $2, \
-             lease_expires_at = $3, updated_at = $4, \
-             started_at = CASE WHEN started_at IS NULL THEN $4 ELSE started_at END \
-           WHERE id = ANY($1) AND (status || '') = ANY($6) \
-             AND (run_after IS NULL OR run_after <= $4) \
-           RETURNING id, attempts, max_attempts, event_type, event \
-         ), attempt_rows AS ( \
-           INSERT INTO task_attempts (task_id, attempt, worker, started_at) \
-           SELECT id, attempts, $2, $4 FROM claimed \
-         ) \
-         SELECT id, attempts, max_attempts, event_type, event FROM claimed",
-    )
-    .into_boxed()
-    .bind::<Array<Uuid>, _>(ids)
-    .bind::<Text, _>(worker)
-    .bind::<Timestamptz, _>(lease_until)
-    .bind::<Timestamptz, _>(now)
-    .bind::<Text, _>(TaskStatus::Running)
-    .bind::<Array<Text>, _>(TaskStatus::CLAIMABLE.as_slice())
+    Kept::new(PG_CLAIM)
+        .bind::<Array<Uuid>, _>(ids)
+        .bind::<Text, _>(worker)
+        .bind::<Timestamptz, _>(lease_until)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(TaskStatus::Running)
+        .bind::<Array<Text>, _>(TaskStatus::CLAIMABLE.as_slice())
 }
+
+/// PostgreSQL's claim: `$1` the ids, `$2` the worker, `$3` the lease's
+/// end, `$4` now, `$5` running, `$6` the claimable statuses.
+pub(super) const PG_CLAIM: &str = "WITH claimed AS ( \
+       UPDATE tasks SET status = $5, attempts = attempts + 1, worker = $2, \
+         lease_expires_at = $3, updated_at = $4, \
+         started_at = CASE WHEN started_at IS NULL THEN $4 ELSE started_at END \
+       WHERE id = ANY($1) AND (status || '') = ANY($6) \
+         AND (run_after IS NULL OR run_after <= $4) \
+       RETURNING id, attempts, max_attempts, event_type, event \
+     ), attempt_rows AS ( \
+       INSERT INTO task_attempts (task_id, attempt, worker, started_at) \
+       SELECT id, attempts, $2, $4 FROM claimed \
+     ) \
+     SELECT id, attempts, max_attempts, event_type, event FROM claimed";
 
 /// A claimed row: id, attempt, max_attempts, event_type, event.
 pub(super) type ClaimedRow = (TaskId, i32, i32, String, Value);
@@ -934,16 +948,7 @@ impl OneStatement for PgConnection {
         attempts: &[(AttemptRef, Outcome)],
         now: DateTime<Utc>,
     ) -> QueryResult<Option<HashSet<AttemptRef>>> {
-        // As the transaction in `attempts.rs` closes them: a task's only
-        // unfinished attempt row is the one that just ended.
-        let sql = format!(
-            "WITH done AS ({PG_SUCCESSES}), closed AS ( \
-               UPDATE task_attempts AS a SET finished_at = $4 FROM done \
-               WHERE a.task_id = done.id AND a.finished_at IS NULL \
-             ) \
-             SELECT id, attempts FROM done"
-        );
-        pg_successes(self, &sql, attempts, now).map(Some)
+        pg_successes(self, &PG_FINISH_SUCCESSES, attempts, now).map(Some)
     }
 
     fn claim_at_once(

@@ -16,16 +16,23 @@
 //! statements take a whole batch as one parameter (`dialect.rs`
 //! `json_rows`).
 //!
-//! On PostgreSQL only the insert is kept (an array parameter per column,
-//! `dialect.rs` `pg_insert_query`): it reads no table, so any plan of it
-//! is the same. The statements that find tasks by id are deliberately not
-//! kept: a kept statement is a named prepared statement there, and after
-//! five runs PostgreSQL may plan it once for all parameters. Planned while
-//! a new table was still small and had no statistics, the claim's plan
-//! scanned the whole table, and it was never planned again: in a burst of
-//! 20 000 tasks the server's CPU per task doubled. Kept with
-//! `plan_cache_mode = force_custom_plan` instead, they cost more than they
-//! saved (BENCHMARKS.md, tenth section).
+//! On PostgreSQL a kept statement is a named prepared statement, and what
+//! it saves depends on its plan. The insert reads no table, so any plan
+//! of it is the same (`dialect.rs` `pg_insert_query`). A worker's claim
+//! and outcome find tasks by id, and are kept for the workers' sessions,
+//! which plan each once for any batch with sequential scans priced out
+//! (`Planning::Generic` in `mod.rs`): at 1 000/s, where batches hold a
+//! task or two, planning them with each batch was a third of the server's
+//! time per statement, and their plans made once read the primary key
+//! (`relay_plans.rs` checks them on a new table and on a table whose
+//! statistics say every task succeeded). Without `enable_seqscan = off`,
+//! such a plan, made while the table was new and without statistics,
+//! scanned the whole table, and was kept: in a burst of 20 000 tasks the
+//! server's CPU per task doubled (BENCHMARKS.md, ninth section). Planned
+//! with each run's values instead (`plan_cache_mode = force_custom_plan`),
+//! they cost more than they saved (tenth section). The confirm's mark
+//! (`RowLocking::mark_enqueued`), which the api runs, is not kept: the
+//! api's sessions plan as PostgreSQL chooses, for the listing's filters.
 
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};

@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::backend::Backend;
+use diesel::connection::SimpleConnection;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -15,7 +16,8 @@ use serde_json::Value;
 
 use super::dialect::{
     count_confirmed, pg_claim_query, pg_mark_enqueued_query, pg_successes_query,
-    sqlite_claim_query, sqlite_successes_query, status_by_id, status_in, PG_SUCCESSES,
+    sqlite_claim_query, sqlite_successes_query, status_by_id, status_in, PG_CLAIM,
+    PG_FINISH_SUCCESSES, PG_SUCCESSES,
 };
 use super::outbox::LostWindow;
 use super::retention::FINAL;
@@ -189,6 +191,80 @@ impl Db {
             plans.extend(raw);
             Ok(plans)
         })
+    }
+}
+
+impl Db {
+    /// The plans PostgreSQL makes once, for any batch, of the statements a
+    /// worker keeps prepared that take tasks by id (`claim_at_once`,
+    /// `record_successes`, `finish_successes_at_once`), on a connection of
+    /// this pool: as a worker's sessions plan them when this pool's are
+    /// [`super::Planning::Generic`]. `ids` fill the parameters, which such
+    /// a plan does not look at. None on SQLite, whose statements have one
+    /// plan anyway.
+    #[doc(hidden)]
+    pub fn kept_plans(&self, ids: &[TaskId]) -> DbResult<Vec<(&'static str, String)>> {
+        with_conn!(self, |conn, _s| Ok(conn.kept_plans(ids)?))
+    }
+}
+
+/// The plans of the statements a backend keeps prepared, as a session
+/// makes them, for [`Db::kept_plans`].
+trait KeptPlans {
+    fn kept_plans(&mut self, ids: &[TaskId]) -> QueryResult<Vec<(&'static str, String)>>;
+}
+
+impl KeptPlans for SqliteConnection {
+    fn kept_plans(&mut self, _ids: &[TaskId]) -> QueryResult<Vec<(&'static str, String)>> {
+        Ok(Vec::new())
+    }
+}
+
+impl KeptPlans for PgConnection {
+    fn kept_plans(&mut self, ids: &[TaskId]) -> QueryResult<Vec<(&'static str, String)>> {
+        let n = ids.len();
+        let ids = format!(
+            "ARRAY[{}]::uuid[]",
+            ids.iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let successes = (
+            "uuid[], int4[], jsonb[], timestamptz, text, text",
+            format!(
+                "({ids}, array_fill(1, ARRAY[{n}]), array_fill('null'::jsonb, ARRAY[{n}]), \
+                 now(), 'succeeded', 'running')"
+            ),
+        );
+        let statements = [
+            (
+                "claim_at_once",
+                PG_CLAIM,
+                (
+                    "uuid[], text, timestamptz, timestamptz, text, text[]",
+                    format!(
+                        "({ids}, 'worker', now(), now(), 'running', ARRAY['pending', 'retrying'])"
+                    ),
+                ),
+            ),
+            ("record_successes", PG_SUCCESSES, successes.clone()),
+            (
+                "finish_successes_at_once",
+                PG_FINISH_SUCCESSES.as_str(),
+                successes,
+            ),
+        ];
+        let mut plans = Vec::new();
+        for (name, sql, (types, values)) in statements {
+            self.batch_execute(&format!("PREPARE ferry_kept_plan ({types}) AS {sql}"))?;
+            let lines = diesel::sql_query(format!("EXPLAIN EXECUTE ferry_kept_plan {values}"))
+                .load::<PgLine>(self);
+            self.batch_execute("DEALLOCATE ferry_kept_plan")?;
+            let plan = lines?.into_iter().map(|l| l.line).collect::<Vec<_>>();
+            plans.push((name, plan.join("\n")));
+        }
+        Ok(plans)
     }
 }
 

@@ -25,12 +25,15 @@ pub const FRESH: Duration = Duration::from_secs(1);
 /// diesel's connection manager, pinging only connections not known good.
 pub(super) struct Manager<T: 'static> {
     inner: ConnectionManager<T>,
+    /// Run on each new connection before it is pooled.
+    setup: Option<&'static str>,
 }
 
 impl<T> std::fmt::Debug for Manager<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
             .field("inner", &self.inner)
+            .field("setup", &self.setup)
             .finish()
     }
 }
@@ -39,6 +42,15 @@ impl<T: R2D2Connection + Send + 'static> Manager<T> {
     pub(super) fn new(url: &str) -> Self {
         Self {
             inner: ConnectionManager::new(url),
+            setup: None,
+        }
+    }
+
+    /// A manager that runs `setup` on each connection it opens.
+    pub(super) fn with_setup(url: &str, setup: Option<&'static str>) -> Self {
+        Self {
+            setup,
+            ..Self::new(url)
         }
     }
 }
@@ -55,6 +67,10 @@ impl<T: R2D2Connection + Send + 'static> ManageConnection for Manager<T> {
 
     fn connect(&self) -> Result<T, Self::Error> {
         let mut conn = self.inner.connect()?;
+        if let Some(setup) = self.setup {
+            conn.batch_execute(setup)
+                .map_err(diesel::r2d2::Error::QueryError)?;
+        }
         conn.set_instrumentation(Health {
             inner: get_default_instrumentation(),
             // Just established: it works.
