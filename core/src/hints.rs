@@ -34,6 +34,14 @@ const LOCAL_CAPACITY: usize = 1024;
 const BUFFER: usize = 16 * 1024;
 /// Hints published together, at most (one message per type and status).
 const BATCH: usize = 1024;
+/// A process publishes hints at most once per this: those that come
+/// sooner after a publish wait for the rest of it and go together. At a
+/// steady 1 000 tasks a second each worker sent a message per change (two
+/// per task, beside the task's own), which cost RabbitMQ and the workers
+/// more CPU than anything else per task and put 0.4 ms on the api's
+/// submit p50 (BENCHMARKS.md, twelfth section). A quiet process's first
+/// hint goes at once; under load a waiter is woken up to this much later.
+pub const HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 /// A routing key is at most 255 bytes (AMQP's short string).
 const MAX_KEY: usize = 255;
 
@@ -111,7 +119,18 @@ async fn publish_loop(queue: Queue, mut receiver: mpsc::Receiver<Pending>) {
     let mut backoff = RetryPolicy::RECONNECT.backoff();
     let mut retry_at = tokio::time::Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
+    let mut next_publish = tokio::time::Instant::now();
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        if tokio::time::Instant::now() < next_publish {
+            tokio::time::sleep_until(next_publish).await;
+            while batch.len() < BATCH {
+                match receiver.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+        }
+        next_publish = tokio::time::Instant::now() + HOLD;
         let mut groups: HashMap<String, Vec<Change>> = HashMap::new();
         for pending in batch.drain(..) {
             let key = routing_key(pending.event_type.as_deref(), pending.change.status);
@@ -274,5 +293,39 @@ impl Changes {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A quiet process's hint goes at once; those that come within
+    /// [`HOLD`] of a publish wait for the rest of it and go together.
+    #[tokio::test(start_paused = true)]
+    async fn hints_soon_after_a_publish_go_together() {
+        let queue = Queue::local();
+        let mut changes = queue.subscribe_changes("test").await.unwrap();
+        let hints = Hints::spawn(&queue);
+        let ids: Vec<TaskId> = (0..4).map(|_| TaskId::new()).collect();
+        // Time is paused: it moves only when every task waits.
+        let started = tokio::time::Instant::now();
+
+        hints.send(ids[0], Some("t"), TaskStatus::Succeeded);
+        assert_eq!(ids_of(changes.next().await.unwrap()), [ids[0]]);
+        assert_eq!(started.elapsed(), Duration::ZERO, "the first hint waited");
+
+        for id in &ids[1..] {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            hints.send(*id, Some("t"), TaskStatus::Succeeded);
+        }
+        assert_eq!(ids_of(changes.next().await.unwrap()), ids[1..]);
+        assert_eq!(started.elapsed(), HOLD, "sent at the end of the hold");
+    }
+
+    fn ids_of(changes: Vec<Change>) -> Vec<TaskId> {
+        changes.into_iter().map(|c| c.id).collect()
     }
 }
