@@ -18,12 +18,24 @@
 //! caller is answered once its frame is sent, as a lone ack would be.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::{mpsc, oneshot};
 
 /// Settlements handled in one round at most.
 const ROUND: usize = 512;
+
+/// How long a settlement's frame may take to be sent. lapin answers a
+/// frame for a channel that closed, but one it never answers (its
+/// connection broke under it) must not hold this loop, and with it every
+/// task that waits to settle and the slot it holds, for ever: a worker
+/// takes its next message, and so finds its consumer broken and
+/// reconnects, only once a slot is free. Past this the frame counts as
+/// sent on a closed channel: the broker delivers the message again, and
+/// the claim's compare-and-set makes that delivery an ack.
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +136,7 @@ async fn settle_in_order(mut queue: mpsc::UnboundedReceiver<Settlement>) {
             let last = *frame.last().expect("a frame settles a delivery");
             let (acker, _) = &acks[&last];
             let multiple = frame.len() > 1;
-            let result = acker.ack(BasicAckOptions { multiple }).await.map(drop);
+            let result = bounded(acker.ack(BasicAckOptions { multiple })).await;
             for tag in frame {
                 unsettled.remove(&tag);
                 if let Some((_, sent)) = acks.remove(&tag) {
@@ -156,23 +168,43 @@ fn frames(unsettled: &BTreeSet<u64>, acks: impl Iterator<Item = u64>) -> Vec<Vec
 async fn refuse(acker: &lapin::Acker, how: How) -> Sent {
     match how {
         How::Ack => unreachable!("acks are sent in runs"),
-        How::Requeue => acker
-            .nack(BasicNackOptions {
+        How::Requeue => {
+            bounded(acker.nack(BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()
-            })
+            }))
             .await
-            .map(drop),
-        How::DeadLetter => acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await
-            .map(drop),
+        }
+        How::DeadLetter => bounded(acker.reject(BasicRejectOptions { requeue: false })).await,
+    }
+}
+
+/// A settlement's frame, given at most [`SEND_TIMEOUT`] to be sent.
+async fn bounded(frame: impl Future<Output = Result<bool, lapin::Error>>) -> Sent {
+    match tokio::time::timeout(SEND_TIMEOUT, frame).await {
+        Ok(sent) => sent.map(drop),
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?SEND_TIMEOUT,
+                "a settlement was not sent in time; its channel counts as closed"
+            );
+            Ok(())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame lapin never answers lets its settlement go after
+    /// [`SEND_TIMEOUT`], as sent on a closed channel, instead of holding
+    /// the loop (paused time).
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_never_answered_does_not_hold_the_loop() {
+        let sent = bounded(std::future::pending::<Result<bool, lapin::Error>>()).await;
+        assert!(sent.is_ok(), "{sent:?}");
+    }
 
     fn frames_of(unsettled: &[u64], acks: &[u64]) -> Vec<Vec<u64>> {
         frames(&unsettled.iter().copied().collect(), acks.iter().copied())

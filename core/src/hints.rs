@@ -38,9 +38,9 @@ const BATCH: usize = 1024;
 /// sooner after a publish wait for the rest of it and go together. At a
 /// steady 1 000 tasks a second each worker sent a message per change (two
 /// per task, beside the task's own), which cost RabbitMQ and the workers
-/// more CPU than anything else per task and put 0.4 ms on the api's
-/// submit p50 (BENCHMARKS.md, twelfth section). A quiet process's first
-/// hint goes at once; under load a waiter is woken up to this much later.
+/// some 140 µs of CPU per task and put 0.4 ms on the api's submit p50
+/// (BENCHMARKS.md, twelfth section). A quiet process's first hint goes at
+/// once; under load a waiter is woken up to this much later.
 pub const HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 /// A routing key is at most 255 bytes (AMQP's short string).
 const MAX_KEY: usize = 255;

@@ -23,6 +23,19 @@ fn checkpoint_threads() -> usize {
         .count()
 }
 
+/// Commits `tasks` new tasks (batch `batch`), each event padded with
+/// `padding` bytes.
+fn insert_padded(db: &ferry_core::Db, batch: usize, tasks: usize, padding: usize) {
+    let padding = "x".repeat(padding);
+    let tasks: Vec<NewTask> = (0..tasks)
+        .map(|i| NewTask {
+            event: json!({"specversion": "1.0", "padding": padding}),
+            ..new_task(&format!("{batch}-{i}"), 3)
+        })
+        .collect();
+    db.insert_tasks(&tasks, Utc::now()).unwrap();
+}
+
 #[test]
 fn the_wal_is_checkpointed_off_the_write_path() {
     let (_dir, db, path) = sqlite();
@@ -31,15 +44,8 @@ fn the_wal_is_checkpointed_off_the_write_path() {
     let before = size();
 
     // About 2 MiB of events, in 20 commits: some 500 pages of the WAL.
-    let padding = "x".repeat(1000);
     for batch in 0..20 {
-        let tasks: Vec<NewTask> = (0..100)
-            .map(|i| NewTask {
-                event: json!({"specversion": "1.0", "padding": padding}),
-                ..new_task(&format!("{batch}-{i}"), 3)
-            })
-            .collect();
-        db.insert_tasks(&tasks, Utc::now()).unwrap();
+        insert_padded(&db, batch, 100, 1000);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while size() < before + 2_000_000 {
@@ -78,16 +84,9 @@ fn a_log_written_without_pause_starts_over() {
 
     // Some 4 KiB events in commits of 20 with a millisecond between them,
     // as a batch thread under load writes: about twice the backstop in all.
-    let padding = "x".repeat(4000);
     let commits = 2 * BACKSTOP_PAGES as usize / 20;
     for commit in 0..commits {
-        let tasks: Vec<NewTask> = (0..20)
-            .map(|i| NewTask {
-                event: json!({"specversion": "1.0", "padding": padding}),
-                ..new_task(&format!("{commit}-{i}"), 3)
-            })
-            .collect();
-        db.insert_tasks(&tasks, Utc::now()).unwrap();
+        insert_padded(&db, commit, 20, 4000);
         std::thread::sleep(Duration::from_millis(1));
     }
     let pages = wal_pages();
