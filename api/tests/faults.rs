@@ -422,3 +422,84 @@ async fn drain_timeout_hands_running_tasks_back() {
     let task = stack.api.wait_for(&id, "succeeded", LONG).await;
     assert_eq!(task["attempts"], 2, "{task:#}");
 }
+
+/// The lines `rabbitmqctl args` prints, split at tabs.
+fn rabbitmqctl_rows(args: &[&str]) -> Vec<Vec<String>> {
+    let out = rabbitmqctl(args).output().expect("run rabbitmqctl");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+/// How many consumers `queue` has.
+fn consumers(queue: &str) -> usize {
+    rabbitmqctl_rows(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "consumers",
+    ])
+    .iter()
+    .find(|row| row[0] == queue)
+    .and_then(|row| row.get(1)?.parse().ok())
+    .unwrap_or(0)
+}
+
+/// The broker closes a worker's channel while the worker's one slot runs a
+/// long task: the worker consumes again while the task still runs, rather
+/// than when a slot frees (it reads its consumer's stream, where a closed
+/// channel shows, only with a slot free).
+#[tokio::test]
+async fn channel_closed_while_every_slot_is_taken() {
+    let Some(stack) =
+        Stack::start_with(Layout::Postgres, 1, |d| d.env("FERRY_CONCURRENCY", "1")).await
+    else {
+        return;
+    };
+    let (api, queue) = (&stack.api, &stack.deployment.queue);
+    let id = api
+        .submit(
+            "org.ferry.sleep-30s",
+            &ferry_testkit::unique("busy"),
+            Value::Null,
+        )
+        .await;
+    api.wait_for(&id, "running", LONG).await;
+    let name = format!("ferry-worker-{}", stack.workers[0].pid());
+    let connection = rabbitmqctl_rows(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ])
+    .into_iter()
+    .find(|row| {
+        row.get(1)
+            .is_some_and(|p| p.contains(&format!("\"{name}\"")))
+    })
+    .unwrap_or_else(|| panic!("no connection named {name}"));
+    assert_eq!(consumers(queue), 1);
+    run(rabbitmqctl(&[
+        "close_connection",
+        &connection[0],
+        "closed by a test",
+    ]));
+    // Closed, then consumed again, well before the task's 30 s are over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while consumers(queue) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not consume again while its slot was taken:\n{}",
+            stack.workers[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let task = api.status(&id).await;
+    assert_eq!(task.body["status"], "running", "{:#}", task.body);
+    let log = stack.workers[0].log_text();
+    assert!(log.contains("every slot was taken; reconnecting"), "{log}");
+}

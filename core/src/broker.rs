@@ -511,7 +511,52 @@ pub enum Consumer {
     Local(LocalQueue),
 }
 
+/// How often a worker looks at its consumer's channel while it waits for
+/// something else ([`ConsumerHealth::lost`]).
+pub const CONSUMER_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether a consumer's channel is still open, seen without the consumer
+/// (which its stream borrows): cheap to clone.
+#[derive(Clone)]
+pub struct ConsumerHealth(Option<lapin::ChannelStatus>);
+
+impl std::fmt::Debug for ConsumerHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConsumerHealth")
+            .field(&self.is_open())
+            .finish()
+    }
+}
+
+impl ConsumerHealth {
+    /// The channel is open (always, for the in-process queue).
+    pub fn is_open(&self) -> bool {
+        self.0.as_ref().is_none_or(lapin::ChannelStatus::connected)
+    }
+
+    /// Ends once the channel is no longer open, looked at every
+    /// [`CONSUMER_CHECK`]; never for the in-process queue. For a worker
+    /// whose slots are all taken: it reads the consumer's stream, where a
+    /// closed channel shows, only when a slot is free.
+    pub async fn lost(&self) {
+        if self.0.is_none() {
+            return std::future::pending().await;
+        }
+        while self.is_open() {
+            tokio::time::sleep(CONSUMER_CHECK).await;
+        }
+    }
+}
+
 impl Consumer {
+    /// Whether its channel is still open, for as long as it is looked at.
+    pub fn health(&self) -> ConsumerHealth {
+        match self {
+            Self::Amqp { channel, .. } => ConsumerHealth(Some(channel.status().clone())),
+            Self::Local(_) => ConsumerHealth(None),
+        }
+    }
+
     /// Asks the broker to stop delivering; unsettled deliveries stay ours.
     pub async fn cancel(&mut self) {
         if let Self::Amqp {

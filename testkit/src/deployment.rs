@@ -32,6 +32,12 @@ type = "org.ferry.sleep"
 handler = "sleep"
 duration = "3s"
 
+# A task that holds its worker's slot for a long while.
+[[routes]]
+type = "org.ferry.sleep-30s"
+handler = "sleep"
+duration = "30s"
+
 # A task a waiter can wait on: done about a second after it starts.
 [[routes]]
 type = "org.ferry.sleep-1s"

@@ -172,16 +172,29 @@ pub async fn run(
                 }
             }
         };
+        // A channel closed while every slot is taken shows in the stream
+        // only once a slot frees, which a long task may take minutes to
+        // do: it is watched meanwhile, so the worker consumes again (and
+        // the broker hands what the closed channel held to the others)
+        // while its tasks still run.
+        let health = consumer.health();
         loop {
             // Take a message only when a slot is free, so a busy worker
             // leaves the rest of the queue to the other replicas.
             let permit = tokio::select! {
                 () = shutdown.cancelled() => None,
-                permit = permits.clone().acquire_owned() => Some(permit.expect("semaphore is never closed")),
+                () = health.lost() => Some(None),
+                permit = permits.clone().acquire_owned() => Some(Some(permit.expect("semaphore is never closed"))),
             };
             let Some(permit) = permit else {
                 draining = Some(consumer);
                 break 'connect;
+            };
+            let Some(permit) = permit else {
+                tracing::warn!(
+                    "the consumer's channel closed while every slot was taken; reconnecting"
+                );
+                break;
             };
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => None,
