@@ -181,20 +181,26 @@ pub async fn run(
         loop {
             // Take a message only when a slot is free, so a busy worker
             // leaves the rest of the queue to the other replicas.
+            // Biased: a slot free at once is taken without arming the
+            // watch's timer.
             let permit = tokio::select! {
-                () = shutdown.cancelled() => None,
-                () = health.lost() => Some(None),
-                permit = permits.clone().acquire_owned() => Some(Some(permit.expect("semaphore is never closed"))),
+                biased;
+                () = shutdown.cancelled() => SlotWait::Stop,
+                permit = permits.clone().acquire_owned() => SlotWait::Free(permit.expect("semaphore is never closed")),
+                () = health.lost() => SlotWait::Lost,
             };
-            let Some(permit) = permit else {
-                draining = Some(consumer);
-                break 'connect;
-            };
-            let Some(permit) = permit else {
-                tracing::warn!(
-                    "the consumer's channel closed while every slot was taken; reconnecting"
-                );
-                break;
+            let permit = match permit {
+                SlotWait::Free(permit) => permit,
+                SlotWait::Stop => {
+                    draining = Some(consumer);
+                    break 'connect;
+                }
+                SlotWait::Lost => {
+                    tracing::warn!(
+                        "the consumer's channel closed while every slot was taken; reconnecting"
+                    );
+                    break;
+                }
             };
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => None,
@@ -281,6 +287,15 @@ pub async fn run(
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// How the consumer loop's wait for a free slot ended.
+enum SlotWait {
+    Free(tokio::sync::OwnedSemaphorePermit),
+    /// Shutdown.
+    Stop,
+    /// The consumer's channel closed.
+    Lost,
 }
 
 /// Set (to anything but empty or `0`) in tests only: the worker does not
