@@ -488,6 +488,18 @@ impl Meter {
         }
     }
 
+    /// [`Meter::start`] without the broker's counters and PostgreSQL's
+    /// statistics: for a phase read with `finish(.., false)`.
+    pub async fn start_cpu(&self) -> Start {
+        tokio::time::sleep(counts::WRITE_EVERY * 3).await;
+        Start {
+            counts: self.counts(),
+            broker: None,
+            pg: None,
+            cpu: self.processes.cpu(),
+        }
+    }
+
     async fn pg_stats(&self) -> Option<Value> {
         let (url, schema) = self.pg_schema.clone()?;
         tokio::task::spawn_blocking(move || pg_stats(&url, &schema))
@@ -666,6 +678,28 @@ fn cpu_row(label: &str, cpu: &Value, names: &[String]) -> String {
     format!("{label:<26}{} {:>10}", cells.join(""), us(&json!(total)))
 }
 
+/// Prints the CPU per task of one open-loop rate, each process's and their
+/// total, and RabbitMQ's per message when it ran alone at that rate.
+pub fn print_rate(cost: &Value) {
+    let Some(cpu) = cost["cpu_us_per_task"].as_object() else {
+        return;
+    };
+    let mut total = 0.0;
+    let cells: Vec<String> = cpu
+        .iter()
+        .map(|(name, v)| {
+            total += v.as_f64().unwrap_or(0.0);
+            format!("{} {}", short(name), us(v))
+        })
+        .collect();
+    println!(
+        "  CPU per task, µs: {}; total {} | RabbitMQ alone at this rate: {} per message",
+        cells.join(", "),
+        us(&json!(total)),
+        us(&cost["broker_alone"]["cpu_us_per_message"]["rabbitmq"]),
+    );
+}
+
 /// Prints one backend's cost rows.
 pub fn print(cost: &Value, ceiling: &Value) {
     let Some(burst) = cost.get("burst") else {
@@ -701,6 +735,17 @@ pub fn print(cost: &Value, ceiling: &Value) {
         "{}",
         cpu_row("  per message, broker alone", ceiling, &names)
     );
+    let alone = &burst["broker_alone"];
+    if !alone.is_null() {
+        println!(
+            "{}",
+            cpu_row(
+                &format!("  the same at {}/s", us(&alone["rate_per_s"])),
+                &alone["cpu_us_per_message"],
+                &names
+            )
+        );
+    }
     if let Some(idle) = cost.get("idle") {
         println!(
             "{}",

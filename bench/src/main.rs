@@ -35,7 +35,12 @@
 //!
 //! Beside the burst and the broker's ceiling, `cost.rs` reads what each
 //! process spent: CPU per task, database statements and transactions per
-//! task, the broker's socket reads and writes per task, and an idle row.
+//! task, the broker's socket reads and writes per task, and an idle row;
+//! beside each open-loop rate, the CPU per task of each process. After the
+//! burst and after each open-loop rate, RabbitMQ alone again, paced at
+//! the rate that row ran at: its CPU per message at that rate, which is
+//! what Ferry's CPU per task there compares with (RabbitMQ's CPU per
+//! message grows as its rate falls).
 
 mod backlog;
 mod celery;
@@ -225,16 +230,53 @@ fn task_message() -> Vec<u8> {
 /// RabbitMQ alone: persistent messages published with confirms (pipelined,
 /// or one confirm at a time) and consumed with acks, on a queue of its own
 /// that Ferry declares as it declares its own (durable, dead-lettered).
-async fn broker_ceiling(url: &str, n: usize, pipelined: bool) -> anyhow::Result<f64> {
+/// With `pace`, pipelined messages are sent on a schedule of that many a
+/// second (those due each time the generator wakes, about every
+/// millisecond) instead of as fast as the confirms allow.
+async fn broker_ceiling(
+    url: &str,
+    n: usize,
+    pipelined: bool,
+    pace: Option<f64>,
+) -> anyhow::Result<f64> {
     let queue = format!("ferry.bench.ceiling.{}", uuid::Uuid::new_v4().simple());
     // Publishing nothing declares the queue and its dead-letter twin.
     Queue::amqp(url, &queue).publish(&[]).await?;
-    let rate = ceiling_on(url, &queue, n, pipelined).await;
+    let rate = ceiling_on(url, &queue, n, pipelined, pace).await;
     ferry_testkit::delete_task_queue(url, &queue);
     rate
 }
 
-async fn ceiling_on(url: &str, queue: &str, n: usize, pipelined: bool) -> anyhow::Result<f64> {
+/// RabbitMQ alone at `rate` messages a second for about `seconds` (at
+/// least 500 messages): its CPU per message at the rate a row of Ferry's
+/// ran, beside Ferry's per task. RabbitMQ's CPU per message grows as its
+/// rate falls (fewer messages share each socket read, write and disk
+/// sync), so the unpaced ceiling's figure is not what a slower row's
+/// messages cost it.
+async fn broker_alone_at(url: &str, rate: f64, seconds: f64) -> Value {
+    if !rate.is_finite() || rate < 1.0 {
+        return Value::Null;
+    }
+    let n = ((rate * seconds) as usize).max(500);
+    let (sent, cpu) = cost::broker_ceiling(n, broker_ceiling(url, n, true, Some(rate))).await;
+    match sent {
+        Ok(per_s) => {
+            json!({"rate_per_s": rate, "achieved_per_s": per_s, "messages": n, "cpu_us_per_message": cpu})
+        }
+        Err(e) => {
+            eprintln!("RabbitMQ alone at {rate:.0}/s failed: {e:#}");
+            Value::Null
+        }
+    }
+}
+
+async fn ceiling_on(
+    url: &str,
+    queue: &str,
+    n: usize,
+    pipelined: bool,
+    pace: Option<f64>,
+) -> anyhow::Result<f64> {
     let publisher = AmqpConnection::connect(url, ConnectionProperties::default()).await?;
     let consumer_conn = AmqpConnection::connect(url, ConnectionProperties::default()).await?;
     let pub_channel = publisher.create_channel().await?;
@@ -266,7 +308,13 @@ async fn ceiling_on(url: &str, queue: &str, n: usize, pipelined: bool) -> anyhow
     });
     let start = Instant::now();
     let mut pending = std::collections::VecDeque::new();
-    for _ in 0..n {
+    for i in 0..n {
+        if let Some(rate) = pace {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
         let confirm = pub_channel
             .basic_publish(
                 "".into(),
@@ -1071,7 +1119,11 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
     eprintln!("[{backend}] burst of {tasks} tasks");
     let before = d.meter.start().await;
     let (burst, ids) = burst(&d.base, &db, &client, tasks, args.concurrency).await?;
-    let burst_cost = d.meter.finish(before, tasks, true).await;
+    let mut burst_cost = d.meter.finish(before, tasks, true).await;
+    let alone_seconds = if args.quick { 1.0 } else { 3.0 };
+    let burst_rate = burst["end_to_end_per_s"].as_f64().unwrap_or(0.0);
+    eprintln!("[{backend}] RabbitMQ alone at the burst's rate, {burst_rate:.0}/s");
+    burst_cost["broker_alone"] = broker_alone_at(&args.broker_url, burst_rate, alone_seconds).await;
     // Counting builds each statement's SQL again, which the floor never
     // pays: off while the two are compared (`counts::PAUSE_FILE`).
     d.meter.pause_counts(true).await?;
@@ -1092,8 +1144,17 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
     let mut succeeded = tasks as i64;
     for rate in rates {
         eprintln!("[{backend}] open loop at {rate}/s for {seconds}s");
+        let before = d.meter.start_cpu().await;
         let mut result = open_loop(&d, &db, &client, rate, seconds, succeeded).await?;
-        succeeded += result["tasks"].as_i64().unwrap_or(0);
+        let accepted = result["tasks"].as_i64().unwrap_or(0);
+        succeeded += accepted;
+        result["cost"] = d
+            .meter
+            .finish(before, usize::try_from(accepted).unwrap_or(0), false)
+            .await;
+        eprintln!("[{backend}] RabbitMQ alone at {rate}/s");
+        result["cost"]["broker_alone"] =
+            broker_alone_at(&args.broker_url, f64::from(rate), seconds).await;
         // Peaks so far: the memory a load needs is read before a higher one.
         result["memory_peak_so_far"] = d.rss();
         open.push(result);
@@ -1391,6 +1452,7 @@ fn print_table(results: &Value) {
                 fmt(&o["started_to_finished_latency"]["p50_ms"]),
                 fmt(&o["started_to_finished_latency"]["p99_ms"]),
             );
+            cost::print_rate(&o["cost"]);
         }
         println!(
             "peak RSS        api {} MiB, workers {} MiB (whole run)",
@@ -1566,10 +1628,13 @@ async fn main() -> anyhow::Result<()> {
     );
     // The harness counts its own statements too, for the PostgreSQL cross-check.
     ferry_core::db::counts::count();
-    let (pipelined, ceiling_cpu) =
-        cost::broker_ceiling(ceiling_n, broker_ceiling(&args.broker_url, ceiling_n, true)).await;
+    let (pipelined, ceiling_cpu) = cost::broker_ceiling(
+        ceiling_n,
+        broker_ceiling(&args.broker_url, ceiling_n, true, None),
+    )
+    .await;
     let pipelined = pipelined?;
-    let sequential = broker_ceiling(&args.broker_url, ceiling_n / 10, false).await?;
+    let sequential = broker_ceiling(&args.broker_url, ceiling_n / 10, false, None).await?;
     let mut backends = Vec::new();
     for backend in &args.backends {
         backends.push(run_backend(&args, backend, &bin_dir).await?);
