@@ -460,11 +460,21 @@ impl AmqpQueue {
                 FieldTable::default(),
             )
             .await?;
+        // A settlement that cannot be sent gives the channel up: closed,
+        // its status tells the worker to consume again (its unsettled
+        // deliveries go to the other consumers).
+        let closing = channel.clone();
+        let settler = Settler::spawn(move || {
+            tokio::spawn(async move {
+                let closed = closing.close(200, "a settlement was not sent in time".into());
+                let _ = tokio::time::timeout(BROKER_TIMEOUT, closed).await;
+            });
+        });
         Ok(Consumer::Amqp {
             _connection: Box::new(connection),
             channel: Box::new(channel),
             consumer: Box::new(consumer),
-            settler: Settler::spawn(),
+            settler,
         })
     }
 }
