@@ -466,8 +466,8 @@ impl AmqpQueue {
         let closing = channel.clone();
         let settler = Settler::spawn(move || {
             tokio::spawn(async move {
-                let closed = closing.close(200, "a settlement was not sent in time".into());
-                let _ = tokio::time::timeout(BROKER_TIMEOUT, closed).await;
+                let reason = "a settlement was not sent in time";
+                let _ = bounded(async { Ok(closing.close(200, reason.into()).await?) }).await;
             });
         });
         Ok(Consumer::Amqp {
