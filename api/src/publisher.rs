@@ -7,6 +7,11 @@
 //! most `publish_window` tasks are in flight to the broker; the rest wait
 //! in line as bare task ids, in the order they were stored.
 //!
+//! The publishes waiting in line when one starts join it, as far as the
+//! window has room for them at once (the requests of one insert batch are
+//! answered together): their tasks share its messages
+//! ([`ferry_core::broker::MESSAGE_TASKS`] to one), and the broker's work.
+//!
 //! A task that waited in line until its publish lock is nearly out is left
 //! to the relay, which takes it over once the lock runs out: publishing it
 //! too would only send a second message (harmless, as the claim's
@@ -130,15 +135,24 @@ async fn run<P, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let room = Arc::new(Semaphore::new(window));
-    while let Some(job) = line.recv().await {
-        let (ids, record, since) = match job {
+    // A job taken from the line while joining publishes that could not join.
+    let mut next = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match line.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let (mut ids, record, since) = match job {
             Job::Flush(done) => {
                 let _ = done.send(());
                 continue;
             }
             Job::Publish { ids, record, since } => (ids, record, since),
         };
-        let permit = Arc::clone(&room)
+        let mut permit = Arc::clone(&room)
             .acquire_many_owned(ids.len().min(window) as u32)
             .await
             .expect("the window is never closed");
@@ -150,6 +164,30 @@ async fn run<P, F>(
             );
             gauges.left_to_relay.increment(ids.len() as u64);
             continue;
+        }
+        // The publishes waiting behind it (the requests of one insert
+        // batch are answered together) join it while the window has room
+        // for them at once: their tasks share its messages.
+        while let Ok(job) = line.try_recv() {
+            let Job::Publish {
+                ids: more,
+                record: also,
+                since,
+            } = &job
+            else {
+                next = Some(job);
+                break;
+            };
+            let joined = (*also == record && since.elapsed() < stale_after)
+                .then(|| Arc::clone(&room).try_acquire_many_owned(more.len().min(window) as u32))
+                .and_then(Result::ok);
+            let Some(more_room) = joined else {
+                next = Some(job);
+                break;
+            };
+            permit.merge(more_room);
+            gauges.waiting.decrement(more.len() as f64);
+            ids.extend_from_slice(more);
         }
         let publish = Arc::clone(&publish);
         let in_flight = gauges.in_flight.clone();
@@ -218,10 +256,26 @@ mod tests {
         }
         publisher.done().await;
         assert_eq!(seen.most.load(Ordering::SeqCst), 3);
-        let mut published = seen.published.lock().unwrap().clone();
-        published.sort_by_key(|ids| ids[0].0);
-        sent.sort_by_key(|ids| ids[0].0);
+        let mut published: Vec<TaskId> = seen.published.lock().unwrap().concat();
+        published.sort_by_key(|id| id.0);
+        let mut sent = sent.concat();
+        sent.sort_by_key(|id| id.0);
         assert_eq!(published, sent);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishes_waiting_together_share_one_publish() {
+        let (publisher, seen) = publisher(100, Duration::from_secs(60), Duration::from_millis(10));
+        let sent: Vec<_> = (0..5).map(|_| ids(1)).collect();
+        for ids in &sent {
+            publisher.publish(ids.clone(), true);
+        }
+        // Not recorded: published on its own.
+        let unrecorded = ids(1);
+        publisher.publish(unrecorded.clone(), false);
+        publisher.done().await;
+        let published = seen.published.lock().unwrap().clone();
+        assert_eq!(published, [sent.concat(), unrecorded]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! The delivery channel: a durable RabbitMQ queue (production) or an
-//! in-process queue (`--standalone`). A message is a task id; the task
-//! itself lives in the database, so a lost message is found again there.
+//! in-process queue (`--standalone`). A message names tasks by id, one
+//! per line, at most [`MESSAGE_TASKS`] of them (see [`encode`]); the tasks
+//! themselves live in the database, so a lost message is found again there.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,48 @@ use tokio::sync::{mpsc, Mutex};
 use crate::acks::{How, Settler};
 use crate::config::QueueType;
 use crate::task::TaskId;
+
+/// Most task ids one message carries. The tasks published together (the
+/// `/receive` requests of one insert batch, a relay's round) share a
+/// message, so the broker's work per task (a publish, a confirm, a
+/// delivery, an ack, a disk write) is shared by up to this many tasks; a
+/// worker runs each of them in a slot of its own and settles the message
+/// once all are recorded. A bound, not a target: a task published alone
+/// goes alone, at once.
+pub const MESSAGE_TASKS: usize = 16;
+
+/// A message's body for `ids` (at most [`MESSAGE_TASKS`] of them, not
+/// empty): the ids one per line. A message of one id is the id alone,
+/// the format of every message before messages carried several.
+pub fn encode(ids: &[TaskId]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(ids.len() * 37);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            body.push(b'\n');
+        }
+        body.extend_from_slice(id.to_string().as_bytes());
+    }
+    body
+}
+
+/// The task ids a message's body names, in order, each once; `None`
+/// when it is not a body [`encode`] writes (empty, not UTF-8, a line that
+/// is not a task id, more than [`MESSAGE_TASKS`] ids): such a message
+/// is dead-lettered whole.
+pub fn decode(body: &[u8]) -> Option<Vec<TaskId>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut ids: Vec<TaskId> = Vec::with_capacity(1);
+    for line in text.trim().split('\n') {
+        let id: TaskId = line.trim().parse().ok()?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        if ids.len() > MESSAGE_TASKS {
+            return None;
+        }
+    }
+    Some(ids)
+}
 
 /// Why the broker did not take or give a message.
 #[derive(Debug, thiserror::Error)]
@@ -210,18 +253,29 @@ impl Queue {
         })
     }
 
-    /// Publishes the tasks and returns once the broker has confirmed every
-    /// one of them (persisted, for RabbitMQ). Confirms are awaited together,
-    /// not one publish at a time.
+    /// Publishes the tasks, [`MESSAGE_TASKS`] to a message, and returns
+    /// once the broker has confirmed every message (persisted, for
+    /// RabbitMQ). Confirms are awaited together, not one publish at a time.
     pub async fn publish(&self, ids: &[TaskId]) -> Result<(), BrokerError> {
         match self {
             Self::Amqp(queue) => queue.publish(ids).await,
             Self::Local(queue) => {
-                for id in ids {
-                    queue.send(id.to_string().into_bytes())?;
+                for ids in ids.chunks(MESSAGE_TASKS) {
+                    queue.send(encode(ids), ids.len())?;
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// The most tasks `depth` ready messages of this queue can name: the
+    /// relay's bound on what the queue holds. The in-process queue counts
+    /// tasks, so its depth is exact; a RabbitMQ message names up to
+    /// [`MESSAGE_TASKS`].
+    pub fn tasks_in(&self, depth: u64) -> u64 {
+        match self {
+            Self::Amqp(_) => depth.saturating_mul(MESSAGE_TASKS as u64),
+            Self::Local(_) => depth,
         }
     }
 
@@ -417,13 +471,14 @@ impl AmqpQueue {
     }
 
     async fn publish_on(&self, channel: &Channel, ids: &[TaskId]) -> Result<(), BrokerError> {
-        let mut confirms = Vec::with_capacity(ids.len());
-        for id in ids {
-            let body = id.to_string();
+        let mut confirms = Vec::with_capacity(ids.len().div_ceil(MESSAGE_TASKS));
+        for ids in ids.chunks(MESSAGE_TASKS) {
+            let body = encode(ids);
+            // The first task's id names the message.
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("text/plain".into())
-                .with_message_id(body.as_str().into());
+                .with_message_id(ids[0].to_string().into());
             let confirm = channel
                 .basic_publish(
                     "".into(),
@@ -432,11 +487,11 @@ impl AmqpQueue {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    body.as_bytes(),
+                    &body,
                     properties,
                 )
                 .await?;
-            confirms.push((*id, confirm));
+            confirms.push((ids[0], confirm));
         }
         for (id, confirm) in confirms {
             let confirmation = confirm.await?;
@@ -479,12 +534,16 @@ impl AmqpQueue {
     }
 }
 
+/// A message of the in-process queue: its body, and the number of tasks
+/// it names.
+type LocalMessage = (Vec<u8>, usize);
+
 /// An in-process queue: the standalone mode's broker.
 #[derive(Debug, Clone)]
 pub struct LocalQueue {
-    sender: mpsc::UnboundedSender<Vec<u8>>,
-    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
-    /// Messages sent and not yet received: counted up before a send and
+    sender: mpsc::UnboundedSender<LocalMessage>,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<LocalMessage>>>,
+    /// Tasks sent and not yet received: counted up before a send and
     /// down after a receive, so never less than the channel holds.
     ready: Arc<AtomicUsize>,
     /// Control messages (cancels) to this process's workers.
@@ -494,10 +553,11 @@ pub struct LocalQueue {
 }
 
 impl LocalQueue {
-    fn send(&self, payload: Vec<u8>) -> Result<(), BrokerError> {
-        self.ready.fetch_add(1, Ordering::AcqRel);
-        self.sender.send(payload).map_err(|_| {
-            self.ready.fetch_sub(1, Ordering::AcqRel);
+    /// Sends a message naming `tasks` tasks.
+    fn send(&self, payload: Vec<u8>, tasks: usize) -> Result<(), BrokerError> {
+        self.ready.fetch_add(tasks, Ordering::AcqRel);
+        self.sender.send((payload, tasks)).map_err(|_| {
+            self.ready.fetch_sub(tasks, Ordering::AcqRel);
             BrokerError::Closed
         })
     }
@@ -603,12 +663,12 @@ impl Consumer {
                 }))
             }
             Self::Local(queue) => {
-                let payload = queue.receiver.lock().await.recv().await?;
-                queue.ready.fetch_sub(1, Ordering::AcqRel);
+                let (payload, tasks) = queue.receiver.lock().await.recv().await?;
+                queue.ready.fetch_sub(tasks, Ordering::AcqRel);
                 Some(Ok(Delivery {
                     payload,
                     redelivered: false,
-                    acker: Acker::Local(queue.clone()),
+                    acker: Acker::Local(queue.clone(), tasks),
                 }))
             }
         }
@@ -622,7 +682,9 @@ enum Acker {
         acker: lapin::Acker,
         settler: Settler,
     },
-    Local(LocalQueue),
+    /// The queue, and the tasks the message names (counted again when it
+    /// is given back).
+    Local(LocalQueue, usize),
 }
 
 impl Acker {
@@ -645,7 +707,7 @@ impl Acker {
 /// One message, to be settled exactly once with ack, requeue or dead-letter.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The message body: a task id.
+    /// The message body: task ids (see [`decode`]).
     pub payload: Vec<u8>,
     /// Whether the broker delivered it before.
     pub redelivered: bool,
@@ -653,9 +715,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The task id the message carries, if it is one.
-    pub fn task_id(&self) -> Option<TaskId> {
-        std::str::from_utf8(&self.payload).ok()?.trim().parse().ok()
+    /// The task ids the message names (see [`decode`]).
+    pub fn task_ids(&self) -> Option<Vec<TaskId>> {
+        decode(&self.payload)
     }
 
     /// Done with: the broker forgets the message.
@@ -666,7 +728,7 @@ impl Delivery {
     /// Not done: the broker delivers it again.
     pub async fn requeue(self) -> Result<(), BrokerError> {
         match &self.acker {
-            Acker::Local(queue) => queue.send(self.payload),
+            Acker::Local(queue, tasks) => queue.send(self.payload, *tasks),
             amqp => amqp.settle(How::Requeue).await,
         }
     }
@@ -752,22 +814,53 @@ pub(crate) async fn subscribe_exclusive(
 mod tests {
     use super::*;
 
-    /// The in-process queue's depth: sent and not yet received, a message
-    /// given back counted again.
+    /// The in-process queue's depth: tasks sent and not yet received, a
+    /// message given back counted again.
     #[tokio::test]
     async fn the_local_queue_counts_what_waits_in_it() {
         let queue = Queue::local();
         assert_eq!(queue.depth().await.unwrap(), 0);
         let ids = [TaskId::new(), TaskId::new(), TaskId::new()];
         queue.publish(&ids).await.unwrap();
-        assert_eq!(queue.depth().await.unwrap(), 3);
+        queue.publish(&ids[..1]).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 4);
         let mut consumer = queue.consume(1, "test").await.unwrap();
         let delivery = consumer.next().await.unwrap().unwrap();
-        assert_eq!(delivery.task_id(), Some(ids[0]));
-        assert_eq!(queue.depth().await.unwrap(), 2);
+        assert_eq!(delivery.task_ids(), Some(ids.to_vec()));
+        assert_eq!(queue.depth().await.unwrap(), 1);
         delivery.requeue().await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), 4);
+        let alone = consumer.next().await.unwrap().unwrap();
+        assert_eq!(alone.task_ids(), Some(vec![ids[0]]));
+        alone.ack().await.unwrap();
         assert_eq!(queue.depth().await.unwrap(), 3);
-        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
-        assert_eq!(queue.depth().await.unwrap(), 2);
+    }
+
+    /// A message of one id is the id alone (what every process wrote
+    /// before messages carried several); more go one per line, at most
+    /// `MESSAGE_TASKS`, and anything else is unreadable.
+    #[test]
+    fn bodies_name_their_tasks_one_per_line() {
+        let ids: Vec<TaskId> = (0..MESSAGE_TASKS + 1).map(|_| TaskId::new()).collect();
+        assert_eq!(encode(&ids[..1]), ids[0].to_string().into_bytes());
+        assert_eq!(decode(ids[0].to_string().as_bytes()), Some(vec![ids[0]]));
+        let full = &ids[..MESSAGE_TASKS];
+        assert_eq!(decode(&encode(full)), Some(full.to_vec()));
+        let two = format!("{}\n{}", ids[0], ids[1]);
+        assert_eq!(encode(&ids[..2]), two.as_bytes());
+        // Read leniently: surrounding blanks, a repeated id.
+        let loose = format!(" {}\r\n{}\n{}\n", ids[0], ids[1], ids[0]);
+        assert_eq!(decode(loose.as_bytes()), Some(ids[..2].to_vec()));
+        assert_eq!(decode(&encode(&ids)), None, "more than MESSAGE_TASKS");
+        for bad in [
+            &b""[..],
+            b"not a task id",
+            b"\xff\xfe",
+            format!("{}\n\n{}", ids[0], ids[1]).as_bytes(),
+            format!("{}\nnope", ids[0]).as_bytes(),
+            format!("{}\0", ids[0]).as_bytes(),
+        ] {
+            assert_eq!(decode(bad), None, "{bad:?}");
+        }
     }
 }

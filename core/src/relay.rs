@@ -150,7 +150,7 @@ async fn republish_lost(
     let measured_at = chrono::Utc::now();
     let depth = queue.depth().await?;
     let bound = LostBound {
-        depth,
+        depth: queue.tasks_in(depth),
         batch: BATCH as u64,
     };
     let ids = db

@@ -1,6 +1,7 @@
-//! Ferry's worker: consumes task ids from the queue, claims each task in the
-//! database, runs the handler its event type is routed to, records the
-//! outcome, and only then acknowledges the message.
+//! Ferry's worker: consumes task ids from the queue (a message names one
+//! or several tasks), claims each task in the database, runs the handler
+//! its event type is routed to, records the outcome, and only then, once
+//! every task the message names is recorded, acknowledges the message.
 //!
 //! - A claim is a compare-and-set (`pending`/`retrying` → `running`), so of
 //!   any number of workers and duplicate deliveries exactly one runs an
@@ -29,7 +30,7 @@ use ferry_core::task::{AttemptRef, AttemptWrite, AttemptWritten, Claimed, Outcom
 use ferry_core::{storable, Config, Db, TaskId, TaskStatus};
 use futures_util::FutureExt;
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -212,14 +213,25 @@ pub async fn run(
             };
             match delivery {
                 Some(Ok(delivery)) => {
-                    let worker = worker.clone();
-                    running.spawn(async move {
-                        // A slot is taken while a delivery is handled.
-                        let slot = Held::new(&worker.gauges.free_slots, -1.0);
-                        worker.handle(delivery).await;
-                        drop(slot);
-                        drop(permit);
-                    });
+                    // A slot for each task the message names, each handed
+                    // to the delivery's handling as soon as it is free, so
+                    // its first tasks run meanwhile; no other message is
+                    // taken before each has one.
+                    let ids = delivery.task_ids();
+                    let tasks = ids.as_ref().map_or(1, Vec::len);
+                    let (slots, taken) = mpsc::unbounded_channel();
+                    running.spawn(worker.clone().handle(delivery, ids, taken));
+                    let _ = slots.send(permit);
+                    for _ in 1..tasks {
+                        let permit = tokio::select! {
+                            biased;
+                            // The tasks left without a slot stay with the
+                            // message, which is given back.
+                            () = shutdown.cancelled() => break,
+                            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                        };
+                        let _ = slots.send(permit);
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer failed; reconnecting");
@@ -287,6 +299,20 @@ pub async fn run(
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// A slot of the worker's, held while one task is handled.
+type Slot = tokio::sync::OwnedSemaphorePermit;
+
+/// What a delivery is settled with once its tasks are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Settle {
+    /// Every task it names is recorded, or not this message's to run.
+    Ack,
+    /// A task it names was not claimed or its outcome not recorded: the
+    /// broker delivers the message again (its recorded tasks are then not
+    /// claimable, and acknowledged without running).
+    Requeue,
 }
 
 /// How the consumer loop's wait for a free slot ended.
@@ -360,24 +386,66 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 }
 
 impl Worker {
-    /// Settles one delivery: claim, run, record, then ack.
-    async fn handle(&self, delivery: Delivery) {
-        let Some(id) = delivery.task_id() else {
+    /// Settles one delivery, whose body named `ids`: runs each task (claim,
+    /// run, record) in a slot of its own as `slots` hands them over, then
+    /// acks the message, or requeues it if a task was not claimed or
+    /// recorded, or got no slot before shutdown.
+    async fn handle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        ids: Option<Vec<TaskId>>,
+        mut slots: mpsc::UnboundedReceiver<Slot>,
+    ) {
+        let Some(ids) = ids else {
+            let slot = (slots.recv().await, Held::new(&self.gauges.free_slots, -1.0));
             tracing::warn!(payload = %String::from_utf8_lossy(&delivery.payload), "unreadable message; dead-lettering it");
             self.gauges.unreadable.increment(1);
             settle(delivery.dead_letter().await);
+            drop(slot);
             return;
         };
+        let mut verdict = Settle::Ack;
+        if let [id] = ids[..] {
+            verdict = match slots.recv().await {
+                Some(slot) => Arc::clone(&self).run_in_slot(id, slot).await,
+                None => Settle::Requeue,
+            };
+        } else {
+            let mut tasks = JoinSet::new();
+            for id in ids {
+                let Some(slot) = slots.recv().await else {
+                    verdict = Settle::Requeue;
+                    break;
+                };
+                tasks.spawn(Arc::clone(&self).run_in_slot(id, slot));
+            }
+            while let Some(done) = tasks.join_next().await {
+                verdict = verdict.max(done.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "a task's processing ended abnormally");
+                    Settle::Requeue
+                }));
+            }
+        }
+        settle(match verdict {
+            Settle::Ack => delivery.ack().await,
+            Settle::Requeue => delivery.requeue().await,
+        });
+    }
+
+    /// [`Worker::handle_task`] of task `id`, in its span, holding `slot`.
+    async fn run_in_slot(self: Arc<Self>, id: TaskId, slot: Slot) -> Settle {
+        let free = Held::new(&self.gauges.free_slots, -1.0);
         // Every line about this task, here and in what it calls, carries
         // its id (and, once claimed, the attempt).
         let span = tracing::info_span!("task", task = %id, attempt = tracing::field::Empty);
-        self.handle_task(id, delivery, span.clone())
-            .instrument(span)
-            .await;
+        let verdict = self.handle_task(id, span.clone()).instrument(span).await;
+        drop((free, slot));
+        verdict
     }
 
-    /// [`Worker::handle`] of a delivery that names task `id`, in its span.
-    async fn handle_task(&self, id: TaskId, delivery: Delivery, span: tracing::Span) {
+    /// Claims, runs and records task `id`, in `span`; what its message is
+    /// owed.
+    async fn handle_task(&self, id: TaskId, span: tracing::Span) -> Settle {
         let claimed = self.claim(id).await;
         let claimed = match claimed {
             Ok(Some(claimed)) => claimed,
@@ -385,14 +453,12 @@ impl Worker {
                 // Running elsewhere, finished, cancelled or not yet due: the
                 // database, not this message, decides. Nothing runs.
                 tracing::debug!("not claimable; acknowledging the duplicate delivery");
-                settle(delivery.ack().await);
-                return;
+                return Settle::Ack;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim; returning the message");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                settle(delivery.requeue().await);
-                return;
+                return Settle::Requeue;
             }
         };
         span.record("attempt", claimed.attempt);
@@ -426,29 +492,24 @@ impl Worker {
             .expect("not poisoned")
             .remove(&id)
             .is_some();
-        match outcome {
-            Some(outcome) => {
-                if self.record(attempt, &outcome).await {
-                    if ours {
-                        let finish = Finish::of(&outcome);
-                        metrics.finished(finish).increment(1);
-                        if finish == Finish::Retrying {
-                            metrics.retries.increment(1);
-                        }
-                    }
-                    self.hints.send(id, Some(&event_type), outcome.status());
-                    settle(delivery.ack().await);
-                } else {
-                    // Never ack what was not recorded: the lease brings it back.
-                    metrics.finished(Finish::Lost).increment(1);
-                    settle(delivery.requeue().await);
-                }
-            }
-            None => {
-                metrics.finished(Finish::Lost).increment(1);
-                settle(delivery.ack().await)
+        let Some(outcome) = outcome else {
+            metrics.finished(Finish::Lost).increment(1);
+            return Settle::Ack;
+        };
+        if !self.record(attempt, &outcome).await {
+            // Never ack what was not recorded: the lease brings it back.
+            metrics.finished(Finish::Lost).increment(1);
+            return Settle::Requeue;
+        }
+        if ours {
+            let finish = Finish::of(&outcome);
+            metrics.finished(finish).increment(1);
+            if finish == Finish::Retrying {
+                metrics.retries.increment(1);
             }
         }
+        self.hints.send(id, Some(&event_type), outcome.status());
+        Settle::Ack
     }
 
     /// Claims task `id`. While the database cannot be reached, the claim is

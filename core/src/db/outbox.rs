@@ -25,8 +25,8 @@ use crate::task::{TaskId, TaskStatus};
 /// Tasks counted at most when the relay compares what the database
 /// believes the queue holds with the queue's depth: the count is an index
 /// range read, so it is bounded however long the backlog. The cost of the
-/// bound: lost messages are found once fewer than this many are ready in
-/// the queue (see [`LostBound`]).
+/// bound: lost messages are found once the ready messages name fewer than
+/// this many tasks (see [`LostBound`]).
 pub const LOST_COUNT_CAP: u64 = 10_000;
 
 /// The relay's rule for how many tasks whose message was confirmed may be
@@ -34,20 +34,27 @@ pub const LOST_COUNT_CAP: u64 = 10_000;
 /// merely long.
 ///
 /// Let M be the claimable tasks whose message the broker confirmed before
-/// the queue's ready depth D was measured (`enqueued_at` ≤ the time the
-/// depth was asked for; claimed tasks are not counted). Each of them has
-/// its message ready in the queue (counted in D), or held unacknowledged
-/// by a worker that has not claimed it yet (in its prefetch), or lost. D
-/// also counts messages whose task is not in M (duplicates, tasks
-/// cancelled or claimed since, tasks confirmed after the measure), which
-/// only lowers M − D. So at most M − D messages are missing, and a round
+/// the queue's ready depth was measured (`enqueued_at` ≤ the time the
+/// depth was asked for; claimed tasks are not counted), and D the most
+/// tasks the ready messages can name (`Queue::tasks_in`: a RabbitMQ
+/// message names up to `MESSAGE_TASKS`, so D is the depth times that).
+/// Each task of M has its message ready in the queue (counted in D), or
+/// held unacknowledged by a worker that has not claimed it yet (in its
+/// prefetch), or lost. D also counts tasks not in M (duplicates, tasks
+/// cancelled or claimed since, tasks confirmed after the measure, the
+/// room of messages that name fewer than the most), which only lowers
+/// M − D. So at most M − D tasks are missing, and a round
 /// republishes at most `min(M − D, batch)` tasks, of those whose message
 /// was confirmed more than `republish_after` ago and that are due, oldest
 /// `enqueued_at` first: a queue is first in, first out, so the ready
 /// messages belong to the most recently confirmed tasks, and the missing
 /// ones are among the oldest.
 ///
-/// A long queue with nothing lost has D ≥ M and republishes nothing. A
+/// A long queue with nothing lost has D ≥ M and republishes nothing; a
+/// queue that lost some messages and still holds others republishes the
+/// lost ones once what it holds names fewer than M (at the latest once it
+/// is empty), so a loss beside a queue of one-task messages costs time,
+/// never the task. A
 /// worker's prefetched messages are not in D: they are republished only
 /// once older than `republish_after` (bounded by the workers' prefetch,
 /// and a duplicate is harmless: the claim is a compare-and-set). M is
@@ -64,7 +71,7 @@ pub const LOST_COUNT_CAP: u64 = 10_000;
 /// ([`Db::claim_lost`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LostBound {
-    /// The queue's ready depth, D.
+    /// The most tasks the queue's ready messages name, D.
     pub depth: u64,
     /// Most tasks republished in one round.
     pub batch: u64,
