@@ -167,7 +167,9 @@ async fn run<P, F>(
         }
         // The publishes waiting behind it (the requests of one insert
         // batch are answered together) join it while the window has room
-        // for them at once: their tasks share its messages.
+        // for them at once: their tasks share its messages. The other
+        // requests of its batch, woken with it, run first and line up.
+        tokio::task::yield_now().await;
         while let Ok(job) = line.try_recv() {
             let Job::Publish {
                 ids: more,
