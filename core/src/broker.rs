@@ -168,26 +168,28 @@ impl Queue {
         Self::amqp_typed(url, name, QueueType::Classic, 1)
     }
 
-    /// The RabbitMQ queue a configuration names, of its `queue_type`.
+    /// The RabbitMQ queue a configuration names, of its `queue_type`,
+    /// its messages naming up to `message_tasks` tasks.
     pub fn from_config(config: &crate::Config) -> Self {
-        Self::amqp_typed(
+        Self::Amqp(Arc::new(AmqpQueue::new(
             &config.broker_url,
             &config.queue,
             config.queue_type,
             config.delivery_limit,
-        )
+            config.message_tasks,
+        )))
     }
 
     /// A RabbitMQ queue of `queue_type`; `delivery_limit` is used by quorum
     /// queues only. Nothing connects until first use.
     pub fn amqp_typed(url: &str, name: &str, queue_type: QueueType, delivery_limit: u32) -> Self {
-        Self::Amqp(Arc::new(AmqpQueue {
-            url: url.into(),
-            name: name.into(),
+        Self::Amqp(Arc::new(AmqpQueue::new(
+            url,
+            name,
             queue_type,
             delivery_limit,
-            publisher: Mutex::new(None),
-        }))
+            MESSAGE_TASKS,
+        )))
     }
 
     /// Declares the queue now (RabbitMQ only). A process calls it at start,
@@ -271,7 +273,8 @@ impl Queue {
     /// The most tasks `depth` ready messages of this queue can name: the
     /// relay's bound on what the queue holds. The in-process queue counts
     /// tasks, so its depth is exact; a RabbitMQ message names up to
-    /// [`MESSAGE_TASKS`].
+    /// [`MESSAGE_TASKS`], whatever this process's `message_tasks` (other
+    /// processes may publish fuller messages).
     pub fn tasks_in(&self, depth: u64) -> u64 {
         match self {
             Self::Amqp(_) => depth.saturating_mul(MESSAGE_TASKS as u64),
@@ -295,10 +298,29 @@ pub struct AmqpQueue {
     pub(crate) name: String,
     queue_type: QueueType,
     delivery_limit: u32,
+    /// Tasks one message names, at most (`message_tasks`).
+    message_tasks: usize,
     publisher: Mutex<Option<(Connection, Channel)>>,
 }
 
 impl AmqpQueue {
+    fn new(
+        url: &str,
+        name: &str,
+        queue_type: QueueType,
+        delivery_limit: u32,
+        message_tasks: usize,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            name: name.into(),
+            queue_type,
+            delivery_limit,
+            message_tasks: message_tasks.clamp(1, MESSAGE_TASKS),
+            publisher: Mutex::new(None),
+        }
+    }
+
     /// The dead-letter queue's name: where unreadable messages go.
     pub fn dead_letter_name(name: &str) -> String {
         format!("{name}.dead")
@@ -471,8 +493,8 @@ impl AmqpQueue {
     }
 
     async fn publish_on(&self, channel: &Channel, ids: &[TaskId]) -> Result<(), BrokerError> {
-        let mut confirms = Vec::with_capacity(ids.len().div_ceil(MESSAGE_TASKS));
-        for ids in ids.chunks(MESSAGE_TASKS) {
+        let mut confirms = Vec::with_capacity(ids.len().div_ceil(self.message_tasks));
+        for ids in ids.chunks(self.message_tasks) {
             let body = encode(ids);
             // The first task's id names the message.
             let properties = BasicProperties::default()

@@ -133,6 +133,9 @@ pub struct Config {
     /// Tasks one api has published and not yet had confirmed, at most;
     /// those stored past it wait in line (see `api/src/publisher.rs`).
     pub publish_window: usize,
+    /// Tasks one message names, at most, when tasks are published
+    /// together (1 to `broker::MESSAGE_TASKS`; see `broker::encode`).
+    pub message_tasks: usize,
     /// Client connections one api holds open at once; past it new ones
     /// wait in the kernel's accept queue until one closes.
     pub max_connections: usize,
@@ -180,6 +183,7 @@ impl Default for Config {
             receive_limit: DEFAULT_RECEIVE_LIMIT,
             receive_latency_target: DEFAULT_RECEIVE_LATENCY_TARGET,
             publish_window: DEFAULT_PUBLISH_WINDOW,
+            message_tasks: crate::broker::MESSAGE_TASKS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             lease: Duration::from_secs(30),
             relay_interval: Duration::from_secs(2),
@@ -239,6 +243,8 @@ pub(crate) struct Layer {
     pub(crate) receive_latency_target: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) publish_window: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) message_tasks: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_connections: Option<usize>,
     #[serde(
@@ -333,6 +339,9 @@ impl Layer {
             publish_window: var("FERRY_PUBLISH_WINDOW")
                 .map(|v| parse("FERRY_PUBLISH_WINDOW", &v))
                 .transpose()?,
+            message_tasks: var("FERRY_MESSAGE_TASKS")
+                .map(|v| parse("FERRY_MESSAGE_TASKS", &v))
+                .transpose()?,
             max_connections: var("FERRY_MAX_CONNECTIONS")
                 .map(|v| parse("FERRY_MAX_CONNECTIONS", &v))
                 .transpose()?,
@@ -376,6 +385,7 @@ impl Layer {
             receive_limit,
             receive_latency_target,
             publish_window,
+            message_tasks,
             max_connections,
             lease,
             relay_interval,
@@ -593,6 +603,12 @@ impl Config {
                 format!("must be between 1 and {MAX_PUBLISH_WINDOW}"),
             ));
         }
+        if self.message_tasks == 0 || self.message_tasks > crate::broker::MESSAGE_TASKS {
+            return Err(ConfigError::new(
+                "message_tasks",
+                format!("must be between 1 and {}", crate::broker::MESSAGE_TASKS),
+            ));
+        }
         if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
             return Err(ConfigError::new(
                 "max_connections",
@@ -645,6 +661,7 @@ impl Config {
             receive_limit: self.receive_limit as u64,
             receive_latency_target: duration(self.receive_latency_target),
             publish_window: self.publish_window as u64,
+            message_tasks: self.message_tasks as u64,
             max_connections: self.max_connections as u64,
             lease: duration(self.lease),
             relay_interval: duration(self.relay_interval),
@@ -711,6 +728,7 @@ struct Effective<'a> {
     receive_limit: u64,
     receive_latency_target: String,
     publish_window: u64,
+    message_tasks: u64,
     max_connections: u64,
     lease: String,
     relay_interval: String,
@@ -988,6 +1006,8 @@ mod tests {
             ("max_connections = 0", "max_connections"),
             ("publish_window = 0", "publish_window"),
             ("publish_window = 2000000", "publish_window"),
+            ("message_tasks = 0", "message_tasks"),
+            ("message_tasks = 17", "message_tasks"),
             ("concurrency = 70000", "concurrency"),
             ("exec_concurrency = 0", "exec_concurrency"),
             ("exec_concurrency = 70000", "exec_concurrency"),

@@ -104,4 +104,18 @@ async fn tasks_published_together_share_messages() {
     assert_eq!(again.task_ids(), Some(ids[..MESSAGE_TASKS].to_vec()));
     again.ack().await.unwrap();
     assert_eq!(queue.depth().await.unwrap(), 0);
+
+    // With `message_tasks = 1`, one task to a message.
+    let single = format!("ferry-test-single-{}", TaskId::new());
+    let _cleanup_single = Cleanup(single.clone());
+    let config = ferry_core::Config {
+        broker_url: broker_url(),
+        queue: single,
+        message_tasks: 1,
+        ..ferry_core::Config::default()
+    };
+    let queue = Queue::from_config(&config);
+    ferry_core::runtime::declare_queue(&queue).await.unwrap();
+    queue.publish(&ids[..3]).await.unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 3, "a message each");
 }
