@@ -261,6 +261,16 @@ async fn metrics_move(layout: Layout) {
     }
     let confirms = api_now.value("ferry_confirms_recorded_total", &[]);
     assert_eq!(confirms, expected, "{}", api_now.text);
+    // Those tasks went in confirmed messages, each naming one or more
+    // (the relay's retries may add some); none in standalone.
+    let messages = api_now.value("ferry_messages_published_total", &[]);
+    let named = api_now.value("ferry_message_tasks_published_total", &[]);
+    assert!(named >= expected, "{}", api_now.text);
+    assert!(
+        (expected.min(1.0)..=named).contains(&messages),
+        "{messages} messages for {named} tasks:\n{}",
+        api_now.text
+    );
     // Three requests and the confirms, each in some insert batch; the
     // confirms are held a moment, so those of several publishes may share
     // one write.

@@ -1064,6 +1064,9 @@ struct SubmitInside {
     batch_s: f64,
     batches: f64,
     batched: f64,
+    /// Messages the api published, and the tasks they named.
+    messages: f64,
+    message_tasks: f64,
 }
 
 impl SubmitInside {
@@ -1083,6 +1086,18 @@ impl SubmitInside {
                 })
                 .sum()
         };
+        // The value of `name`, a sample with no labels.
+        let plain = |name: &str| -> f64 {
+            text.lines()
+                .filter_map(|line| {
+                    line.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .sum()
+        };
         let receive = "route=\"/receive\"";
         let insert = "batcher=\"insert\"";
         Some(Self {
@@ -1091,6 +1106,8 @@ impl SubmitInside {
             batch_s: sum("ferry_batch_duration_seconds_sum", insert),
             batches: sum("ferry_batch_duration_seconds_count", insert),
             batched: sum("ferry_batch_size_sum", insert),
+            messages: plain("ferry_messages_published_total"),
+            message_tasks: plain("ferry_message_tasks_published_total"),
         })
     }
 
@@ -1103,7 +1120,19 @@ impl SubmitInside {
             "insert_batches": batches,
             "insert_batch_mean_ms": 1e3 * (self.batch_s - before.batch_s) / batches,
             "writes_per_insert_batch": (self.batched - before.batched) / batches,
+            "tasks_per_message": self.tasks_per_message(before),
         })
+    }
+
+    /// Tasks per message the api published between `before` and this
+    /// reading (`null` when it published none: standalone).
+    fn tasks_per_message(&self, before: &Self) -> Value {
+        let messages = self.messages - before.messages;
+        if messages > 0.0 {
+            json!((self.message_tasks - before.message_tasks) / messages)
+        } else {
+            Value::Null
+        }
     }
 }
 
@@ -1118,7 +1147,12 @@ async fn run_backend(args: &Args, backend: &str, bin_dir: &Path) -> anyhow::Resu
     let idle = d.meter.idle(Duration::from_secs(2)).await;
     eprintln!("[{backend}] burst of {tasks} tasks");
     let before = d.meter.start().await;
-    let (burst, ids) = burst(&d.base, &db, &client, tasks, args.concurrency).await?;
+    let inside_before = SubmitInside::read(&client, &d.base).await;
+    let (mut burst, ids) = burst(&d.base, &db, &client, tasks, args.concurrency).await?;
+    if let (Some(after), Some(before)) = (SubmitInside::read(&client, &d.base).await, inside_before)
+    {
+        burst["tasks_per_message"] = after.tasks_per_message(&before);
+    }
     let mut burst_cost = d.meter.finish(before, tasks, true).await;
     let alone_seconds = if args.quick { 1.0 } else { 3.0 };
     let burst_rate = burst["end_to_end_per_s"].as_f64().unwrap_or(0.0);
@@ -1400,11 +1434,12 @@ fn print_table(results: &Value) {
             }
         );
         println!(
-            "end to end      {:>8} tasks/s ({} tasks)   = {:.1}% of the broker's pipelined ceiling",
+            "end to end      {:>8} tasks/s ({} tasks)   = {:.1}% of the broker's pipelined ceiling; {} tasks per message",
             fmt(&burst["end_to_end_per_s"]),
             burst["tasks"],
             100.0 * burst["end_to_end_per_s"].as_f64().unwrap_or(0.0)
-                / ceiling["pipelined_per_s"].as_f64().unwrap_or(f64::NAN)
+                / ceiling["pipelined_per_s"].as_f64().unwrap_or(f64::NAN),
+            fmt(&burst["tasks_per_message"]),
         );
         println!(
             "status reads    {:>8} req/s   p50 {} ms  p99 {} ms",
@@ -1438,11 +1473,12 @@ fn print_table(results: &Value) {
             let inside = &o["inside_the_api"];
             if inside.is_object() {
                 println!(
-                    "  inside the api: /receive mean {} ms; {} insert batches, mean {} ms, {} writes each",
+                    "  inside the api: /receive mean {} ms; {} insert batches, mean {} ms, {} writes each; {} tasks per message",
                     fmt(&inside["receive_mean_ms"]),
                     fmt(&inside["insert_batches"]),
                     fmt(&inside["insert_batch_mean_ms"]),
                     fmt(&inside["writes_per_insert_batch"]),
+                    fmt(&inside["tasks_per_message"]),
                 );
             }
             println!(

@@ -515,12 +515,15 @@ impl AmqpQueue {
                 .await?;
             confirms.push((ids[0], confirm));
         }
+        let messages = confirms.len() as u64;
         for (id, confirm) in confirms {
             let confirmation = confirm.await?;
             if !confirmation.is_ack() || confirmation.take_message().is_some() {
                 return Err(BrokerError::Refused(id));
             }
         }
+        metrics::counter!(crate::metrics::MESSAGES_PUBLISHED).increment(messages);
+        metrics::counter!(crate::metrics::MESSAGE_TASKS_PUBLISHED).increment(ids.len() as u64);
         Ok(())
     }
 

@@ -44,6 +44,12 @@ pub const WORKER_FREE_SLOTS: &str = "ferry_worker_free_slots";
 /// Counter: tasks the relay published (unconfirmed publishes taken over,
 /// delayed tasks and retries once due).
 pub const RELAY_PUBLISHED: &str = "ferry_relay_published_total";
+/// Counter: messages this process published and the broker confirmed
+/// (the api's publishes and its relay's; each names up to
+/// `message_tasks` tasks).
+pub const MESSAGES_PUBLISHED: &str = "ferry_messages_published_total";
+/// Counter: tasks named by the messages of [`MESSAGES_PUBLISHED`].
+pub const MESSAGE_TASKS_PUBLISHED: &str = "ferry_message_tasks_published_total";
 /// Counter: tasks an api published right after storing them whose broker
 /// confirm it recorded.
 pub const CONFIRMS_RECORDED: &str = "ferry_confirms_recorded_total";
@@ -191,6 +197,14 @@ fn describe() {
     describe_counter!(
         RELAY_PUBLISHED,
         "Tasks the relay published: unconfirmed publishes, delayed tasks and retries once due."
+    );
+    describe_counter!(
+        MESSAGES_PUBLISHED,
+        "Messages this process published and the broker confirmed (each names up to message_tasks tasks)."
+    );
+    describe_counter!(
+        MESSAGE_TASKS_PUBLISHED,
+        "Tasks named by the messages this process published and the broker confirmed."
     );
     describe_counter!(
         CONFIRMS_RECORDED,
