@@ -255,7 +255,8 @@ impl Queue {
         })
     }
 
-    /// Publishes the tasks, [`MESSAGE_TASKS`] to a message, and returns
+    /// Publishes the tasks, up to `message_tasks` to a message (the
+    /// in-process queue: [`MESSAGE_TASKS`]), and returns
     /// once the broker has confirmed every message (persisted, for
     /// RabbitMQ). Confirms are awaited together, not one publish at a time.
     pub async fn publish(&self, ids: &[TaskId]) -> Result<(), BrokerError> {
