@@ -9,9 +9,8 @@
 use std::time::{Duration, Instant};
 
 use ferry_testkit::{Deployment, Layout, Stack};
-use lapin::options::{QueueDeclareOptions, QueuePurgeOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::options::QueuePurgeOptions;
+use lapin::Channel;
 use serde_json::json;
 
 const DONE: Duration = Duration::from_secs(90);
@@ -20,33 +19,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// What the tests set `republish_after` to.
 const REPUBLISH_AFTER: &str = "1s";
 
-/// A connection of the test's own to the deployment's broker.
-async fn channel(d: &Deployment) -> (Connection, Channel) {
-    let connection = Connection::connect(&d.broker_url, ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let channel = connection.create_channel().await.expect("a channel");
-    (connection, channel)
-}
-
-/// Messages ready in the deployment's task queue (a passive declare).
-async fn depth(channel: &Channel, d: &Deployment) -> u32 {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(d.queue.as_str().into(), passive, FieldTable::default())
-        .await
-        .expect("the task queue exists")
-        .message_count()
-}
-
 /// Waits until the queue holds `n` ready messages.
 async fn wait_depth(channel: &Channel, d: &Deployment, n: u32) {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let now = depth(channel, d).await;
+        let now = d.ready_messages(channel).await;
         if now == n {
             return;
         }
@@ -113,7 +90,7 @@ async fn a_purged_queue_loses_no_task(layout: Layout) {
         return;
     };
     let d = &stack.deployment;
-    let (connection, channel) = channel(d).await;
+    let (connection, channel) = d.broker_channel().await;
     let ids = submit(&stack, "purged", 40).await;
     wait_all_confirmed(d, ids.len()).await;
     wait_depth(&channel, d, 40).await;
@@ -159,7 +136,7 @@ async fn a_long_queue_gets_back_what_it_lost_and_no_more(layout: Layout) {
         return;
     };
     let d = &stack.deployment;
-    let (connection, channel) = channel(d).await;
+    let (connection, channel) = d.broker_channel().await;
     let mut ids = submit(&stack, "lost", 30).await;
     wait_all_confirmed(d, 30).await;
     wait_depth(&channel, d, 30).await;
@@ -174,7 +151,7 @@ async fn a_long_queue_gets_back_what_it_lost_and_no_more(layout: Layout) {
     // now: the queue is watched for four more seconds, twenty relay rounds.
     let watch_until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < watch_until {
-        let now = depth(&channel, d).await;
+        let now = d.ready_messages(&channel).await;
         assert_eq!(
             now, 20,
             "the relay flooded a queue that may hold every task"

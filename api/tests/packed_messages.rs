@@ -8,27 +8,11 @@
 use std::time::{Duration, Instant};
 
 use ferry_testkit::{Layout, Stack};
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::{BasicProperties, Channel};
 use serde_json::json;
 
 const DONE: Duration = Duration::from_secs(90);
-
-/// Messages ready in the task queue `queue` (a passive declare).
-async fn depth(channel: &Channel, queue: &str) -> u32 {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-        .expect("the task queue exists")
-        .message_count()
-}
 
 /// Publishes `body` on `queue`, persistent, and waits for the confirm.
 async fn publish(channel: &Channel, queue: &str, body: &str) {
@@ -54,10 +38,7 @@ async fn a_message_of_several_tasks_runs_each_once(layout: Layout) {
         return;
     };
     let d = &stack.deployment;
-    let connection = Connection::connect(&d.broker_url, ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let channel = connection.create_channel().await.expect("a channel");
+    let (connection, channel) = d.broker_channel().await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -71,7 +52,7 @@ async fn a_message_of_several_tasks_runs_each_once(layout: Layout) {
         ids.push(id);
     }
     let deadline = Instant::now() + DONE;
-    while depth(&channel, &d.queue).await < 7 {
+    while d.ready_messages(&channel).await < 7 {
         assert!(
             Instant::now() < deadline,
             "the api's messages never arrived"
@@ -107,7 +88,7 @@ async fn a_message_of_several_tasks_runs_each_once(layout: Layout) {
     let watch_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < watch_until {
         assert_eq!(
-            depth(&channel, &d.queue).await,
+            d.ready_messages(&channel).await,
             0,
             "a message was not acked"
         );

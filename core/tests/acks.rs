@@ -19,15 +19,28 @@ impl Drop for Cleanup {
     }
 }
 
+/// A classic queue of the test's own, named `prefix-<id>` and declared,
+/// its messages naming up to `message_tasks` tasks; deleted when the
+/// guard drops.
+async fn own_queue(prefix: &str, message_tasks: usize) -> (Queue, Cleanup) {
+    let config = ferry_core::Config {
+        broker_url: broker_url(),
+        queue: format!("{prefix}-{}", TaskId::new()),
+        message_tasks,
+        ..ferry_core::Config::default()
+    };
+    let cleanup = Cleanup(config.queue.clone());
+    let queue = Queue::from_config(&config);
+    ferry_core::runtime::declare_queue(&queue).await.unwrap();
+    (queue, cleanup)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_in_runs_never_settle_a_delivery_held_or_requeued() {
     if !require_named("rabbitmq") {
         return;
     }
-    let name = format!("ferry-test-acks-{}", TaskId::new());
-    let _cleanup = Cleanup(name.clone());
-    let queue = Queue::amqp(&broker_url(), &name);
-    ferry_core::runtime::declare_queue(&queue).await.unwrap();
+    let (queue, _cleanup) = own_queue("ferry-test-acks", MESSAGE_TASKS).await;
     let ids: Vec<TaskId> = (0..8).map(|_| TaskId::new()).collect();
     // A message each.
     for id in &ids {
@@ -84,10 +97,7 @@ async fn tasks_published_together_share_messages() {
     if !require_named("rabbitmq") {
         return;
     }
-    let name = format!("ferry-test-packed-{}", TaskId::new());
-    let _cleanup = Cleanup(name.clone());
-    let queue = Queue::amqp(&broker_url(), &name);
-    ferry_core::runtime::declare_queue(&queue).await.unwrap();
+    let (queue, _cleanup) = own_queue("ferry-test-packed", MESSAGE_TASKS).await;
     let ids: Vec<TaskId> = (0..MESSAGE_TASKS + 4).map(|_| TaskId::new()).collect();
     queue.publish(&ids).await.unwrap();
     assert_eq!(queue.depth().await.unwrap(), 2, "two messages");
@@ -106,16 +116,7 @@ async fn tasks_published_together_share_messages() {
     assert_eq!(queue.depth().await.unwrap(), 0);
 
     // With `message_tasks = 1`, one task to a message.
-    let single = format!("ferry-test-single-{}", TaskId::new());
-    let _cleanup_single = Cleanup(single.clone());
-    let config = ferry_core::Config {
-        broker_url: broker_url(),
-        queue: single,
-        message_tasks: 1,
-        ..ferry_core::Config::default()
-    };
-    let queue = Queue::from_config(&config);
-    ferry_core::runtime::declare_queue(&queue).await.unwrap();
+    let (queue, _cleanup_single) = own_queue("ferry-test-single", 1).await;
     queue.publish(&ids[..3]).await.unwrap();
     assert_eq!(queue.depth().await.unwrap(), 3, "a message each");
 }

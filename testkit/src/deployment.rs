@@ -231,6 +231,35 @@ impl Deployment {
         format!("{}.dead", self.queue)
     }
 
+    /// A connection of the test's own to the deployment's broker, and a
+    /// channel on it.
+    pub async fn broker_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let props = lapin::ConnectionProperties::default();
+        let connection = lapin::Connection::connect(&self.broker_url, props)
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("a channel");
+        (connection, channel)
+    }
+
+    /// Messages ready in [`Deployment::queue`] (a passive declare on
+    /// `channel`).
+    pub async fn ready_messages(&self, channel: &lapin::Channel) -> u32 {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..lapin::options::QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("the task queue exists")
+            .message_count()
+    }
+
     /// Starts `binary` with the deployment's config and environment, then
     /// `more_env`; its log is `<name>.log` in the deployment's directory.
     pub fn spawn(
