@@ -351,19 +351,21 @@ impl Db {
             }
         }
         let (claimed, recorded) = with_conn!(self, |conn, s| {
-            match (claims.is_empty(), outcomes.is_empty()) {
-                (false, false) => conn.transaction::<_, DbError, _>(|conn| {
-                    let rows = claim_rows!(conn, s, &claims, worker, lease_until, now)?;
-                    let recorded = finish_rows!(conn, s, &outcomes, now)?;
-                    Ok((rows, recorded))
-                }),
-                (false, true) => Ok((
-                    claim_rows!(conn, s, &claims, worker, lease_until, now)?,
-                    Vec::new(),
-                )),
-                (true, false) => Ok((Vec::new(), finish_rows!(conn, s, &outcomes, now)?)),
-                (true, true) => Ok((Vec::new(), Vec::new())),
-            }
+            super::pool::in_turn(conn, |conn| {
+                match (claims.is_empty(), outcomes.is_empty()) {
+                    (false, false) => conn.transaction::<_, DbError, _>(|conn| {
+                        let rows = claim_rows!(conn, s, &claims, worker, lease_until, now)?;
+                        let recorded = finish_rows!(conn, s, &outcomes, now)?;
+                        Ok((rows, recorded))
+                    }),
+                    (false, true) => Ok((
+                        claim_rows!(conn, s, &claims, worker, lease_until, now)?,
+                        Vec::new(),
+                    )),
+                    (true, false) => Ok((Vec::new(), finish_rows!(conn, s, &outcomes, now)?)),
+                    (true, true) => Ok((Vec::new(), Vec::new())),
+                }
+            })
         })?;
         let mut claimed = claims_in_order(&claims, claimed).into_iter();
         let mut recorded = recorded.into_iter();

@@ -18,6 +18,12 @@
 //! `sqlite3_auto_extension`, which SQLite calls for each connection opened
 //! in the process, before any statement of it runs. `PRAGMA busy_timeout`
 //! must not be set afterwards: it would put SQLite's handler back.
+//!
+//! Ferry's own write transactions wait for their turn before they begin
+//! (`writer.rs`), in the kernel rather than by polling, so SQLite's lock is
+//! free when they reach it; this handler is left with the waits of what
+//! takes no turn: checkpoints, the statements that take none, other
+//! programs writing the file.
 
 // The two calls into SQLite's C API below.
 #![allow(unsafe_code)]

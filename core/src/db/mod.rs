@@ -96,6 +96,7 @@ mod plans;
 mod stamp;
 mod status;
 mod submit;
+mod writer;
 
 pub use control::{CancelAnswer, Lease, RetryAnswer};
 pub use error::{DbError, DbResult};
@@ -220,7 +221,7 @@ impl Db {
             busy::install();
             let pool = builder(pool_size)
                 .connection_customizer(Box::new(SqlitePragmas))
-                .build(pool::Manager::new(path))
+                .build(pool::Manager::sqlite(path))
                 .map_err(|e| DbError::Unavailable(format!("{path}: {e}")))?;
             let checkpointer = checkpoint::spawn(path)?;
             Ok(Self {

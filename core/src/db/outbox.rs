@@ -123,7 +123,9 @@ impl Db {
     /// publish lock runs out, a harmless duplicate.
     pub fn mark_enqueued(&self, ids: &[TaskId]) -> DbResult<usize> {
         let now = Utc::now();
-        with_conn!(self, |conn, s| Ok(conn.mark_enqueued(ids, now)?))
+        with_conn!(self, |conn, s| Ok(super::pool::in_turn(conn, |conn| {
+            conn.mark_enqueued(ids, now)
+        })?))
     }
 
     /// Forgets every publish of unfinished tasks: for a queue that did not

@@ -12,12 +12,17 @@
 //! diesel reports every failure on PostgreSQL; on SQLite, a read that fails
 //! after its statement was prepared is reported as a success, which there
 //! costs nothing: SQLite has no server to lose.
+//!
+//! The same hook follows each SQLite connection's outermost transaction
+//! to take and give back the writers' turn (`writer.rs`).
 
 use std::time::{Duration, Instant};
 
 use diesel::connection::{get_default_instrumentation, Instrumentation, InstrumentationEvent};
 use diesel::r2d2::{ConnectionManager, ManageConnection, R2D2Connection};
 use diesel::result::{DatabaseErrorKind, Error};
+
+use super::writer::Turns;
 
 /// How recently a connection must have succeeded to skip the checkout ping.
 pub const FRESH: Duration = Duration::from_secs(1);
@@ -27,6 +32,8 @@ pub(super) struct Manager<T: 'static> {
     inner: ConnectionManager<T>,
     /// Run on each new connection before it is pooled.
     setup: Option<&'static str>,
+    /// SQLite: the database's path, whose writers take turns (`writer.rs`).
+    sqlite_path: Option<String>,
 }
 
 impl<T> std::fmt::Debug for Manager<T> {
@@ -34,23 +41,28 @@ impl<T> std::fmt::Debug for Manager<T> {
         f.debug_struct("Manager")
             .field("inner", &self.inner)
             .field("setup", &self.setup)
+            .field("sqlite_path", &self.sqlite_path)
             .finish()
     }
 }
 
 impl<T: R2D2Connection + Send + 'static> Manager<T> {
-    pub(super) fn new(url: &str) -> Self {
+    /// A manager of connections to the SQLite database at `path`, whose
+    /// transactions take turns (`writer.rs`).
+    pub(super) fn sqlite(path: &str) -> Self {
         Self {
-            inner: ConnectionManager::new(url),
+            inner: ConnectionManager::new(path),
             setup: None,
+            sqlite_path: Some(path.to_string()),
         }
     }
 
     /// A manager that runs `setup` on each connection it opens.
     pub(super) fn with_setup(url: &str, setup: Option<&'static str>) -> Self {
         Self {
+            inner: ConnectionManager::new(url),
             setup,
-            ..Self::new(url)
+            sqlite_path: None,
         }
     }
 }
@@ -76,6 +88,9 @@ impl<T: R2D2Connection + Send + 'static> ManageConnection for Manager<T> {
             // Just established: it works.
             last_ok: Some(Instant::now()),
             lost: false,
+            turns: self.sqlite_path.as_deref().and_then(Turns::open),
+            transaction_turn: false,
+            turn_ends: TurnEnds::No,
         });
         Ok(conn)
     }
@@ -93,7 +108,8 @@ impl<T: R2D2Connection + Send + 'static> ManageConnection for Manager<T> {
     }
 }
 
-/// One connection's record of its last query; passes every event on to
+/// One connection's record of its last query, and on SQLite the writers'
+/// turn its transactions take (`writer.rs`); passes every event on to
 /// the default hook.
 pub(super) struct Health {
     inner: Option<Box<dyn Instrumentation>>,
@@ -102,6 +118,39 @@ pub(super) struct Health {
     last_ok: Option<Instant>,
     /// The server is gone: the connection must not be reused.
     lost: bool,
+    /// SQLite: the writers' turns this connection's transactions take.
+    turns: Option<Turns>,
+    /// The outermost transaction took the turn this connection holds.
+    transaction_turn: bool,
+    /// When the turn held goes back.
+    turn_ends: TurnEnds,
+}
+
+/// Runs `f` on `conn` holding its database's writers' turn (SQLite: see
+/// `writer.rs`; elsewhere it just runs `f`), for writes that are not all
+/// in one transaction (a statement alone is a transaction of its own,
+/// which diesel does not announce).
+pub(super) fn in_turn<T: R2D2Connection, R>(conn: &mut T, f: impl FnOnce(&mut T) -> R) -> R {
+    let took = health(conn)
+        .and_then(|h| h.turns.as_mut())
+        .is_some_and(Turns::take);
+    let result = f(conn);
+    if took {
+        if let Some(turns) = health(conn).and_then(|h| h.turns.as_mut()) {
+            turns.give_back();
+        }
+    }
+    result
+}
+
+/// When a connection gives its writer's turn back: after the statement
+/// that ends the outermost transaction (diesel announces `COMMIT` and
+/// `ROLLBACK` before it sends them), or after a `BEGIN` that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TurnEnds {
+    No,
+    AfterNextQuery,
+    IfNextQueryFails,
 }
 
 impl Health {
@@ -122,6 +171,44 @@ fn is_lost(e: &Error) -> bool {
     }
 }
 
+impl Health {
+    /// Follows the outermost transaction, taking the writer's turn as it
+    /// begins and giving it back once it has ended.
+    fn follow_turn(&mut self, event: &InstrumentationEvent<'_>) {
+        let Some(turns) = &mut self.turns else {
+            return;
+        };
+        match event {
+            InstrumentationEvent::BeginTransaction { depth, .. } if depth.get() == 1 => {
+                self.transaction_turn = turns.take();
+                if self.transaction_turn {
+                    self.turn_ends = TurnEnds::IfNextQueryFails;
+                }
+            }
+            InstrumentationEvent::CommitTransaction { depth, .. }
+            | InstrumentationEvent::RollbackTransaction { depth, .. }
+                if depth.get() == 1 && self.transaction_turn =>
+            {
+                self.transaction_turn = false;
+                self.turn_ends = TurnEnds::AfterNextQuery;
+            }
+            InstrumentationEvent::FinishQuery { error, .. } => {
+                let ends = match self.turn_ends {
+                    TurnEnds::No => false,
+                    TurnEnds::AfterNextQuery => true,
+                    TurnEnds::IfNextQueryFails => error.is_some(),
+                };
+                self.turn_ends = TurnEnds::No;
+                if ends {
+                    self.transaction_turn = false;
+                    turns.give_back();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Instrumentation for Health {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         if let InstrumentationEvent::FinishQuery { error, .. } = &event {
@@ -133,6 +220,7 @@ impl Instrumentation for Health {
                 }
             }
         }
+        self.follow_turn(&event);
         if let Some(inner) = &mut self.inner {
             inner.on_connection_event(event);
         }

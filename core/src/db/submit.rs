@@ -180,7 +180,7 @@ impl Db {
                 Ok(stored)
             });
             if lone {
-                store(conn)
+                super::pool::in_turn(conn, store)
             } else {
                 conn.transaction(store)
             }
