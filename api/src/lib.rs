@@ -95,28 +95,34 @@ impl AppState {
         let write_db = db.clone();
         let local = queue.is_local();
         let confirms = ::metrics::counter!(ferry_core::metrics::CONFIRMS_RECORDED);
-        let writes = Batcher::spawn("insert", INSERT_BATCH, move |writes: Vec<SubmitWrite>| {
-            let publish = if local {
-                Publish::Enqueued
-            } else {
-                Publish::LockedUntil(Utc::now() + PUBLISH_LOCK)
-            };
-            let written = DbError::isolate("insert", &writes, |writes| {
-                write_db.write_submits(writes, publish)
-            });
-            for (write, written) in writes.iter().zip(&written) {
-                let SubmitWrite::Confirmed(ids) = write else {
-                    continue;
+        let gate_db = db.clone();
+        let writes = Batcher::spawn_gated(
+            "insert",
+            INSERT_BATCH,
+            move || gate_db.writer_turn(),
+            move |writes: Vec<SubmitWrite>| {
+                let publish = if local {
+                    Publish::Enqueued
+                } else {
+                    Publish::LockedUntil(Utc::now() + PUBLISH_LOCK)
                 };
-                match written {
-                    Ok(_) => confirms.increment(ids.len() as u64),
-                    // The relay will publish again; the claim's
-                    // compare-and-set makes the duplicate message harmless.
-                    Err(e) => tracing::warn!(error = %e, "published, but could not record it"),
+                let written = DbError::isolate("insert", &writes, |writes| {
+                    write_db.write_submits(writes, publish)
+                });
+                for (write, written) in writes.iter().zip(&written) {
+                    let SubmitWrite::Confirmed(ids) = write else {
+                        continue;
+                    };
+                    match written {
+                        Ok(_) => confirms.increment(ids.len() as u64),
+                        // The relay will publish again; the claim's
+                        // compare-and-set makes the duplicate message harmless.
+                        Err(e) => tracing::warn!(error = %e, "published, but could not record it"),
+                    }
                 }
-            }
-            written
-        });
+                written
+            },
+        );
         let confirms = HeldConfirms::spawn(writes.clone());
         let admission = Admission::new(config.receive_limit, config.receive_latency_target);
         let publisher = {

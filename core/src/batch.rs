@@ -41,6 +41,19 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     where
         F: Fn(Vec<Req>) -> Vec<Resp> + Send + 'static,
     {
+        Self::spawn_gated(name, max, || (), run)
+    }
+
+    /// [`Batcher::spawn`], calling `gate` once a batch's first request is
+    /// in and before gathering the rest; what it returns is held until the
+    /// batch has run. The api's inserts and a worker's attempts wait there
+    /// for SQLite's writers' turn ([`crate::db::Db::writer_turn`]), so
+    /// that what arrives meanwhile joins the batch.
+    pub fn spawn_gated<F, G, T>(name: &'static str, max: usize, gate: G, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Vec<Resp> + Send + 'static,
+        G: Fn() -> T + Send + 'static,
+    {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job<Req, Resp>>();
         let (sizes, durations) = crate::metrics::batch_histograms(name);
         let runtime = tokio::runtime::Handle::current();
@@ -49,6 +62,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
             .spawn(move || {
                 let mut batch = Vec::with_capacity(max);
                 while let Some(first) = queue.blocking_recv() {
+                    // The batch's time runs from its first request: the
+                    // gate's wait (a connection, the writers' turn) is in it.
+                    let started = std::time::Instant::now();
+                    let held = gate();
                     batch.push(first);
                     while batch.len() < max {
                         match queue.try_recv() {
@@ -58,11 +75,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                     }
                     sizes.record(batch.len() as f64);
                     let (requests, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                    let started = std::time::Instant::now();
                     let ran = {
                         let _context = runtime.enter();
                         std::panic::catch_unwind(AssertUnwindSafe(|| run(requests)))
                     };
+                    drop(held);
                     durations.record(started.elapsed().as_secs_f64());
                     match ran {
                         Ok(responses) => {

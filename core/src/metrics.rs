@@ -81,9 +81,9 @@ pub const HTTP_REQUESTS: &str = "ferry_http_requests_total";
 pub const HTTP_DURATION: &str = "ferry_http_request_duration_seconds";
 /// Histogram: requests in one group commit, by `batcher`.
 pub const BATCH_SIZE: &str = "ferry_batch_size";
-/// Histogram: seconds each group commit took, by batcher, from its hand-off
-/// to the blocking pool to its answers (the wait for the connection and,
-/// on SQLite, for the write lock included).
+/// Histogram: seconds each group commit took, by batcher, from its first
+/// request on the batch thread to its answers (the wait for the connection
+/// and, on SQLite, for the writers' turn included).
 pub const BATCH_DURATION: &str = "ferry_batch_duration_seconds";
 /// Gauge: `/receive` requests admitted and waiting for the database (at
 /// most [`RECEIVE_LIMIT`]); past it they are refused as `503 overloaded`.

@@ -112,12 +112,18 @@ pub async fn run(
     ferry_core::metrics::install();
     let name = worker_name();
     let (write_db, claimer, lease) = (db.clone(), name.clone(), config.lease);
-    let writes = Batcher::spawn("attempt", BATCH, move |writes: Vec<AttemptWrite>| {
-        let until = Utc::now() + lease;
-        DbError::isolate("attempt", &writes, |writes| {
-            write_db.write_attempts(writes, &claimer, until)
-        })
-    });
+    let gate_db = db.clone();
+    let writes = Batcher::spawn_gated(
+        "attempt",
+        BATCH,
+        move || gate_db.writer_turn(),
+        move |writes: Vec<AttemptWrite>| {
+            let until = Utc::now() + lease;
+            DbError::isolate("attempt", &writes, |writes| {
+                write_db.write_attempts(writes, &claimer, until)
+            })
+        },
+    );
     let gauges = WorkerMetrics::new(&name);
     gauges.free_slots.set(config.concurrency as f64);
     gauges.running.set(0.0);

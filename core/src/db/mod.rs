@@ -63,7 +63,8 @@ macro_rules! with_conn {
                 $body
             }
             $crate::db::Pool::Sqlite(pool) => {
-                let $conn: &mut ::diesel::SqliteConnection = &mut *pool.get()?;
+                let mut conn = $crate::db::writer::SqliteConn::get($db.id(), pool)?;
+                let $conn: &mut ::diesel::SqliteConnection = &mut *conn;
                 #[allow(unused_imports)]
                 use $crate::db::schema_sqlite as $schema;
                 $body
@@ -97,6 +98,7 @@ mod stamp;
 mod status;
 mod submit;
 mod writer;
+pub use writer::WriterTurn;
 
 pub use control::{CancelAnswer, Lease, RetryAnswer};
 pub use error::{DbError, DbResult};
@@ -166,6 +168,8 @@ pub struct Db {
     /// SQLite: the thread checkpointing the WAL, stopped with the last
     /// clone.
     _checkpointer: Option<std::sync::Arc<checkpoint::Checkpointer>>,
+    /// SQLite: the database's path.
+    sqlite_path: Option<std::sync::Arc<str>>,
 }
 
 /// How a process's PostgreSQL sessions plan the statements they keep
@@ -227,6 +231,7 @@ impl Db {
             Ok(Self {
                 pool: Pool::Sqlite(pool),
                 _checkpointer: Some(std::sync::Arc::new(checkpointer)),
+                sqlite_path: Some(path.into()),
             })
         } else {
             let pool = builder(pool_size)
@@ -235,8 +240,28 @@ impl Db {
             Ok(Self {
                 pool: Pool::Postgres(pool),
                 _checkpointer: None,
+                sqlite_path: None,
             })
         }
+    }
+
+    /// SQLite: waits for a connection and then the writers' turn, which
+    /// this thread holds (and its statements on this database run on that
+    /// connection) until the answer is dropped: see [`writer::WriterTurn`].
+    /// `None` on PostgreSQL.
+    pub fn writer_turn(&self) -> Option<writer::WriterTurn> {
+        match (&self.pool, &self.sqlite_path) {
+            (Pool::Sqlite(pool), Some(path)) => writer::WriterTurn::take(self.id(), path, pool),
+            _ => None,
+        }
+    }
+
+    /// What tells this database's pool from another's in this process:
+    /// the same for every clone.
+    fn id(&self) -> usize {
+        self.sqlite_path
+            .as_ref()
+            .map_or(0, |path| std::sync::Arc::as_ptr(path).cast::<u8>() as usize)
     }
 
     /// Which backend this is: `"postgres"` or `"sqlite"`.

@@ -15,8 +15,10 @@
 //! which wakes it the moment the holder lets go: the turns pass from one
 //! transaction to the next without a gap, and SQLite's own lock is free
 //! when each takes it. The busy handler stays for what does not take a
-//! turn: writes outside a transaction, checkpoints, and other programs
-//! writing the file.
+//! turn: checkpoints, and other programs writing the file. Writes that
+//! run alone (a statement is a transaction of its own, which diesel does
+//! not announce) take theirs through [`super::pool::in_turn`], and the
+//! group commits hold one around a whole batch ([`WriterTurn`]).
 //!
 //! A lock is the whole open file's, so each connection opens the file
 //! for itself (two connections of one process wait for each other as two
@@ -25,12 +27,20 @@
 //! another turn on a second one (it would wait for itself): that
 //! transaction goes to SQLite's lock and busy handler as before.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
+use diesel::r2d2::{Pool, PooledConnection};
+use diesel::SqliteConnection;
+
+use super::pool::Manager;
+
 thread_local! {
-    /// Whether a connection on this thread holds a turn.
+    /// Whether this thread holds a turn (through a connection or a
+    /// [`WriterTurn`]).
     static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -96,6 +106,132 @@ impl Turns {
         }
         self.held = false;
         HOLDING.with(|h| h.set(false));
+    }
+}
+
+/// A pooled connection to a SQLite database.
+type Pooled = PooledConnection<Manager<SqliteConnection>>;
+
+thread_local! {
+    /// This thread's own handle on a database's lock file, for
+    /// [`WriterTurn`].
+    static THREAD_TURNS: RefCell<Option<(String, Turns)>> = const { RefCell::new(None) };
+    /// The connection a [`WriterTurn`] checked out before its turn, with
+    /// the id of its database ([`super::Db`]'s).
+    static RESERVED: RefCell<Option<(usize, Pooled)>> = const { RefCell::new(None) };
+}
+
+/// A writers' turn a batch thread holds around a whole group commit, so
+/// that it gathers its batch once it has the turn (the requests that came
+/// in while it waited join it, instead of waiting for a turn of their own)
+/// and writes it at once. It takes a pooled connection first and the turn
+/// second, like every other writer: a thread waiting for the turn while
+/// holding the pool's last connection could otherwise wait on this one,
+/// which would be waiting for a connection. The connection is the one the
+/// batch's statements then run on ([`SqliteConn`]). Given back when
+/// dropped, on the thread that took it.
+#[derive(Debug)]
+pub struct WriterTurn {
+    /// Not `Send`: the turn and the connection are this thread's.
+    _thread: PhantomData<*const ()>,
+}
+
+impl WriterTurn {
+    /// Waits for a connection of `pool` and then for the turn of the
+    /// database at `path`; `None` if either cannot be had (the batch then
+    /// takes its turn as each transaction does).
+    pub(super) fn take(
+        db: usize,
+        path: &str,
+        pool: &Pool<Manager<SqliteConnection>>,
+    ) -> Option<Self> {
+        let conn = pool.get().ok()?;
+        let took = THREAD_TURNS.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.as_ref().is_none_or(|(p, _)| p != path) {
+                *t = Turns::open(path).map(|turns| (path.to_string(), turns));
+            }
+            t.as_mut().is_some_and(|(_, turns)| turns.take())
+        });
+        if !took {
+            return None;
+        }
+        RESERVED.with(|r| *r.borrow_mut() = Some((db, conn)));
+        Some(Self {
+            _thread: PhantomData,
+        })
+    }
+}
+
+impl Drop for WriterTurn {
+    fn drop(&mut self) {
+        THREAD_TURNS.with(|t| {
+            if let Some((_, turns)) = t.borrow_mut().as_mut() {
+                turns.give_back();
+            }
+        });
+        // Back to the pool.
+        drop(RESERVED.with(|r| r.borrow_mut().take()));
+    }
+}
+
+/// The connection `with_conn!` runs a SQLite body on: the one this thread
+/// reserved for its [`WriterTurn`] on the same database, if it holds one,
+/// or one from the pool.
+pub(super) enum SqliteConn {
+    Reserved(Option<(usize, Pooled)>),
+    Pooled(Pooled),
+}
+
+impl SqliteConn {
+    pub(super) fn get(
+        db: usize,
+        pool: &Pool<Manager<SqliteConnection>>,
+    ) -> Result<Self, diesel::r2d2::PoolError> {
+        let reserved = RESERVED.with(|r| {
+            let mut r = r.borrow_mut();
+            match r.take() {
+                Some((id, conn)) if id == db => Some((id, conn)),
+                other => {
+                    *r = other;
+                    None
+                }
+            }
+        });
+        match reserved {
+            Some(reserved) => Ok(Self::Reserved(Some(reserved))),
+            None => pool.get().map(Self::Pooled),
+        }
+    }
+}
+
+impl Deref for SqliteConn {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            Self::Reserved(Some((_, conn))) | Self::Pooled(conn) => conn,
+            Self::Reserved(None) => unreachable!("put back only when dropped"),
+        }
+    }
+}
+
+impl DerefMut for SqliteConn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Reserved(Some((_, conn))) | Self::Pooled(conn) => conn,
+            Self::Reserved(None) => unreachable!("put back only when dropped"),
+        }
+    }
+}
+
+impl Drop for SqliteConn {
+    fn drop(&mut self) {
+        if let Self::Reserved(reserved) = self {
+            // For the batch's next statement, until its turn ends.
+            let reserved = reserved.take();
+            RESERVED.with(|r| *r.borrow_mut() = reserved);
+        }
     }
 }
 
@@ -227,6 +363,34 @@ mod tests {
             })
             .unwrap();
         assert!(!taken(&lock));
+    }
+
+    #[test]
+    fn a_batch_holds_the_turn_and_runs_on_the_connection_it_took_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("turns.db");
+        // One connection: the batch's statements can only run on the one
+        // its turn took.
+        let db = Db::connect(&format!("sqlite://{}", path.display()), 1).unwrap();
+        db.migrate().unwrap();
+        let lock = File::open(format!("{}-writer", path.display())).unwrap();
+
+        let turn = db.writer_turn().expect("SQLite has turns");
+        assert!(taken(&lock), "held once taken");
+        // From the pool, they would find none (the turn's is out) and fail
+        // after the pool's timeout.
+        db.ping()
+            .expect("a statement runs on the turn's connection");
+        db.mark_enqueued(&[crate::task::TaskId::new()])
+            .expect("a write runs on the turn's connection");
+        assert!(
+            taken(&lock),
+            "a statement's own turn does not end the batch's"
+        );
+        drop(turn);
+        assert!(!taken(&lock), "given back when dropped");
+        // The connection is back in the pool.
+        db.ping().unwrap();
     }
 
     #[test]
