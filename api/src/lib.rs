@@ -95,11 +95,10 @@ impl AppState {
         let write_db = db.clone();
         let local = queue.is_local();
         let confirms = ::metrics::counter!(ferry_core::metrics::CONFIRMS_RECORDED);
-        let gate_db = db.clone();
-        let writes = Batcher::spawn_gated(
+        let writes = Batcher::spawn_writes(
             "insert",
             INSERT_BATCH,
-            move || gate_db.writer_turn(),
+            db.clone(),
             move |writes: Vec<SubmitWrite>| {
                 let publish = if local {
                     Publish::Enqueued

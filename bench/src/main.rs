@@ -1086,18 +1086,8 @@ impl SubmitInside {
                 })
                 .sum()
         };
-        // The value of `name`, a sample with no labels.
-        let plain = |name: &str| -> f64 {
-            text.lines()
-                .filter_map(|line| {
-                    line.strip_prefix(name)?
-                        .strip_prefix(' ')?
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-                .sum()
-        };
+        // The value of `name`, a sample with no labels (none yet: 0).
+        let plain = |name: &str| ferry_testkit::metric_value(&text, name).unwrap_or(0.0);
         let receive = "route=\"/receive\"";
         let insert = "batcher=\"insert\"";
         Some(Self {

@@ -44,12 +44,21 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         Self::spawn_gated(name, max, || (), run)
     }
 
+    /// [`Batcher::spawn`] for a group commit of writes to `db`: each batch
+    /// is gathered once it holds the database's writers' turn (SQLite; see
+    /// [`crate::db::Db::writer_turn`]), so that what arrives while it waits
+    /// for the turn joins it. The api's inserts and a worker's attempts.
+    pub fn spawn_writes<F>(name: &'static str, max: usize, db: crate::db::Db, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Vec<Resp> + Send + 'static,
+    {
+        Self::spawn_gated(name, max, move || db.writer_turn(), run)
+    }
+
     /// [`Batcher::spawn`], calling `gate` once a batch's first request is
     /// in and before gathering the rest; what it returns is held until the
-    /// batch has run. The api's inserts and a worker's attempts wait there
-    /// for SQLite's writers' turn ([`crate::db::Db::writer_turn`]), so
-    /// that what arrives meanwhile joins the batch.
-    pub fn spawn_gated<F, G, T>(name: &'static str, max: usize, gate: G, run: F) -> Self
+    /// batch has run.
+    fn spawn_gated<F, G, T>(name: &'static str, max: usize, gate: G, run: F) -> Self
     where
         F: Fn(Vec<Req>) -> Vec<Resp> + Send + 'static,
         G: Fn() -> T + Send + 'static,

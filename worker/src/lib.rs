@@ -112,11 +112,10 @@ pub async fn run(
     ferry_core::metrics::install();
     let name = worker_name();
     let (write_db, claimer, lease) = (db.clone(), name.clone(), config.lease);
-    let gate_db = db.clone();
-    let writes = Batcher::spawn_gated(
+    let writes = Batcher::spawn_writes(
         "attempt",
         BATCH,
-        move || gate_db.writer_turn(),
+        db.clone(),
         move |writes: Vec<AttemptWrite>| {
             let until = Utc::now() + lease;
             DbError::isolate("attempt", &writes, |writes| {
