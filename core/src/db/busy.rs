@@ -54,6 +54,9 @@ thread_local! {
 pub fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // Installing initializes SQLite, after which it takes no more
+        // configuration.
+        super::sqlite_setup::configure();
         // SAFETY: `on_open` has the signature SQLite's C API declares for
         // an extension entry point, and lives for the whole process.
         let rc = unsafe { ffi::sqlite3_auto_extension(Some(on_open)) };

@@ -94,6 +94,7 @@ mod retention;
 mod busy;
 pub mod checkpoint;
 mod plans;
+mod sqlite_setup;
 mod stamp;
 mod status;
 mod submit;
