@@ -110,45 +110,9 @@ fn rabbitmq_pid() -> Option<String> {
         .map(|(pid, _)| pid.clone())
 }
 
-/// The TCP connections of `pid`: (local port, remote port) of each socket
-/// it holds, from `/proc/<pid>/fd` and `/proc/<pid>/net/tcp{,6}`.
-fn tcp_ports(pid: &str) -> Vec<(u16, u16)> {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            Some(
-                link.strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_string(),
-            )
-        })
-        .collect();
-    let port = |addr: &str| u16::from_str_radix(addr.rsplit_once(':')?.1, 16).ok();
-    ["tcp", "tcp6"]
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
-        .flat_map(|text| {
-            text.lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    if !inodes.contains(*f.get(9)?) {
-                        return None;
-                    }
-                    Some((port(f.get(1)?)?, port(f.get(2)?)?))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The client ports `pid` uses towards `remote` (a server's port).
 fn client_ports(pid: &str, remote: u16) -> HashSet<u16> {
-    tcp_ports(pid)
+    ferry_testkit::tcp_ports(pid)
         .into_iter()
         .filter(|(_, r)| *r == remote)
         .map(|(l, _)| l)

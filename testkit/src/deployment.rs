@@ -523,11 +523,22 @@ fn delete(broker_url: &str, queues: &[&str], exchanges: &[&str]) {
     let _ = deleting.join();
 }
 
+/// A port free now, and never handed out before in this process: the
+/// kernel may hand the same free port to two binds in a row, and two
+/// deployments of one test would then share it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// How Ferry is laid out for a test.

@@ -67,19 +67,29 @@ impl Api {
             client: reqwest::Client::new(),
             proc,
         };
-        api.wait_ready().await;
+        api.wait_ready(port).await;
         api
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until `/health` answers from this process. Another process
+    /// may hold the port (a test process elsewhere that was handed the
+    /// same free port, or one that held it already): its answers do not
+    /// count, and this process then fails to listen and exits, which ends
+    /// the wait with its log.
+    async fn wait_ready(&self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let pid = self.proc.pid().to_string();
         loop {
             let health = self.client.get(format!("{}/health", self.base)).send();
-            if health.await.is_ok_and(|r| r.status().is_success()) {
+            if health.await.is_ok_and(|r| r.status().is_success())
+                && crate::tcp_ports(&pid)
+                    .iter()
+                    .any(|(local, _)| *local == port)
+            {
                 return;
             }
             assert!(
-                Instant::now() < deadline,
+                self.proc.is_running() && Instant::now() < deadline,
                 "{} did not become ready:\n{}",
                 self.proc.name,
                 self.proc.log_text()

@@ -26,7 +26,7 @@ pub use deployment::{
 };
 pub use http::{Api, Reply};
 pub use pg::PgSchema;
-pub use process::{bin, bin_dir, run_bin, Proc};
+pub use process::{bin, bin_dir, run_bin, tcp_ports, Proc};
 pub use services::{broker_url, postgres_addr, postgres_url, rabbitmq_addr, require};
 pub use sse::{Sse, SseStream};
 

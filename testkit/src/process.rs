@@ -1,6 +1,7 @@
 //! Ferry's binaries as processes: where they are, and a handle that kills
 //! the process when dropped and shows its log when the test failed.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -85,6 +86,19 @@ impl Proc {
         self.child.id() as i32
     }
 
+    /// Whether the process has not exited (it is not a zombie yet), as
+    /// `/proc/<pid>/stat` says; true where that cannot be read.
+    pub fn is_running(&self) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
+            return true;
+        };
+        // The state follows the command's name, which is in parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, Some('Z' | 'X'))
+    }
+
     /// Sends a signal (e.g. "TERM", "KILL").
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
@@ -155,4 +169,41 @@ impl Drop for Proc {
             );
         }
     }
+}
+
+/// The TCP sockets of process `pid`: (local port, remote port) of each
+/// socket it holds (remote 0 for a listening one), from `/proc/<pid>/fd`
+/// and `/proc/<pid>/net/tcp{,6}`. Empty where `/proc` cannot be read.
+pub fn tcp_ports(pid: &str) -> Vec<(u16, u16)> {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit_once(':')?.1, 16).ok();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    if !inodes.contains(*f.get(9)?) {
+                        return None;
+                    }
+                    Some((port(f.get(1)?)?, port(f.get(2)?)?))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
