@@ -10,27 +10,12 @@ use std::time::{Duration, Instant};
 
 use ferry_testkit::{Deployment, Layout, Stack};
 use lapin::options::QueuePurgeOptions;
-use lapin::Channel;
-use serde_json::json;
 
 const DONE: Duration = Duration::from_secs(90);
 /// Generous: a loaded machine runs relay rounds late, never early.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// What the tests set `republish_after` to.
 const REPUBLISH_AFTER: &str = "1s";
-
-/// Waits until the queue holds `n` ready messages.
-async fn wait_depth(channel: &Channel, d: &Deployment, n: u32) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let now = d.ready_messages(channel).await;
-        if now == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "queue depth {now}, expected {n}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Waits until the database holds every task as confirmed by the broker.
 async fn wait_all_confirmed(d: &Deployment, n: usize) {
@@ -46,20 +31,6 @@ async fn wait_all_confirmed(d: &Deployment, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Submits `n` counted tasks named `prefix-i`; their ids.
-async fn submit(stack: &Stack, prefix: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(
-            stack
-                .api
-                .submit("org.ferry.count", &format!("{prefix}-{i}"), json!({"n": i}))
-                .await,
-        );
-    }
-    ids
 }
 
 /// Every task succeeded on its first attempt and its handler ran once.
@@ -91,9 +62,8 @@ async fn a_purged_queue_loses_no_task(layout: Layout) {
     };
     let d = &stack.deployment;
     let (connection, channel) = d.broker_channel().await;
-    let ids = submit(&stack, "purged", 40).await;
+    let ids = stack.submit_one_message_each(&channel, "purged", 40).await;
     wait_all_confirmed(d, ids.len()).await;
-    wait_depth(&channel, d, 40).await;
     let purged = channel
         .queue_purge(d.queue.as_str().into(), QueuePurgeOptions::default())
         .await
@@ -137,15 +107,13 @@ async fn a_long_queue_gets_back_what_it_lost_and_no_more(layout: Layout) {
     };
     let d = &stack.deployment;
     let (connection, channel) = d.broker_channel().await;
-    let mut ids = submit(&stack, "lost", 30).await;
+    let mut ids = stack.submit_one_message_each(&channel, "lost", 30).await;
     wait_all_confirmed(d, 30).await;
-    wait_depth(&channel, d, 30).await;
     channel
         .queue_purge(d.queue.as_str().into(), QueuePurgeOptions::default())
         .await
         .expect("purge the task queue");
-    ids.extend(submit(&stack, "kept", 20).await);
-    wait_depth(&channel, d, 20).await;
+    ids.extend(stack.submit_one_message_each(&channel, "kept", 20).await);
     wait_all_confirmed(d, 50).await;
     // Every task is confirmed, so older than republish_after a second from
     // now: the queue is watched for four more seconds, twenty relay rounds.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use ferry_testkit::{Layout, Stack};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::{BasicProperties, Channel};
-use serde_json::json;
 
 const DONE: Duration = Duration::from_secs(90);
 
@@ -43,22 +42,7 @@ async fn a_message_of_several_tasks_runs_each_once(layout: Layout) {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    let mut ids = Vec::new();
-    for i in 0..7 {
-        let id = stack
-            .api
-            .submit("org.ferry.count", &format!("packed-{i}"), json!({"n": i}))
-            .await;
-        ids.push(id);
-    }
-    let deadline = Instant::now() + DONE;
-    while d.ready_messages(&channel).await < 7 {
-        assert!(
-            Instant::now() < deadline,
-            "the api's messages never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ids = stack.submit_one_message_each(&channel, "packed", 7).await;
     channel
         .queue_purge(d.queue.as_str().into(), QueuePurgeOptions::default())
         .await

@@ -622,4 +622,44 @@ impl Stack {
             deployment,
         })
     }
+
+    /// Submits `n` `org.ferry.count` tasks named `prefix-i`, each once the
+    /// message of the one before is ready in the queue (seen through
+    /// `channel`), so that each is a message of its own: the api packs the
+    /// tasks whose publishes wait together into one message, and a test
+    /// that counts messages would otherwise find fewer than it sent. With
+    /// no worker consuming the queue. Their ids.
+    pub async fn submit_one_message_each(
+        &self,
+        channel: &lapin::Channel,
+        prefix: &str,
+        n: usize,
+    ) -> Vec<String> {
+        let d = &self.deployment;
+        let mut ready = d.ready_messages(channel).await;
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let data = serde_json::json!({ "n": i });
+            ids.push(
+                self.api
+                    .submit("org.ferry.count", &format!("{prefix}-{i}"), data)
+                    .await,
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let now = d.ready_messages(channel).await;
+                if now == ready + 1 {
+                    break;
+                }
+                assert!(
+                    now == ready && std::time::Instant::now() < deadline,
+                    "{now} messages ready after task {prefix}-{i}, expected {}",
+                    ready + 1
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ready += 1;
+        }
+        ids
+    }
 }
