@@ -251,9 +251,9 @@ impl Db {
     /// connection) until the answer is dropped: see [`writer::WriterTurn`].
     /// `None` on PostgreSQL.
     pub fn writer_turn(&self) -> Option<writer::WriterTurn> {
-        match (&self.pool, &self.sqlite_path) {
-            (Pool::Sqlite(pool), Some(path)) => writer::WriterTurn::take(self.id(), path, pool),
-            _ => None,
+        match &self.pool {
+            Pool::Sqlite(pool) => writer::WriterTurn::take(self.id(), pool),
+            Pool::Postgres(_) => None,
         }
     }
 

@@ -131,16 +131,28 @@ pub(super) struct Health {
 /// in one transaction (a statement alone is a transaction of its own,
 /// which diesel does not announce).
 pub(super) fn in_turn<T: R2D2Connection, R>(conn: &mut T, f: impl FnOnce(&mut T) -> R) -> R {
-    let took = health(conn)
-        .and_then(|h| h.turns.as_mut())
-        .is_some_and(Turns::take);
+    let took = take_turn(conn);
     let result = f(conn);
     if took {
-        if let Some(turns) = health(conn).and_then(|h| h.turns.as_mut()) {
-            turns.give_back();
-        }
+        give_back_turn(conn);
     }
     result
+}
+
+/// Takes `conn`'s writers' turn for a batch that runs its statements on
+/// it (`writer::WriterTurn`): whether it took it; given back with
+/// [`give_back_turn`].
+pub(super) fn take_turn<T: R2D2Connection>(conn: &mut T) -> bool {
+    health(conn)
+        .and_then(|h| h.turns.as_mut())
+        .is_some_and(Turns::take)
+}
+
+/// Gives back the writers' turn `conn` holds, if it holds one.
+pub(super) fn give_back_turn<T: R2D2Connection>(conn: &mut T) {
+    if let Some(turns) = health(conn).and_then(|h| h.turns.as_mut()) {
+        turns.give_back();
+    }
 }
 
 /// When a connection gives its writer's turn back: after the statement

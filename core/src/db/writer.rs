@@ -36,7 +36,7 @@ use std::path::Path;
 use diesel::r2d2::{Pool, PooledConnection};
 use diesel::SqliteConnection;
 
-use super::pool::Manager;
+use super::pool::{give_back_turn, take_turn, Manager};
 
 thread_local! {
     /// Whether this thread holds a turn (through a connection or a
@@ -113,12 +113,20 @@ impl Turns {
 type Pooled = PooledConnection<Manager<SqliteConnection>>;
 
 thread_local! {
-    /// This thread's own handle on a database's lock file, for
-    /// [`WriterTurn`].
-    static THREAD_TURNS: RefCell<Option<(String, Turns)>> = const { RefCell::new(None) };
-    /// The connection a [`WriterTurn`] checked out before its turn, with
-    /// the id of its database ([`super::Db`]'s).
+    /// The connection a [`WriterTurn`] checked out and took its turn
+    /// through, with the id of its database ([`super::Db`]'s), while the
+    /// turn lasts.
     static RESERVED: RefCell<Option<(usize, Pooled)>> = const { RefCell::new(None) };
+    /// This thread holds a [`WriterTurn`].
+    static BATCH_TURN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Gives back the turn a batch's connection holds, and the connection to
+/// its pool.
+fn end_batch_turn(reserved: Option<(usize, Pooled)>) {
+    if let Some((_, mut conn)) = reserved {
+        give_back_turn(&mut *conn);
+    }
 }
 
 /// A writers' turn a batch thread holds around a whole group commit, so
@@ -137,26 +145,20 @@ pub struct WriterTurn {
 }
 
 impl WriterTurn {
-    /// Waits for a connection of `pool` and then for the turn of the
-    /// database at `path`; `None` if either cannot be had (the batch then
-    /// takes its turn as each transaction does).
-    pub(super) fn take(
-        db: usize,
-        path: &str,
-        pool: &Pool<Manager<SqliteConnection>>,
-    ) -> Option<Self> {
-        let conn = pool.get().ok()?;
-        let took = THREAD_TURNS.with(|t| {
-            let mut t = t.borrow_mut();
-            if t.as_ref().is_none_or(|(p, _)| p != path) {
-                *t = Turns::open(path).map(|turns| (path.to_string(), turns));
-            }
-            t.as_mut().is_some_and(|(_, turns)| turns.take())
-        });
-        if !took {
+    /// Waits for a connection of `pool` (the database `db`) and then for
+    /// the turn, through that connection's handle on the lock file; `None`
+    /// if either cannot be had (the batch then takes its turn as each
+    /// transaction does).
+    pub(super) fn take(db: usize, pool: &Pool<Manager<SqliteConnection>>) -> Option<Self> {
+        if BATCH_TURN.with(Cell::get) {
+            return None;
+        }
+        let mut conn = pool.get().ok()?;
+        if !take_turn(&mut *conn) {
             return None;
         }
         RESERVED.with(|r| *r.borrow_mut() = Some((db, conn)));
+        BATCH_TURN.with(|t| t.set(true));
         Some(Self {
             _thread: PhantomData,
         })
@@ -165,13 +167,10 @@ impl WriterTurn {
 
 impl Drop for WriterTurn {
     fn drop(&mut self) {
-        THREAD_TURNS.with(|t| {
-            if let Some((_, turns)) = t.borrow_mut().as_mut() {
-                turns.give_back();
-            }
-        });
-        // Back to the pool.
-        drop(RESERVED.with(|r| r.borrow_mut().take()));
+        BATCH_TURN.with(|t| t.set(false));
+        // If a statement has the connection out now, it ends the turn
+        // when it puts it back ([`SqliteConn`]'s drop).
+        end_batch_turn(RESERVED.with(|r| r.borrow_mut().take()));
     }
 }
 
@@ -228,9 +227,13 @@ impl DerefMut for SqliteConn {
 impl Drop for SqliteConn {
     fn drop(&mut self) {
         if let Self::Reserved(reserved) = self {
-            // For the batch's next statement, until its turn ends.
             let reserved = reserved.take();
-            RESERVED.with(|r| *r.borrow_mut() = reserved);
+            if BATCH_TURN.with(Cell::get) {
+                // For the batch's next statement, until its turn ends.
+                RESERVED.with(|r| *r.borrow_mut() = reserved);
+            } else {
+                end_batch_turn(reserved);
+            }
         }
     }
 }
@@ -377,6 +380,10 @@ mod tests {
 
         let turn = db.writer_turn().expect("SQLite has turns");
         assert!(taken(&lock), "held once taken");
+        assert!(
+            db.writer_turn().is_none(),
+            "a thread holding a batch's turn does not wait for another"
+        );
         // From the pool, they would find none (the turn's is out) and fail
         // after the pool's timeout.
         db.ping()
